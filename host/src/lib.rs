@@ -1,1 +1,6 @@
-//! The projection host.
+//! The projector host: consumes the domain topics, runs each event through
+//! the WebAssembly projection component of its domain, and writes the
+//! resulting row operations to MySQL with exactly-once effect.
+
+pub mod runtime;
+pub mod settings;

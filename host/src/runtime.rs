@@ -1,0 +1,581 @@
+//! The sandbox: loads projection components and calls them under limits.
+//!
+//! Every wasmtime detail of the host lives in this module.
+//!
+//! - One [`Engine`] and one [`Linker`] for the process; each component is
+//!   compiled once into a [`ProjectionPre`] (an `InstancePre`), so making an
+//!   instance is cheap.
+//! - A [`Session`] owns a fresh [`Store`] with a memory cap and is meant to
+//!   live for one batch; every call gets a deadline enforced by epoch
+//!   interruption. A trap (deadline, memory cap, guest panic) poisons only
+//!   that instance: the session drops it and instantiates again on the next
+//!   call.
+//! - Guests get no filesystem (no preopens), no network (every socket address
+//!   and name lookup denied), no environment or arguments, no stdio, a wall
+//!   clock and a monotonic clock stuck at zero, and fixed-seed randomness. The
+//!   `wasi:*` interfaces are linked only because a guest built with Rust `std`
+//!   imports them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use flatten::{Column, Info, Keyed, ProjectionError, Replace, RowOp, TableUse, Upsert, Value};
+use rand_wasi::SeedableRng as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "projection",
+        path: "../wit",
+    });
+}
+
+use bindings::projector::projection::types as wit;
+use bindings::{Projection, ProjectionPre};
+
+/// The WIT package and the major version this host implements.
+pub const WIT_PACKAGE: &str = "projector:projection";
+/// The contract version this host was built against.
+pub const WIT_VERSION: &str = "1.0.0";
+
+/// How often the epoch advances; deadlines are whole multiples of it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Resource limits for every guest call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxLimits {
+    /// Wall time one `project` or `describe` call may take.
+    #[serde(with = "crate::settings::millis")]
+    pub call_deadline: Duration,
+    /// Linear memory one instance may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            call_deadline: Duration::from_millis(200),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a component file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error("imports something the sandbox does not provide: {0:#}")]
+    Imports(wasmtime::Error),
+    #[error("does not implement the {WIT_PACKAGE} world: {0:#}")]
+    Exports(wasmtime::Error),
+    #[error("built against {found}, this host implements {WIT_PACKAGE}@{WIT_VERSION}")]
+    Version { found: String },
+    #[error("describe() failed: {0}")]
+    Describe(String),
+    #[error("describe() is not acceptable: {0}")]
+    Info(String),
+}
+
+/// Why one event could not be projected by a component.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GuestFailure {
+    /// The component answered with an error.
+    #[error("{0}")]
+    Rejected(ProjectionError),
+    /// The instance trapped: deadline, memory cap or a guest panic.
+    #[error("component trapped: {0}")]
+    Trap(String),
+    /// A new instance could not be created.
+    #[error("component could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl GuestFailure {
+    /// A short class for metrics and dead letters.
+    pub fn class(&self) -> &'static str {
+        match self {
+            GuestFailure::Rejected(ProjectionError::InvalidEvent(_)) => "invalid_event",
+            GuestFailure::Rejected(ProjectionError::Unsupported(_)) => "unsupported",
+            GuestFailure::Rejected(ProjectionError::Internal(_)) => "guest_error",
+            GuestFailure::Trap(_) => "guest_trap",
+            GuestFailure::Instantiate(_) => "guest_instantiate",
+        }
+    }
+}
+
+/// Per-store state: the (empty) WASI context and the limits.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The process-wide engine and linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    limits: SandboxLimits,
+    _ticker: Arc<()>,
+}
+
+impl Runtime {
+    pub fn new(limits: SandboxLimits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("failed to create the wasmtime engine: {e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("failed to link WASI: {e:#}"))?;
+
+        // The epoch ticker stops when the runtime is dropped (the weak
+        // reference can no longer be upgraded).
+        let alive = Arc::new(());
+        let weak = Arc::downgrade(&alive);
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while weak.upgrade().is_some() {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .context("failed to start the epoch thread")?;
+
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+            _ticker: alive,
+        })
+    }
+
+    pub fn limits(&self) -> SandboxLimits {
+        self.limits
+    }
+
+    /// Compiles and validates a component file.
+    pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load(&bytes, &path.display().to_string())
+    }
+
+    /// Compiles and validates a component: it must be a component, import
+    /// nothing the sandbox lacks, export the projection world of a compatible
+    /// version, and answer `describe()` sensibly.
+    pub fn load(&self, bytes: &[u8], source: &str) -> Result<LoadedComponent, LoadError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        check_version(&component, &self.engine)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::Imports)?;
+        let pre = ProjectionPre::new(instance_pre).map_err(LoadError::Exports)?;
+        let mut loaded = LoadedComponent {
+            info: Info {
+                domain: String::new(),
+                version: String::new(),
+                handles: vec![],
+                writes: vec![],
+            },
+            digest,
+            source: source.to_owned(),
+            pre,
+            engine: self.engine.clone(),
+            limits: self.limits,
+        };
+        let info = loaded
+            .session()
+            .describe()
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        check_info(&info).map_err(LoadError::Info)?;
+        loaded.info = info;
+        Ok(loaded)
+    }
+}
+
+/// A compiled, validated component, ready to instantiate.
+pub struct LoadedComponent {
+    /// What the component declared.
+    pub info: Info,
+    /// SHA-256 of the component bytes, hex.
+    pub digest: String,
+    /// Where it was loaded from.
+    pub source: String,
+    pre: ProjectionPre<GuestState>,
+    engine: Engine,
+    limits: SandboxLimits,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("domain", &self.info.domain)
+            .field("version", &self.info.version)
+            .field("digest", &self.digest)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl LoadedComponent {
+    /// A session: instances made on demand in a fresh store.
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            component: self,
+            live: None,
+        }
+    }
+
+    /// `domain@version` for logs and bookkeeping.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.info.domain, self.info.version)
+    }
+
+    fn new_store(&self) -> Store<GuestState> {
+        let wasi = WasiCtxBuilder::new()
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
+            .insecure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
+            .insecure_random_seed(0)
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            GuestState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+/// Instances of one component for the duration of a batch.
+pub struct Session<'c> {
+    component: &'c LoadedComponent,
+    live: Option<(Store<GuestState>, Projection)>,
+}
+
+impl Session<'_> {
+    fn instance(&mut self) -> Result<&mut (Store<GuestState>, Projection), GuestFailure> {
+        if self.live.is_none() {
+            let mut store = self.component.new_store();
+            store.set_epoch_deadline(self.ticks());
+            let instance = self
+                .component
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| GuestFailure::Instantiate(format!("{e:#}")))?;
+            self.live = Some((store, instance));
+        }
+        // Just filled in above.
+        Ok(self.live.as_mut().expect("instance present"))
+    }
+
+    fn ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        (self.component.limits.call_deadline.as_micros() / tick).max(1) as u64 + 1
+    }
+
+    /// Runs `f` against the instance under a fresh deadline; a trap discards
+    /// the instance so the next call starts clean.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<GuestState>, &Projection) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestFailure> {
+        let ticks = self.ticks();
+        let (store, instance) = self.instance()?;
+        store.set_epoch_deadline(ticks);
+        match f(store, instance) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.live = None;
+                Err(GuestFailure::Trap(describe_trap(&e)))
+            }
+        }
+    }
+
+    /// `describe()`.
+    pub fn describe(&mut self) -> Result<Info, GuestFailure> {
+        self.call(|store, p| p.call_describe(store))
+            .map(info_from_wit)
+    }
+
+    /// `project(envelope)`.
+    pub fn project(&mut self, env: &flatten::Envelope<'_>) -> Result<Vec<RowOp>, GuestFailure> {
+        let envelope = wit::Envelope {
+            event_type: env.event_type.to_owned(),
+            event_id: env.event_id.to_owned(),
+            timestamp: env.timestamp.to_owned(),
+            entity_id: env.entity_id.to_owned(),
+            data: env.data.to_owned(),
+        };
+        match self.call(|store, p| p.call_project(store, &envelope))? {
+            Ok(ops) => Ok(ops.into_iter().map(op_from_wit).collect()),
+            Err(e) => Err(GuestFailure::Rejected(error_from_wit(e))),
+        }
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "deadline exceeded (epoch interruption)".to_owned(),
+        Some(trap) => format!("{trap}"),
+        None if format!("{e:#}").contains("forcing trap when growing memory") => {
+            "memory limit exceeded".to_owned()
+        }
+        None => format!("{e:#}"),
+    }
+}
+
+/// Refuses a component that names the projection package with another major
+/// version, or a minor version newer than this host knows.
+fn check_version(component: &Component, engine: &Engine) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_owned())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_owned()));
+    for name in names {
+        let Some(rest) = name
+            .strip_prefix(WIT_PACKAGE)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            continue;
+        };
+        let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
+        if !version_compatible(version) {
+            return Err(LoadError::Version { found: name });
+        }
+    }
+    Ok(())
+}
+
+/// Same major version and a minor version not newer than ours.
+pub fn version_compatible(version: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(version), parse(WIT_VERSION)) {
+        (Some((major, minor)), Some((our_major, our_minor))) => {
+            major == our_major && minor <= our_minor
+        }
+        _ => false,
+    }
+}
+
+/// Checks a component's self-description for what the host relies on.
+fn check_info(info: &Info) -> Result<(), String> {
+    if info.domain.is_empty()
+        || !info
+            .domain
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_')
+    {
+        return Err(format!(
+            "domain {:?} must be a lower-case topic name",
+            info.domain
+        ));
+    }
+    if info.handles.is_empty() {
+        return Err("handles no event type".to_owned());
+    }
+    for handle in &info.handles {
+        if handle.split_once('.').map(|(topic, _)| topic) != Some(info.domain.as_str()) {
+            return Err(format!(
+                "handles {handle:?}, which is not a {}.* event type",
+                info.domain
+            ));
+        }
+    }
+    if info.writes.is_empty() {
+        return Err("declares no table".to_owned());
+    }
+    for table in &info.writes {
+        for column in &table.columns {
+            if flatten::HOST_COLUMNS.contains(&column.as_str()) {
+                return Err(format!(
+                    "declares {}.{column}, which only the host writes",
+                    table.table
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info_from_wit(info: wit::Info) -> Info {
+    Info {
+        domain: info.domain,
+        version: info.version,
+        handles: info.handles,
+        writes: info
+            .writes
+            .into_iter()
+            .map(|t| TableUse {
+                table: t.table,
+                columns: t.columns,
+            })
+            .collect(),
+    }
+}
+
+fn value_from_wit(v: wit::Value) -> Value {
+    match v {
+        wit::Value::Null => Value::Null,
+        wit::Value::Text(s) => Value::Text(s),
+        wit::Value::Int(i) => Value::Int(i),
+        wit::Value::Float(f) => Value::Float(f),
+        wit::Value::Boolean(b) => Value::Boolean(b),
+        wit::Value::Timestamp(s) => Value::Timestamp(s),
+        wit::Value::Json(s) => Value::Json(s),
+    }
+}
+
+fn columns_from_wit(cols: Vec<wit::Column>) -> Vec<Column> {
+    cols.into_iter()
+        .map(|c| Column {
+            name: c.name,
+            value: value_from_wit(c.value),
+        })
+        .collect()
+}
+
+fn upsert_from_wit(u: wit::Upsert) -> Upsert {
+    Upsert {
+        table: u.table,
+        key: columns_from_wit(u.key),
+        values: columns_from_wit(u.values),
+    }
+}
+
+fn keyed_from_wit(k: wit::Keyed) -> Keyed {
+    Keyed {
+        table: k.table,
+        key: columns_from_wit(k.key),
+    }
+}
+
+fn op_from_wit(op: wit::RowOp) -> RowOp {
+    match op {
+        wit::RowOp::Upsert(u) => RowOp::Upsert(upsert_from_wit(u)),
+        wit::RowOp::Update(u) => RowOp::Update(upsert_from_wit(u)),
+        wit::RowOp::Replace(r) => RowOp::Replace(Replace {
+            table: r.table,
+            parent: columns_from_wit(r.parent),
+            rows: r.rows.into_iter().map(columns_from_wit).collect(),
+        }),
+        wit::RowOp::SoftDelete(k) => RowOp::SoftDelete(keyed_from_wit(k)),
+        wit::RowOp::Delete(k) => RowOp::Delete(keyed_from_wit(k)),
+    }
+}
+
+fn error_from_wit(e: wit::ProjectionError) -> ProjectionError {
+    match e {
+        wit::ProjectionError::InvalidEvent(m) => ProjectionError::InvalidEvent(m),
+        wit::ProjectionError::Unsupported(m) => ProjectionError::Unsupported(m),
+        wit::ProjectionError::Internal(m) => ProjectionError::Internal(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_of_the_same_major_and_no_newer_minor_are_compatible() {
+        assert!(version_compatible("1.0.0"));
+        assert!(!version_compatible("2.0.0"));
+        assert!(!version_compatible("1.1.0"));
+        assert!(!version_compatible("0.9.0"));
+        assert!(!version_compatible(""));
+    }
+
+    #[test]
+    fn a_self_description_must_match_its_domain_and_leave_host_columns_alone() {
+        let good = Info {
+            domain: "user".into(),
+            version: "1.0.0".into(),
+            handles: vec!["user.created".into()],
+            writes: vec![TableUse {
+                table: "users".into(),
+                columns: vec!["user_id".into()],
+            }],
+        };
+        assert_eq!(check_info(&good), Ok(()));
+        let mut foreign = good.clone();
+        foreign.handles.push("order.created".into());
+        assert!(check_info(&foreign).unwrap_err().contains("order.created"));
+        let mut stamps = good.clone();
+        stamps.writes[0].columns.push("event_timestamp".into());
+        assert!(
+            check_info(&stamps)
+                .unwrap_err()
+                .contains("only the host writes")
+        );
+        let mut empty = good;
+        empty.writes.clear();
+        assert!(check_info(&empty).is_err());
+    }
+}

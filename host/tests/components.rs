@@ -1,0 +1,245 @@
+//! The compiled projection components, run in the host's sandbox.
+//!
+//! Needs the components built by `scripts/build-projections` (scripts/test
+//! does it); `PROJECTOR_COMPONENTS_DIR` points elsewhere if needed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flatten::{DOMAINS, Envelope, ProjectionError, RowOp};
+use projector_host::runtime::{GuestFailure, LoadError, Runtime, SandboxLimits};
+use proptest::prelude::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn components_dir() -> PathBuf {
+    std::env::var_os("PROJECTOR_COMPONENTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/projections"))
+}
+
+fn component_path(name: &str) -> PathBuf {
+    let path = components_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-projections first",
+        path.display()
+    );
+    path
+}
+
+fn chaos_path() -> PathBuf {
+    let path = components_dir().join("../test-projections/chaos.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-projections first",
+        path.display()
+    );
+    path
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(SandboxLimits {
+        call_deadline: Duration::from_millis(100),
+        memory_bytes: 32 << 20,
+    })
+    .unwrap()
+}
+
+fn fixture(event_type: &str) -> (serde_json::Value, String) {
+    let path = repo().join(format!("guest-projections/fixtures/{event_type}.json"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let data = v["data"].to_string();
+    (v, data)
+}
+
+fn envelope<'a>(v: &'a serde_json::Value, data: &'a str) -> Envelope<'a> {
+    Envelope {
+        event_type: v["event_type"].as_str().unwrap(),
+        event_id: v["event_id"].as_str().unwrap(),
+        timestamp: v["timestamp"].as_str().unwrap(),
+        entity_id: v["entity_id"].as_str().unwrap(),
+        data,
+    }
+}
+
+#[test]
+fn every_component_describes_itself_like_its_native_twin() {
+    let rt = runtime();
+    for d in DOMAINS {
+        let loaded = rt.load_file(&component_path(d.name)).unwrap();
+        assert_eq!(loaded.info, (d.info)(), "{}", d.name);
+        assert_eq!(loaded.digest.len(), 64);
+    }
+}
+
+#[test]
+fn the_golden_fixtures_give_identical_ops_through_wasm_and_natively() {
+    let rt = runtime();
+    let mut checked = 0;
+    for d in DOMAINS {
+        let loaded = rt.load_file(&component_path(d.name)).unwrap();
+        let mut session = loaded.session();
+        for event_type in (d.info)().handles {
+            let (v, data) = fixture(&event_type);
+            let env = envelope(&v, &data);
+            let through_wasm = session.project(&env).unwrap();
+            let native = (d.project)(&env).unwrap();
+            let golden: Vec<RowOp> = serde_json::from_str(
+                &std::fs::read_to_string(
+                    repo().join(format!("guest-projections/fixtures/{event_type}.ops.json")),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(through_wasm, native, "{event_type}");
+            assert_eq!(through_wasm, golden, "{event_type}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 20);
+}
+
+#[test]
+fn errors_cross_the_boundary_with_their_kind() {
+    let rt = runtime();
+    let loaded = rt.load_file(&component_path("order")).unwrap();
+    let mut session = loaded.session();
+    let env = Envelope {
+        event_type: "order.created",
+        event_id: "e",
+        timestamp: "2025-01-01T00:00:00Z",
+        entity_id: "o1",
+        data: r#"{"customer": 7}"#,
+    };
+    assert_eq!(
+        session.project(&env),
+        Err(GuestFailure::Rejected(ProjectionError::InvalidEvent(
+            "data.customer: expected an object, found number".into()
+        )))
+    );
+    let env = Envelope {
+        event_type: "order.refunded",
+        ..env
+    };
+    assert!(matches!(
+        session.project(&env),
+        Err(GuestFailure::Rejected(ProjectionError::Unsupported(_)))
+    ));
+}
+
+#[test]
+fn a_looping_guest_hits_the_deadline_and_the_next_call_gets_a_fresh_instance() {
+    let rt = runtime();
+    let loaded = rt.load_file(&chaos_path()).unwrap();
+    let mut session = loaded.session();
+    let (v, _) = fixture("user.created");
+    let looping = envelope(&v, r#"{"chaos": "loop"}"#);
+    let err = session.project(&looping).unwrap_err();
+    assert_eq!(
+        err,
+        GuestFailure::Trap("deadline exceeded (epoch interruption)".into())
+    );
+    assert_eq!(err.class(), "guest_trap");
+    let (v, data) = fixture("user.created");
+    assert!(
+        session.project(&envelope(&v, &data)).is_ok(),
+        "the session recovers after a trap"
+    );
+}
+
+#[test]
+fn a_hoarding_guest_hits_the_memory_cap() {
+    let rt = runtime();
+    let loaded = rt.load_file(&chaos_path()).unwrap();
+    let mut session = loaded.session();
+    let (v, _) = fixture("user.created");
+    let err = session
+        .project(&envelope(&v, r#"{"chaos": "alloc"}"#))
+        .unwrap_err();
+    assert!(
+        matches!(&err, GuestFailure::Trap(m) if m.contains("memory")),
+        "{err:?}"
+    );
+    let err = session
+        .project(&envelope(&v, r#"{"chaos": "panic"}"#))
+        .unwrap_err();
+    assert!(matches!(err, GuestFailure::Trap(_)), "{err:?}");
+    let (v, data) = fixture("user.created");
+    assert!(session.project(&envelope(&v, &data)).is_ok());
+}
+
+#[test]
+fn garbage_and_core_modules_are_refused_with_a_reason() {
+    let rt = runtime();
+    let err = rt.load(b"not wasm at all", "garbage.wasm").unwrap_err();
+    assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    // A core module (no component wrapper).
+    let err = rt.load(b"\0asm\x01\0\0\0", "core.wasm").unwrap_err();
+    assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    // A component that exports nothing.
+    let err = rt
+        .load(b"\0asm\x0d\0\x01\0", "empty-component.wasm")
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Exports(_)), "{err}");
+}
+
+fn arb_data() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        ".{0,12}".prop_map(serde_json::Value::from),
+        Just(serde_json::Value::from("y".repeat(200_000))),
+    ];
+    let keys = prop_oneof![
+        Just("contact_info"),
+        Just("profile"),
+        Just("variants"),
+        Just("items"),
+        Just("customer"),
+        Just("stats"),
+        Just("author"),
+        Just("media"),
+        Just("created_at"),
+        Just("status"),
+        Just("business_info"),
+    ];
+    leaf.prop_recursive(5, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+            prop::collection::vec((keys.clone(), inner), 0..6).prop_map(|kv| {
+                serde_json::Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            }),
+        ]
+    })
+    .prop_map(|v| v.to_string())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_json_never_traps_a_component_nor_leaves_its_tables(data in arb_data(), domain in 0usize..5, ty in 0usize..7) {
+        thread_local! {
+            static LOADED: Vec<projector_host::runtime::LoadedComponent> = {
+                let rt = Box::leak(Box::new(runtime()));
+                DOMAINS.iter().map(|d| rt.load_file(&component_path(d.name)).unwrap()).collect()
+            };
+        }
+        LOADED.with(|loaded| {
+            let component = &loaded[domain];
+            let handles = &component.info.handles;
+            let env = Envelope { event_type: &handles[ty % handles.len()], event_id: "e", timestamp: "2025-01-01T00:00:00Z", entity_id: "x1", data: &data };
+            match component.session().project(&env) {
+                Ok(ops) => for op in &ops { prop_assert!(component.info.allows(op), "{op:?}"); },
+                Err(GuestFailure::Rejected(_)) => {}
+                Err(other) => prop_assert!(false, "{other}"),
+            }
+            Ok(())
+        })?;
+    }
+}
