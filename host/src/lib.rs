@@ -2,5 +2,6 @@
 //! the WebAssembly projection component of its domain, and writes the
 //! resulting row operations to MySQL with exactly-once effect.
 
+pub mod cli;
 pub mod runtime;
 pub mod settings;

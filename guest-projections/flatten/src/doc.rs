@@ -92,11 +92,16 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// The entries of a nested object, in document order.
+    /// The entries of a nested object, sorted by key (so the result does not
+    /// depend on how the JSON map happens to be ordered in this build).
     pub fn entries(&self, field: &str) -> Result<Vec<(&'a String, &'a Json)>> {
         match self.get(field) {
             None => Ok(Vec::new()),
-            Some(Json::Object(map)) => Ok(map.iter().collect()),
+            Some(Json::Object(map)) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Ok(entries)
+            }
             Some(other) => Err(self.wrong(field, "an object", other)),
         }
     }
@@ -201,6 +206,44 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// JSON text with object keys sorted at every level, so the same document
+/// gives the same bytes whatever the map order of the JSON library build
+/// (serde_json's `preserve_order` is a workspace-wide feature).
+pub fn canonical_json(v: &Json) -> String {
+    fn write(v: &Json, out: &mut String) {
+        match v {
+            Json::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Json::String(k.clone()).to_string());
+                    out.push(':');
+                    write(v, out);
+                }
+                out.push('}');
+            }
+            Json::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            leaf => out.push_str(&leaf.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
 /// Parses an RFC 3339 or offset-less ISO 8601 timestamp and prints it as
 /// RFC 3339 UTC with microseconds; `None` if it is neither, or outside the
 /// range a DATETIME(6) column holds (years 1000 to 9999).
@@ -292,5 +335,12 @@ mod tests {
             Value::Json(r#"[{"url":"a"}]"#.to_owned())
         );
         assert_eq!(root.json("none").unwrap(), Value::Null);
+        let unordered: Json =
+            serde_json::from_str(r#"{"b": {"z": 1, "a": [{"y": 2, "x": null}]}, "a": "é"}"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&unordered),
+            r#"{"a":"é","b":{"a":[{"x":null,"y":2}],"z":1}}"#
+        );
     }
 }

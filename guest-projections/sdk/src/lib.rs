@@ -11,6 +11,7 @@
 pub use flatten;
 
 /// The generated bindings of `wit/projection.wit`.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "projection",

@@ -1,0 +1,164 @@
+//! The subcommands behind `projector`'s thin `main`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use std::process::ExitCode;
+
+use crate::runtime::Runtime;
+use crate::settings::Settings;
+
+/// `projector check FILE...`: loads each component as the host would and
+/// prints its declaration, or why it is refused. Fails if any is refused.
+pub fn check(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(settings.sandbox)?;
+    let mut refused = 0;
+    for file in files {
+        match runtime.load_file(file) {
+            Ok(c) => {
+                println!(
+                    "ok      {}  {}  sha256:{}",
+                    file.display(),
+                    c.label(),
+                    &c.digest[..16]
+                );
+                println!("        handles: {}", c.info.handles.join(", "));
+                for t in &c.info.writes {
+                    println!("        writes {} ({} columns)", t.table, t.columns.len());
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                println!("refused {}: {e}", file.display());
+            }
+        }
+    }
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `projector project [--components DIR] FILE...`: routes each envelope file
+/// to the component of its domain and prints the row operations it returns.
+pub fn project(
+    settings: &Settings,
+    dir: Option<&Path>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(settings.sandbox)?;
+    let dir = dir.unwrap_or(&settings.components.dir);
+    let mut components = std::collections::HashMap::new();
+    let mut failed = 0;
+    for file in files {
+        let text =
+            std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+        let envelope: events::RawEnvelope = match events::Envelope::from_slice(&text) {
+            Ok(e) => e,
+            Err(e) => {
+                failed += 1;
+                println!("{}: {e}", file.display());
+                continue;
+            }
+        };
+        let domain = envelope.topic().to_owned();
+        if !components.contains_key(&domain) {
+            let path = dir.join(format!("{domain}.wasm"));
+            let loaded = runtime
+                .load_file(&path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            components.insert(domain.clone(), loaded);
+        }
+        let component = &components[&domain];
+        let timestamp = envelope.timestamp_string();
+        let event_id = envelope.event_id.to_string();
+        let env = flatten::Envelope {
+            event_type: &envelope.event_type,
+            event_id: &event_id,
+            timestamp: &timestamp,
+            entity_id: &envelope.entity_id,
+            data: envelope.data.get(),
+        };
+        println!(
+            "{} {} -> {}",
+            envelope.event_type,
+            envelope.entity_id,
+            component.label()
+        );
+        match component.session().project(&env) {
+            Ok(ops) => {
+                for op in &ops {
+                    print_op(op);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  refused ({}): {e}", e.class());
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn show(v: &flatten::Value) -> String {
+    use flatten::Value;
+    let clip = |s: &str| {
+        if s.chars().count() > 48 {
+            format!("{}…", s.chars().take(47).collect::<String>())
+        } else {
+            s.to_owned()
+        }
+    };
+    match v {
+        Value::Null => "NULL".to_owned(),
+        Value::Text(s) => format!("{:?}", clip(s)),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Timestamp(t) => t.clone(),
+        Value::Json(j) => format!("json {}", clip(j)),
+    }
+}
+
+fn print_columns(indent: &str, cols: &[flatten::Column]) {
+    for c in cols {
+        println!("{indent}{:<24} {}", c.name, show(&c.value));
+    }
+}
+
+fn print_op(op: &flatten::RowOp) {
+    use flatten::RowOp;
+    match op {
+        RowOp::Upsert(u) | RowOp::Update(u) => {
+            let verb = if matches!(op, RowOp::Upsert(_)) {
+                "upsert"
+            } else {
+                "update"
+            };
+            println!("  {verb} {}", u.table);
+            print_columns("    key  ", &u.key);
+            print_columns("    set  ", &u.values);
+        }
+        RowOp::Replace(r) => {
+            println!("  replace {} ({} rows)", r.table, r.rows.len());
+            print_columns("    parent ", &r.parent);
+            for (i, row) in r.rows.iter().enumerate() {
+                println!("    row {i}");
+                print_columns("      ", row);
+            }
+        }
+        RowOp::SoftDelete(k) => {
+            println!("  soft-delete {}", k.table);
+            print_columns("    key  ", &k.key);
+        }
+        RowOp::Delete(k) => {
+            println!("  delete {}", k.table);
+            print_columns("    key  ", &k.key);
+        }
+    }
+}
