@@ -198,11 +198,12 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// Any JSON value kept as JSON text (`null` stays NULL).
+    /// Any JSON value kept as JSON text (`null` stays NULL), in canonical
+    /// form (object keys sorted), see [`canonical_json`].
     pub fn json(&self, field: &str) -> Result<Value> {
         Ok(self
             .get(field)
-            .map_or(Value::Null, |v| Value::Json(v.to_string())))
+            .map_or(Value::Null, |v| Value::Json(canonical_json(v))))
     }
 }
 
@@ -328,11 +329,13 @@ mod tests {
 
     #[test]
     fn json_fields_keep_their_json_text() {
-        let doc = json!({"media": [{"url": "a"}], "none": null});
+        let doc: Json =
+            serde_json::from_str(r#"{"media": [{"url": "a", "type": "image"}], "none": null}"#)
+                .unwrap();
         let root = Obj::root("data", &doc).unwrap();
         assert_eq!(
             root.json("media").unwrap(),
-            Value::Json(r#"[{"url":"a"}]"#.to_owned())
+            Value::Json(r#"[{"type":"image","url":"a"}]"#.to_owned())
         );
         assert_eq!(root.json("none").unwrap(), Value::Null);
         let unordered: Json =

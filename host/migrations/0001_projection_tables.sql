@@ -1,0 +1,175 @@
+-- The seven tables of the analytics projection (the reference design's
+-- tables.py). Every table carries the stamp of the event that last wrote the
+-- row (event_id, event_timestamp: written only by the host, used to refuse
+-- stale overwrites) and the document's own created_at / updated_at.
+
+CREATE TABLE IF NOT EXISTS users (
+    user_id         VARCHAR(24)   NOT NULL,
+    email           VARCHAR(255)  NULL,
+    phone           VARCHAR(64)   NULL,
+    display_name    VARCHAR(255)  NULL,
+    avatar          VARCHAR(1024) NULL,
+    bio             TEXT          NULL,
+    deleted_at      DATETIME(6)   NULL,
+    event_id        VARCHAR(36)   NOT NULL,
+    event_timestamp DATETIME(6)   NOT NULL,
+    created_at      DATETIME(6)   NULL,
+    updated_at      DATETIME(6)   NULL,
+    PRIMARY KEY (user_id),
+    KEY idx_users_email (email),
+    KEY idx_users_created_at (created_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS suppliers (
+    supplier_id          VARCHAR(24)   NOT NULL,
+    email                VARCHAR(255)  NULL,
+    primary_phone        VARCHAR(64)   NULL,
+    contact_person_name  VARCHAR(255)  NULL,
+    contact_person_title VARCHAR(255)  NULL,
+    contact_person_email VARCHAR(255)  NULL,
+    contact_person_phone VARCHAR(64)   NULL,
+    legal_name           VARCHAR(255)  NULL,
+    dba_name             VARCHAR(255)  NULL,
+    street               VARCHAR(255)  NULL,
+    city                 VARCHAR(128)  NULL,
+    state                VARCHAR(128)  NULL,
+    zip_code             VARCHAR(32)   NULL,
+    country              VARCHAR(64)   NULL,
+    support_email        VARCHAR(255)  NULL,
+    support_phone        VARCHAR(64)   NULL,
+    website              VARCHAR(1024) NULL,
+    social_urls          JSON          NULL,
+    event_id             VARCHAR(36)   NOT NULL,
+    event_timestamp      DATETIME(6)   NOT NULL,
+    created_at           DATETIME(6)   NULL,
+    updated_at           DATETIME(6)   NULL,
+    PRIMARY KEY (supplier_id),
+    KEY idx_suppliers_email (email),
+    KEY idx_suppliers_legal_name (legal_name),
+    KEY idx_suppliers_location (country, state, city)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS products (
+    product_id       VARCHAR(24)   NOT NULL,
+    supplier_id      VARCHAR(24)   NULL,
+    name             VARCHAR(512)  NULL,
+    description      TEXT          NULL,
+    category         VARCHAR(128)  NULL,
+    base_price_cents BIGINT        NULL,
+    status           VARCHAR(32)   NULL,
+    base_sku         VARCHAR(128)  NULL,
+    view_count       BIGINT        NULL,
+    favorite_count   BIGINT        NULL,
+    purchase_count   BIGINT        NULL,
+    review_count     BIGINT        NULL,
+    average_rating   DOUBLE        NULL,
+    published_at     DATETIME(6)   NULL,
+    event_id         VARCHAR(36)   NOT NULL,
+    event_timestamp  DATETIME(6)   NOT NULL,
+    created_at       DATETIME(6)   NULL,
+    updated_at       DATETIME(6)   NULL,
+    PRIMARY KEY (product_id),
+    KEY idx_products_supplier_id (supplier_id),
+    KEY idx_products_category (category),
+    KEY idx_products_status (status),
+    KEY idx_products_created_at (created_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS product_variants (
+    id              BIGINT        NOT NULL AUTO_INCREMENT,
+    product_id      VARCHAR(24)   NOT NULL,
+    variant_key     VARCHAR(255)  NOT NULL,
+    sku             VARCHAR(128)  NULL,
+    price_cents     BIGINT        NULL,
+    quantity        BIGINT        NULL,
+    attributes_json JSON          NULL,
+    event_id        VARCHAR(36)   NOT NULL,
+    event_timestamp DATETIME(6)   NOT NULL,
+    created_at      DATETIME(6)   NULL,
+    updated_at      DATETIME(6)   NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY uq_product_variants (product_id, variant_key),
+    CONSTRAINT fk_product_variants_product FOREIGN KEY (product_id)
+        REFERENCES products (product_id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS orders (
+    order_id                VARCHAR(24)  NOT NULL,
+    order_number            VARCHAR(64)  NULL,
+    customer_user_id        VARCHAR(24)  NULL,
+    customer_name           VARCHAR(255) NULL,
+    customer_email          VARCHAR(255) NULL,
+    shipping_recipient_name VARCHAR(255) NULL,
+    shipping_phone          VARCHAR(64)  NULL,
+    shipping_street         VARCHAR(255) NULL,
+    shipping_city           VARCHAR(128) NULL,
+    shipping_state          VARCHAR(128) NULL,
+    shipping_zip_code       VARCHAR(32)  NULL,
+    shipping_country        VARCHAR(64)  NULL,
+    status                  VARCHAR(32)  NULL,
+    total_cents             BIGINT       NULL,
+    carrier                 VARCHAR(64)  NULL,
+    tracking_number         VARCHAR(128) NULL,
+    shipped_at              DATETIME(6)  NULL,
+    cancelled_at            DATETIME(6)  NULL,
+    event_id                VARCHAR(36)  NOT NULL,
+    event_timestamp         DATETIME(6)  NOT NULL,
+    created_at              DATETIME(6)  NULL,
+    updated_at              DATETIME(6)  NULL,
+    PRIMARY KEY (order_id),
+    UNIQUE KEY uq_orders_order_number (order_number),
+    KEY idx_orders_customer_user_id (customer_user_id),
+    KEY idx_orders_status (status),
+    KEY idx_orders_created_at (created_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS order_items (
+    id               BIGINT       NOT NULL AUTO_INCREMENT,
+    order_id         VARCHAR(24)  NOT NULL,
+    item_id          VARCHAR(64)  NOT NULL,
+    product_id       VARCHAR(24)  NULL,
+    product_name     VARCHAR(512) NULL,
+    supplier_id      VARCHAR(24)  NULL,
+    variant_name     VARCHAR(255) NULL,
+    quantity         BIGINT       NULL,
+    unit_price_cents BIGINT       NULL,
+    total_cents      BIGINT       NULL,
+    event_id         VARCHAR(36)  NOT NULL,
+    event_timestamp  DATETIME(6)  NOT NULL,
+    created_at       DATETIME(6)  NULL,
+    updated_at       DATETIME(6)  NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY uq_order_items (order_id, item_id),
+    KEY idx_order_items_product_id (product_id),
+    CONSTRAINT fk_order_items_order FOREIGN KEY (order_id)
+        REFERENCES orders (order_id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS posts (
+    post_id          VARCHAR(24)   NOT NULL,
+    author_user_id   VARCHAR(24)   NULL,
+    author_name      VARCHAR(255)  NULL,
+    author_avatar    VARCHAR(1024) NULL,
+    author_type      VARCHAR(32)   NULL,
+    post_type        VARCHAR(32)   NULL,
+    text_content     TEXT          NULL,
+    media_json       JSON          NULL,
+    link_url         VARCHAR(2048) NULL,
+    link_title       VARCHAR(512)  NULL,
+    link_description TEXT          NULL,
+    link_image       VARCHAR(2048) NULL,
+    view_count       BIGINT        NULL,
+    like_count       BIGINT        NULL,
+    comment_count    BIGINT        NULL,
+    share_count      BIGINT        NULL,
+    published_at     DATETIME(6)   NULL,
+    deleted_at       DATETIME(6)   NULL,
+    event_id         VARCHAR(36)   NOT NULL,
+    event_timestamp  DATETIME(6)   NOT NULL,
+    created_at       DATETIME(6)   NULL,
+    updated_at       DATETIME(6)   NULL,
+    PRIMARY KEY (post_id),
+    KEY idx_posts_author_user_id (author_user_id),
+    KEY idx_posts_post_type (post_type),
+    KEY idx_posts_published_at (published_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
