@@ -5,8 +5,40 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use std::process::ExitCode;
 
+use crate::pipeline::{Host, Mode, connect_mysql, shutdown_signal};
 use crate::runtime::Runtime;
 use crate::settings::Settings;
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+/// `projector run [--native]`: consumes until SIGINT/SIGTERM, then finishes
+/// the batch in hand, commits and exits 0.
+pub fn run(settings: Settings, native: bool) -> anyhow::Result<ExitCode> {
+    tokio_runtime()?.block_on(async {
+        let mode = if native { Mode::Native } else { Mode::Wasm };
+        let host = Host::build(settings, mode).await?;
+        host.run(shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `projector migrate`: applies the schema migrations.
+pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+    tokio_runtime()?.block_on(async {
+        let pool = connect_mysql(&settings.mysql.url, 1).await?;
+        crate::schema::migrate(&pool).await?;
+        for m in crate::schema::MIGRATOR.iter() {
+            println!("migration {:>4} {}", m.version, m.description);
+        }
+        println!("schema is up to date");
+        Ok(ExitCode::SUCCESS)
+    })
+}
 
 /// `projector check FILE...`: loads each component as the host would and
 /// prints its declaration, or why it is refused. Fails if any is refused.

@@ -3,5 +3,9 @@
 //! resulting row operations to MySQL with exactly-once effect.
 
 pub mod cli;
+pub mod executor;
+pub mod pipeline;
+pub mod registry;
 pub mod runtime;
+pub mod schema;
 pub mod settings;

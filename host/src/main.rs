@@ -22,6 +22,15 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume the domain topics and keep the MySQL projection up to date.
+    Run {
+        /// Project with the flattening compiled into the host instead of the
+        /// WASM components (for comparison; no sandbox).
+        #[arg(long)]
+        native: bool,
+    },
+    /// Create or upgrade the MySQL schema (idempotent).
+    Migrate,
     /// Load component files in the sandbox, validate them and print what they declare.
     Check {
         /// `.wasm` component files.
@@ -55,6 +64,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.command {
+        Command::Run { native } => cli::run(settings, native),
+        Command::Migrate => cli::migrate(&settings),
         Command::Check { files } => cli::check(&settings, &files),
         Command::Project { components, files } => {
             cli::project(&settings, components.as_deref(), &files)

@@ -63,3 +63,243 @@ impl TestDb {
         self.pool.close().await;
     }
 }
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use projector_host::pipeline::{Host, Mode, Stats};
+use projector_host::settings::Settings;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::Row as _;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn components_dir() -> PathBuf {
+    std::env::var_os("PROJECTOR_COMPONENTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/projections"))
+}
+
+/// Five fresh topic names (one per domain) for one test, `<prefix>.<domain>`.
+pub struct Topics {
+    pub prefix: String,
+}
+
+impl Topics {
+    pub fn new() -> Topics {
+        Topics {
+            prefix: unique("t"),
+        }
+    }
+
+    pub fn of(&self, event_type: &str) -> String {
+        format!("{}.{}", self.prefix, event_type.split('.').next().unwrap())
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        ["user", "supplier", "product", "order", "post"]
+            .iter()
+            .map(|d| format!("{}.{d}", self.prefix))
+            .collect()
+    }
+}
+
+/// Settings of a host for one test.
+pub fn settings(db: &TestDb, topics: &Topics, group: &str) -> Settings {
+    let mut s = Settings::default();
+    s.kafka.bootstrap_servers = kafka_bootstrap();
+    s.kafka.group_id = group.to_owned();
+    s.kafka
+        .extra
+        .insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
+    s.topics = topics.all();
+    s.mysql.url = db.url.clone();
+    s.components.dir = components_dir();
+    s.batch.max_events = 200;
+    s.batch.max_wait = Duration::from_millis(20);
+    s
+}
+
+pub fn producer() -> FutureProducer {
+    let mut config = ClientConfig::new();
+    let kafka = events::KafkaSettings {
+        bootstrap_servers: kafka_bootstrap(),
+        ..Default::default()
+    };
+    for (k, v) in kafka.producer_config() {
+        config.set(k, v);
+    }
+    config.create().unwrap()
+}
+
+/// Produces raw bytes with a key and waits for the acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("broker acknowledges");
+}
+
+/// A host running in this process until [`RunningHost::stop`].
+pub struct RunningHost {
+    pub stats: std::sync::Arc<Stats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningHost {
+    pub async fn start(settings: Settings, mode: Mode) -> RunningHost {
+        let host = Host::build(settings, mode).await.expect("host builds");
+        let stats = host.stats.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(host.run(async move {
+            let _ = stopped.await;
+        }));
+        RunningHost { stats, stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Waits until `processed_events` holds `n` rows.
+pub async fn wait_processed(pool: &MySqlPool, n: i64, timeout: Duration) {
+    wait_until(pool, "SELECT COUNT(*) FROM processed_events", n, timeout).await;
+}
+
+/// Waits until a `SELECT COUNT(*)`-style query returns `n`.
+pub async fn wait_until(pool: &MySqlPool, sql: &str, n: i64, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(-1);
+        if got == n {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{sql} returned {got}, expected {n} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The projection tables, each as rows of column -> text (NULL as None),
+/// without surrogate `id` columns, sorted.
+pub type Dump = BTreeMap<String, Vec<BTreeMap<String, Option<String>>>>;
+
+pub const TABLES: [&str; 7] = [
+    "users",
+    "suppliers",
+    "products",
+    "product_variants",
+    "orders",
+    "order_items",
+    "posts",
+];
+
+pub async fn dump(pool: &MySqlPool) -> Dump {
+    let mut out = Dump::new();
+    for table in TABLES {
+        let cols: Vec<String> = sqlx::query_scalar(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+             AND COLUMN_NAME <> 'id' ORDER BY ORDINAL_POSITION",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let select: Vec<String> = cols
+            .iter()
+            .map(|c| format!("CAST(`{c}` AS CHAR)"))
+            .collect();
+        let sql = format!("SELECT {} FROM `{table}`", select.join(", "));
+        let mut rows: Vec<BTreeMap<String, Option<String>>> = sqlx::query(&sql)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                cols.iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.clone(), r.get::<Option<String>, _>(i)))
+                    .collect()
+            })
+            .collect();
+        rows.sort_by_key(|r| format!("{r:?}"));
+        out.insert(table.to_owned(), rows);
+    }
+    out
+}
+
+/// A checksum over every projection table's content.
+pub async fn checksum(pool: &MySqlPool) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    format!("{:?}", dump(pool).await).hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// A fixture envelope re-targeted at another entity, with a new event id
+/// and timestamp.
+pub fn fixture(event_type: &str, entity_id: &str, timestamp: &str) -> serde_json::Value {
+    let path = repo().join(format!("guest-projections/fixtures/{event_type}.json"));
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["entity_id"] = entity_id.into();
+    v["event_id"] = uuid::Uuid::new_v4().to_string().into();
+    v["timestamp"] = timestamp.into();
+    let data = v["data"].as_object_mut().unwrap();
+    for id_field in ["user_id", "supplier_id", "product_id", "post_id"] {
+        if data.len() == 1 && data.contains_key(id_field) {
+            data.insert(id_field.to_owned(), entity_id.into());
+        }
+    }
+    if data.contains_key("order_number") {
+        data.insert("order_number".into(), format!("ORD-{entity_id}").into());
+    }
+    v
+}
+
+/// A random 24-hex id like a MongoDB ObjectId.
+pub fn object_id() -> String {
+    format!("{:024x}", rand::random::<u128>() & ((1u128 << 96) - 1))
+}
+
+/// Asserts two dumps are equal, reporting only the rows that differ.
+pub fn assert_same(real: &Dump, expected: &Dump) {
+    let mut problems = Vec::new();
+    for (table, rows) in expected {
+        let got = real.get(table).cloned().unwrap_or_default();
+        if got.len() != rows.len() {
+            problems.push(format!(
+                "{table}: {} rows, expected {}",
+                got.len(),
+                rows.len()
+            ));
+        }
+        for want in rows {
+            if !got.contains(want) {
+                problems.push(format!("{table}: missing or different row {want:?}"));
+            }
+        }
+        for have in &got {
+            if !rows.contains(have) {
+                problems.push(format!("{table}: unexpected row {have:?}"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}

@@ -1,0 +1,776 @@
+//! The consuming loop: Kafka -> projection -> MySQL.
+//!
+//! # Delivery guarantee
+//!
+//! **Exactly-once effect.** For every batch, one MySQL transaction writes the
+//! row operations of each event not yet in `processed_events`, those events'
+//! `processed_events` rows, and the next offset of every partition in the
+//! batch (`consumer_offsets`). Only after that commit are the same offsets
+//! committed to Kafka, and only as advice for lag tools: when a partition is
+//! assigned the host reads its position from MySQL and seeks there, and
+//! anything delivered below that position is dropped. A crash at any point
+//! therefore replays at most the uncommitted batch, and `processed_events`
+//! (primary key `event_id`) makes a replayed event a no-op.
+//!
+//! What would break it: writing rows outside that transaction, committing
+//! Kafka offsets before MySQL, or deleting `processed_events` rows of events
+//! still in the topics while the stored offsets point below them.
+//!
+//! **Per-partition order** is kept: a batch holds messages in partition order,
+//! and the executor's grouping preserves the effect of applying them one by
+//! one (every write is guarded by the row's event timestamp).
+//!
+//! **Bad input never stops a partition.** An event that cannot be decoded,
+//! routed, projected or validated, or whose data the database refuses, goes to
+//! the dead-letter topic `dlq.<topic>` (acknowledged before the batch commits)
+//! and its offset is committed with the batch. A batch that the database
+//! refuses is retried event by event under savepoints, so only the bad event
+//! is dead-lettered. Transient failures (database or broker unavailable,
+//! deadlock) never dead-letter anything: the batch is retried with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use flatten::Envelope;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{Connection as _, MySqlPool};
+use tokio::sync::watch;
+
+use crate::executor::{self, Applied, BatchOutcome, ExecError};
+use crate::registry::{Projection, Registry};
+use crate::runtime::{GuestFailure, Runtime, Session};
+use crate::schema::{self, Schema};
+use crate::settings::{Settings, redact_url};
+
+/// Largest original message kept inline in a dead letter; larger ones are
+/// truncated (the dead letter keeps the source coordinates for redrive).
+pub const DLQ_MAX_ORIGINAL: usize = 512 * 1024;
+
+/// Counters of what the host did, for tests, logs and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub applied: std::sync::atomic::AtomicU64,
+    pub duplicates: std::sync::atomic::AtomicU64,
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    pub batches: std::sync::atomic::AtomicU64,
+    pub transient_errors: std::sync::atomic::AtomicU64,
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A permanent failure of one event.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub class: &'static str,
+    pub message: String,
+    pub component: Option<ComponentRef>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentRef {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+}
+
+impl ComponentRef {
+    fn of(p: &Projection) -> ComponentRef {
+        ComponentRef {
+            name: p.info().domain.clone(),
+            version: p.info().version.clone(),
+            digest: p.digest().to_owned(),
+        }
+    }
+}
+
+/// Partition (re)assignments seen by the consumer callbacks.
+#[derive(Default)]
+pub struct RebalanceLog {
+    revoked: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect()
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let p = parts(tpl);
+                tracing::info!(partitions = ?p, "partitions assigned");
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(p);
+            }
+            Rebalance::Revoke(tpl) => {
+                let p = parts(tpl);
+                tracing::info!(partitions = ?p, "partitions revoked");
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(p);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Where each owned partition stands: the next offset to apply, and whether
+/// the consumer was already moved there (after which a higher first offset
+/// is a retention gap, not a reason to seek again).
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    next: i64,
+    sought: bool,
+}
+
+/// The projection host, built from settings.
+pub struct Host {
+    pub settings: Settings,
+    pub pool: MySqlPool,
+    pub schema: Schema,
+    pub stats: Arc<Stats>,
+    registry: watch::Sender<Arc<Registry>>,
+    runtime: Option<Arc<Runtime>>,
+    consumer: StreamConsumer<RebalanceLog>,
+    dlq: FutureProducer,
+    positions: HashMap<(String, i32), Position>,
+}
+
+fn client_config(map: BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in map {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Connects to MySQL with the session settings the executor relies on.
+pub async fn connect_mysql(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    let options: MySqlConnectOptions = url
+        .parse()
+        .with_context(|| format!("invalid MySQL URL {}", redact_url(url)))?;
+    // Strict mode turns truncation into an error (which dead-letters the
+    // event) instead of silently storing something else; UTC everywhere.
+    let options = options
+        .pipes_as_concat(false)
+        .timezone(Some("+00:00".to_owned()))
+        .charset("utf8mb4")
+        .statement_cache_capacity(512);
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', SESSION innodb_lock_wait_timeout = 10")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .with_context(|| format!("failed to connect to MySQL at {}", redact_url(url)))
+}
+
+/// How events are projected.
+pub enum Mode {
+    /// WebAssembly components from the configured folder.
+    Wasm,
+    /// The same flattening compiled into the host (no sandbox).
+    Native,
+}
+
+impl Host {
+    /// Connects to MySQL (running migrations), loads the projections, and
+    /// subscribes to the topics.
+    pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Host> {
+        let pool = connect_mysql(&settings.mysql.url, settings.mysql.max_connections).await?;
+        schema::migrate(&pool).await?;
+        let schema = Schema::load(&pool).await?;
+        let (registry, runtime) = match mode {
+            Mode::Wasm => {
+                let runtime = Arc::new(Runtime::new(settings.sandbox)?);
+                (
+                    Registry::load_dir(&runtime, &settings.components.dir, &schema)?,
+                    Some(runtime),
+                )
+            }
+            Mode::Native => (Registry::native(&schema)?, None),
+        };
+        let consumer: StreamConsumer<RebalanceLog> =
+            client_config(settings.kafka.consumer_config())
+                .create_with_context(RebalanceLog::default())
+                .context("failed to create the Kafka consumer")?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).context("failed to subscribe")?;
+        let dlq: FutureProducer = client_config(settings.kafka.producer_config())
+            .create()
+            .context("failed to create the DLQ producer")?;
+        tracing::info!(
+            topics = ?settings.topics,
+            group = %settings.kafka.group_id,
+            mysql = %redact_url(&settings.mysql.url),
+            batch = settings.batch.max_events,
+            "projector host ready"
+        );
+        let (registry, _) = watch::channel(Arc::new(registry));
+        Ok(Host {
+            settings,
+            pool,
+            schema,
+            stats: Arc::new(Stats::default()),
+            registry,
+            runtime,
+            consumer,
+            dlq,
+            positions: HashMap::new(),
+        })
+    }
+
+    /// The projections in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.borrow().clone()
+    }
+
+    /// The sandbox runtime (none in native mode).
+    pub fn runtime(&self) -> Option<&Arc<Runtime>> {
+        self.runtime.as_ref()
+    }
+
+    /// Consumes until `shutdown` resolves, then finishes the batch in hand and
+    /// returns.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            let batch = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                batch = self.next_batch() => batch?,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let done = self.process(batch, &mut shutdown).await?;
+            if !done {
+                break;
+            }
+        }
+        tracing::info!("projector host stopped");
+        Ok(())
+    }
+
+    /// Up to `max_events` messages: waits for the first, then at most
+    /// `max_wait` for the rest.
+    async fn next_batch(&self) -> anyhow::Result<Vec<OwnedMessage>> {
+        let max = self.settings.batch.max_events;
+        let mut batch = Vec::with_capacity(max.min(4096));
+        let first = self.consumer.recv().await;
+        match first {
+            Ok(m) => batch.push(m.detach()),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(batch);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.batch.max_wait;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Drops what is below each partition's stored position, seeking where
+    /// the consumer is not where MySQL says it should be.
+    async fn align_positions(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
+        let ctx = self.consumer.context();
+        for p in std::mem::take(&mut *ctx.revoked.lock().unwrap_or_else(|e| e.into_inner())) {
+            self.positions.remove(&p);
+        }
+        for p in std::mem::take(&mut *ctx.assigned.lock().unwrap_or_else(|e| e.into_inner())) {
+            self.positions.remove(&p);
+        }
+        let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in &batch {
+            firsts
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(m.offset());
+        }
+        if firsts.keys().any(|k| !self.positions.contains_key(k)) {
+            let stored =
+                executor::stored_offsets(&self.pool, &self.settings.kafka.group_id).await?;
+            for (key, first) in &firsts {
+                if self.positions.contains_key(key) {
+                    continue;
+                }
+                match stored.get(key) {
+                    Some(&next) if next != *first => {
+                        tracing::info!(topic = %key.0, partition = key.1, from = *first, to = next, "seeking to the position stored in MySQL");
+                        self.consumer
+                            .seek(&key.0, key.1, Offset::Offset(next), Duration::from_secs(10))
+                            .with_context(|| {
+                                format!("failed to seek {}[{}] to {next}", key.0, key.1)
+                            })?;
+                        self.positions
+                            .insert(key.clone(), Position { next, sought: true });
+                    }
+                    _ => {
+                        self.positions.insert(
+                            key.clone(),
+                            Position {
+                                next: *first,
+                                sought: true,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let mut kept = Vec::with_capacity(batch.len());
+        for m in batch {
+            let key = (m.topic().to_owned(), m.partition());
+            let Some(pos) = self.positions.get_mut(&key) else {
+                continue;
+            };
+            if m.offset() < pos.next {
+                continue; // already applied
+            }
+            if m.offset() > pos.next && !pos.sought {
+                continue;
+            }
+            pos.next = m.offset() + 1;
+            kept.push(m);
+        }
+        Ok(kept)
+    }
+
+    /// Projects and commits one batch. Returns false if shutdown was asked
+    /// while waiting out a transient failure (nothing of the batch committed).
+    async fn process(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> anyhow::Result<bool> {
+        let mut backoff = Duration::from_millis(100);
+        let mut batch = Some(batch);
+        let mut aligned: Option<Vec<OwnedMessage>> = None;
+        loop {
+            let attempt = async {
+                if aligned.is_none() {
+                    // A failure before alignment (MySQL down) keeps the raw batch.
+                    let raw = batch.take().unwrap_or_default();
+                    match self.align_positions(raw.clone()).await {
+                        Ok(a) => aligned = Some(a),
+                        Err(e) => {
+                            batch = Some(raw);
+                            return Err(e);
+                        }
+                    }
+                }
+                let messages = aligned.as_deref().unwrap_or_default();
+                self.project_and_commit(messages).await
+            };
+            match attempt.await {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    bump(&self.stats.transient_errors, 1);
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
+                    tokio::select! {
+                        biased;
+                        () = &mut *shutdown => {
+                            tracing::info!("shutdown while retrying: the batch is left for the next start");
+                            return Ok(false);
+                        }
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Projects every message, dead-letters the permanent failures and
+    /// commits the rest with the offsets. Any error returned is transient.
+    async fn project_and_commit(&self, messages: &[OwnedMessage]) -> anyhow::Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let registry = self.registry();
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in messages {
+            let e = offsets
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        let (applied, failed) = project_all(&registry, &self.schema, messages);
+        // Dead letters are acknowledged before the offsets move past them.
+        self.dead_letter(messages, &failed).await?;
+        let mut dead_lettered = failed.len();
+        let outcome = match self.commit(&applied, &offsets).await {
+            Ok(o) => o,
+            Err(ExecError::Data(reason)) => {
+                tracing::warn!(%reason, events = applied.len(), "the database refused a batch; retrying it event by event");
+                let (outcome, refused) = self.commit_isolated(&applied, &offsets, messages).await?;
+                dead_lettered += refused;
+                outcome
+            }
+            Err(ExecError::Transient(e)) => {
+                return Err(anyhow::Error::new(e).context("MySQL transaction failed"));
+            }
+        };
+        bump(&self.stats.applied, outcome.applied as u64);
+        bump(&self.stats.duplicates, outcome.duplicates as u64);
+        bump(&self.stats.batches, 1);
+        self.commit_kafka(&offsets);
+        tracing::debug!(
+            messages = messages.len(),
+            applied = outcome.applied,
+            duplicates = outcome.duplicates,
+            dead_lettered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        applied: &[Projected],
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> Result<BatchOutcome, ExecError> {
+        let events: Vec<Applied> = applied.iter().map(|a| a.inner.clone()).collect();
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let outcome = executor::apply_batch(
+            &mut tx,
+            &self.schema,
+            &self.settings.kafka.group_id,
+            &events,
+            offsets,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Applies the events one by one under savepoints; the ones the database
+    /// refuses are dead-lettered, the others committed with the offsets.
+    async fn commit_isolated(
+        &self,
+        applied: &[Projected],
+        offsets: &BTreeMap<(String, i32), i64>,
+        messages: &[OwnedMessage],
+    ) -> anyhow::Result<(BatchOutcome, usize)> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let mut refused = Vec::new();
+        let mut outcome = BatchOutcome::default();
+        for (i, a) in applied.iter().enumerate() {
+            sqlx::query("SAVEPOINT one_event").execute(&mut *tx).await?;
+            match executor::apply_batch(
+                &mut tx,
+                &self.schema,
+                &self.settings.kafka.group_id,
+                std::slice::from_ref(&a.inner),
+                &BTreeMap::new(),
+            )
+            .await
+            {
+                Ok(o) => {
+                    outcome.applied += o.applied;
+                    outcome.duplicates += o.duplicates;
+                    sqlx::query("RELEASE SAVEPOINT one_event")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Err(ExecError::Data(reason)) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT one_event")
+                        .execute(&mut *tx)
+                        .await?;
+                    refused.push((i, reason));
+                }
+                Err(ExecError::Transient(e)) => {
+                    return Err(anyhow::Error::new(e).context("MySQL failed during isolation"));
+                }
+            }
+        }
+        let failures: Vec<(usize, Failure)> = refused
+            .iter()
+            .map(|(i, reason)| {
+                (
+                    applied[*i].source_index,
+                    Failure {
+                        class: "rejected_by_database",
+                        message: reason.clone(),
+                        component: applied[*i].component_ref.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Dead letters are acknowledged before the offsets move past them.
+        self.dead_letter(messages, &failures).await?;
+        executor::apply_batch(
+            &mut tx,
+            &self.schema,
+            &self.settings.kafka.group_id,
+            &[],
+            offsets,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("recording offsets failed: {e}"))?;
+        tx.commit().await?;
+        Ok((outcome, refused.len()))
+    }
+
+    fn commit_kafka(&self, offsets: &BTreeMap<(String, i32), i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            // Advisory only: MySQL holds the real position.
+            tracing::debug!(error = %e, "advisory Kafka offset commit failed");
+        }
+    }
+
+    /// Publishes dead letters and waits for the broker's acknowledgement.
+    async fn dead_letter(
+        &self,
+        messages: &[OwnedMessage],
+        failed: &[(usize, Failure)],
+    ) -> anyhow::Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut pending = Vec::new();
+        for (index, failure) in failed {
+            let m = &messages[*index];
+            let letter = dead_letter_value(m, failure);
+            let dlq_topic = format!("dlq.{}", m.topic());
+            tracing::warn!(
+                topic = m.topic(), partition = m.partition(), offset = m.offset(),
+                class = failure.class, reason = %failure.message, "dead-lettering event"
+            );
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "x-error-class",
+                    value: Some(failure.class),
+                })
+                .insert(Header {
+                    key: "x-source-topic",
+                    value: Some(m.topic()),
+                })
+                .insert(Header {
+                    key: "x-source-partition",
+                    value: Some(&m.partition().to_string()),
+                })
+                .insert(Header {
+                    key: "x-source-offset",
+                    value: Some(&m.offset().to_string()),
+                });
+            let key = m.key().map(<[u8]>::to_vec);
+            let payload = serde_json::to_vec(&letter).context("dead letter serialises")?;
+            pending.push((dlq_topic, key, payload, headers));
+        }
+        let mut futures = Vec::new();
+        for (topic, key, payload, headers) in &pending {
+            let mut record = FutureRecord::to(topic)
+                .payload(payload)
+                .headers(headers.clone());
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            futures.push(self.dlq.send(record, Duration::from_secs(30)));
+        }
+        for f in futures {
+            f.await
+                .map_err(|(e, _)| anyhow::anyhow!("dead-letter topic unavailable: {e}"))?;
+        }
+        bump(&self.stats.dead_lettered, failed.len() as u64);
+        Ok(())
+    }
+}
+
+/// An event projected and validated, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Projected {
+    pub inner: Applied,
+    pub source_index: usize,
+    pub component_ref: Option<ComponentRef>,
+}
+
+/// Projects each message through its domain's projection (one instance per
+/// domain for the whole batch) and validates the operations.
+pub fn project_all(
+    registry: &Registry,
+    schema: &Schema,
+    messages: &[OwnedMessage],
+) -> (Vec<Projected>, Vec<(usize, Failure)>) {
+    let mut sessions: HashMap<String, Session<'_>> = HashMap::new();
+    let mut applied = Vec::with_capacity(messages.len());
+    let mut failed = Vec::new();
+    for (index, m) in messages.iter().enumerate() {
+        match project_one(registry, schema, &mut sessions, m) {
+            Ok(inner) => applied.push(Projected {
+                component_ref: registry.route(&inner.event_type).map(ComponentRef::of),
+                inner,
+                source_index: index,
+            }),
+            Err(failure) => failed.push((index, failure)),
+        }
+    }
+    (applied, failed)
+}
+
+fn project_one<'r>(
+    registry: &'r Registry,
+    schema: &Schema,
+    sessions: &mut HashMap<String, Session<'r>>,
+    m: &OwnedMessage,
+) -> Result<Applied, Failure> {
+    let fail = |class: &'static str, message: String, component: Option<ComponentRef>| Failure {
+        class,
+        message,
+        component,
+    };
+    let Some(payload) = m.payload() else {
+        return Err(fail(
+            "invalid_envelope",
+            "message has no payload".into(),
+            None,
+        ));
+    };
+    let envelope: events::RawEnvelope = events::Envelope::from_slice(payload)
+        .map_err(|e| fail("invalid_envelope", e.to_string(), None))?;
+    let projection = registry.route(&envelope.event_type).ok_or_else(|| {
+        fail(
+            "unknown_event_type",
+            format!("no projection handles event type {:?}", envelope.event_type),
+            None,
+        )
+    })?;
+    let component = Some(ComponentRef::of(projection));
+    let event_id = envelope.event_id.to_string();
+    let timestamp = envelope.timestamp_string();
+    let env = Envelope {
+        event_type: &envelope.event_type,
+        event_id: &event_id,
+        timestamp: &timestamp,
+        entity_id: &envelope.entity_id,
+        data: envelope.data.get(),
+    };
+    let ops = match projection {
+        Projection::Wasm(c) => {
+            let session = sessions
+                .entry(c.info.domain.clone())
+                .or_insert_with(|| c.session());
+            session.project(&env)
+        }
+        Projection::Native(n) => (n.domain.project)(&env).map_err(GuestFailure::Rejected),
+    }
+    .map_err(|e| fail(e.class(), e.to_string(), component.clone()))?;
+    let info = projection.info();
+    let ops = ops
+        .iter()
+        .map(|op| executor::validate(op, info, schema))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail("disallowed_op", e, component.clone()))?;
+    Ok(Applied {
+        event_id,
+        event_type: envelope.event_type.clone(),
+        timestamp: envelope.timestamp.naive_utc(),
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        component: projection.label(),
+        ops,
+    })
+}
+
+/// The JSON value of a dead letter.
+fn dead_letter_value(m: &OwnedMessage, failure: &Failure) -> serde_json::Value {
+    let payload = m.payload().unwrap_or_default();
+    let truncated = payload.len() > DLQ_MAX_ORIGINAL;
+    let kept = &payload[..payload.len().min(DLQ_MAX_ORIGINAL)];
+    let (original, encoding) = match std::str::from_utf8(kept) {
+        Ok(s) => (s.to_owned(), "utf8"),
+        Err(_) => (hex::encode(kept), "hex"),
+    };
+    serde_json::json!({
+        "original": original,
+        "original_encoding": encoding,
+        "original_truncated": truncated,
+        "original_size": payload.len(),
+        "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "topic": m.topic(),
+        "partition": m.partition(),
+        "offset": m.offset(),
+        "error_class": failure.class,
+        "error": failure.message,
+        "component": failure.component,
+        "failed_at": events::format_timestamp(&Utc::now()),
+        "retry_count": 0,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,167 @@
+//! Which projection handles which event type.
+//!
+//! A registry is built once from a components folder (or from the native
+//! flattening, for comparison runs) and never changes; a reload builds a new
+//! registry and swaps it in between batches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use flatten::{Domain, Info};
+
+use crate::runtime::{LoadedComponent, Runtime};
+use crate::schema::Schema;
+
+/// One domain's projection: a sandboxed component, or the same flattening
+/// compiled into the host (no sandbox; for benchmarks and comparisons).
+#[derive(Debug, Clone)]
+pub enum Projection {
+    Wasm(Arc<LoadedComponent>),
+    Native(NativeProjection),
+}
+
+#[derive(Clone)]
+pub struct NativeProjection {
+    pub domain: Domain,
+    pub info: Info,
+}
+
+impl std::fmt::Debug for NativeProjection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NativeProjection({})", self.domain.name)
+    }
+}
+
+impl Projection {
+    pub fn info(&self) -> &Info {
+        match self {
+            Projection::Wasm(c) => &c.info,
+            Projection::Native(n) => &n.info,
+        }
+    }
+
+    /// `domain@version`, recorded with every event the projection applies.
+    pub fn label(&self) -> String {
+        match self {
+            Projection::Wasm(c) => c.label(),
+            Projection::Native(n) => format!("{}@{}-native", n.info.domain, n.info.version),
+        }
+    }
+
+    /// SHA-256 of the component, or `native`.
+    pub fn digest(&self) -> &str {
+        match self {
+            Projection::Wasm(c) => &c.digest,
+            Projection::Native(_) => "native",
+        }
+    }
+}
+
+/// The projections in force, routed by event type.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    by_domain: BTreeMap<String, Projection>,
+    by_type: HashMap<String, String>,
+}
+
+impl Registry {
+    /// Builds a registry from projections, refusing two that claim one event
+    /// type or one domain, and any whose declared writes the schema lacks.
+    pub fn new(projections: Vec<Projection>, schema: &Schema) -> anyhow::Result<Registry> {
+        let mut registry = Registry::default();
+        for p in projections {
+            registry.insert(p, schema)?;
+        }
+        Ok(registry)
+    }
+
+    fn insert(&mut self, p: Projection, schema: &Schema) -> anyhow::Result<()> {
+        let info = p.info().clone();
+        schema
+            .check_declaration(&info)
+            .map_err(|e| anyhow::anyhow!("projection {} refused: {e}", p.label()))?;
+        if let Some(existing) = self.by_domain.get(&info.domain) {
+            anyhow::bail!(
+                "two projections for domain {:?}: {} and {}",
+                info.domain,
+                existing.label(),
+                p.label()
+            );
+        }
+        for t in &info.handles {
+            if let Some(other) = self.by_type.get(t) {
+                anyhow::bail!(
+                    "event type {t:?} is claimed by both {other} and {}",
+                    info.domain
+                );
+            }
+        }
+        for t in &info.handles {
+            self.by_type.insert(t.clone(), info.domain.clone());
+        }
+        self.by_domain.insert(info.domain.clone(), p);
+        Ok(())
+    }
+
+    /// Loads every `*.wasm` file of `dir` (sorted by name).
+    pub fn load_dir(runtime: &Runtime, dir: &Path, schema: &Schema) -> anyhow::Result<Registry> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the components folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            anyhow::bail!("no .wasm component in {}", dir.display());
+        }
+        let mut projections = Vec::new();
+        for file in files {
+            let loaded = runtime
+                .load_file(&file)
+                .with_context(|| format!("component {} refused", file.display()))?;
+            tracing::info!(component = %loaded.label(), file = %file.display(), digest = %&loaded.digest[..12], "loaded projection component");
+            projections.push(Projection::Wasm(Arc::new(loaded)));
+        }
+        Registry::new(projections, schema)
+    }
+
+    /// The built-in flattening compiled into the host, for every domain.
+    pub fn native(schema: &Schema) -> anyhow::Result<Registry> {
+        let projections = flatten::DOMAINS
+            .into_iter()
+            .map(|domain| {
+                Projection::Native(NativeProjection {
+                    domain,
+                    info: (domain.info)(),
+                })
+            })
+            .collect();
+        Registry::new(projections, schema)
+    }
+
+    /// The projection of an event type.
+    pub fn route(&self, event_type: &str) -> Option<&Projection> {
+        self.by_type
+            .get(event_type)
+            .and_then(|d| self.by_domain.get(d))
+    }
+
+    pub fn domains(&self) -> impl Iterator<Item = (&String, &Projection)> {
+        self.by_domain.iter()
+    }
+
+    /// A copy with one domain's projection replaced (hot reload).
+    pub fn with(&self, p: Projection, schema: &Schema) -> anyhow::Result<Registry> {
+        let mut next = Registry::default();
+        let domain = p.info().domain.clone();
+        for (d, existing) in &self.by_domain {
+            if *d != domain {
+                next.insert(existing.clone(), schema)?;
+            }
+        }
+        next.insert(p, schema)?;
+        Ok(next)
+    }
+}

@@ -1,0 +1,259 @@
+//! The MySQL schema: versioned migrations, and what the host learns from the
+//! live schema to validate what components may write.
+//!
+//! Identifiers that reach SQL text are [`Ident`]s: parsed once, checked
+//! against a strict pattern and against the live schema, and always quoted.
+//! Values never reach SQL text; they are bound parameters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use anyhow::Context as _;
+use sqlx::{MySqlPool, Row as _};
+
+/// The migrations in `host/migrations`, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Tables the host keeps for itself; no component may write them.
+pub const BOOKKEEPING_TABLES: [&str; 3] =
+    ["processed_events", "consumer_offsets", "_sqlx_migrations"];
+
+/// Applies every migration not applied yet. Idempotent.
+pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("failed to run the schema migrations")
+}
+
+/// A table or column name that is safe to put into SQL text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ident(String);
+
+/// A name that is not a plain lower-case identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a valid identifier (lower-case letters, digits and _, at most 64, not starting with a digit)"
+)]
+pub struct BadIdent(pub String);
+
+impl Ident {
+    pub fn parse(name: &str) -> Result<Ident, BadIdent> {
+        let mut chars = name.chars();
+        let ok = name.len() <= 64
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Ident(name.to_owned()))
+        } else {
+            Err(BadIdent(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Quoted for MySQL: `` `name` ``. The pattern admits no backtick.
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`", self.0)
+    }
+}
+
+/// A child table's reference to its parent (`ON DELETE CASCADE` in our schema).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The child's columns, in key order.
+    pub columns: Vec<String>,
+    pub parent_table: String,
+    /// The parent's columns they reference, in the same order.
+    pub parent_columns: Vec<String>,
+}
+
+/// What the host knows of one table of the live schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: Ident,
+    pub columns: BTreeSet<String>,
+    /// Primary key columns, in key order.
+    pub primary_key: Vec<String>,
+    /// Unique keys (besides the primary key), each in key order.
+    pub unique_keys: Vec<Vec<String>>,
+    /// The parent of a child table.
+    pub parent: Option<ForeignKey>,
+    /// Whether the table carries the host's event stamp columns.
+    pub stamped: bool,
+}
+
+impl TableInfo {
+    /// Whether `cols` (in any order) are exactly the primary key or a unique key.
+    pub fn is_unique_key(&self, cols: &BTreeSet<&str>) -> bool {
+        let same = |key: &Vec<String>| {
+            key.len() == cols.len() && key.iter().all(|k| cols.contains(k.as_str()))
+        };
+        same(&self.primary_key) || self.unique_keys.iter().any(same)
+    }
+}
+
+/// The tables of the live schema the projection may write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schema {
+    pub tables: BTreeMap<String, TableInfo>,
+}
+
+impl Schema {
+    /// Reads tables, columns, keys and foreign keys of the connected database.
+    pub async fn load(pool: &MySqlPool) -> anyhow::Result<Schema> {
+        let columns = sqlx::query(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        )
+        .fetch_all(pool)
+        .await
+        .context("failed to read the schema's columns")?;
+        let keys = sqlx::query(
+            "SELECT k.TABLE_NAME, k.CONSTRAINT_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME, \
+                    k.REFERENCED_COLUMN_NAME, c.CONSTRAINT_TYPE \
+             FROM information_schema.KEY_COLUMN_USAGE k \
+             JOIN information_schema.TABLE_CONSTRAINTS c \
+               ON c.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND c.TABLE_NAME = k.TABLE_NAME \
+              AND c.CONSTRAINT_NAME = k.CONSTRAINT_NAME \
+             WHERE k.TABLE_SCHEMA = DATABASE() \
+             ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+        )
+        .fetch_all(pool)
+        .await
+        .context("failed to read the schema's keys")?;
+
+        let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
+        for row in columns {
+            let table: String = row.try_get(0)?;
+            let column: String = row.try_get(1)?;
+            if BOOKKEEPING_TABLES.contains(&table.as_str()) {
+                continue;
+            }
+            let Ok(name) = Ident::parse(&table) else {
+                continue;
+            };
+            let info = tables.entry(table).or_insert_with(|| TableInfo {
+                name,
+                columns: BTreeSet::new(),
+                primary_key: vec![],
+                unique_keys: vec![],
+                parent: None,
+                stamped: false,
+            });
+            if Ident::parse(&column).is_ok() {
+                info.columns.insert(column);
+            }
+        }
+        let mut uniques: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let mut fks: BTreeMap<(String, String), ForeignKey> = BTreeMap::new();
+        for row in keys {
+            let table: String = row.try_get(0)?;
+            let constraint: String = row.try_get(1)?;
+            let column: String = row.try_get(2)?;
+            let ref_table: Option<String> = row.try_get(3)?;
+            let ref_column: Option<String> = row.try_get(4)?;
+            let kind: String = row.try_get(5)?;
+            let Some(info) = tables.get_mut(&table) else {
+                continue;
+            };
+            match kind.as_str() {
+                "PRIMARY KEY" => info.primary_key.push(column),
+                "UNIQUE" => uniques.entry((table, constraint)).or_default().push(column),
+                "FOREIGN KEY" => {
+                    if let (Some(rt), Some(rc)) = (ref_table, ref_column) {
+                        let fk = fks
+                            .entry((table, constraint))
+                            .or_insert_with(|| ForeignKey {
+                                columns: vec![],
+                                parent_table: rt,
+                                parent_columns: vec![],
+                            });
+                        fk.columns.push(column);
+                        fk.parent_columns.push(rc);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ((table, _), cols) in uniques {
+            if let Some(info) = tables.get_mut(&table) {
+                info.unique_keys.push(cols);
+            }
+        }
+        for ((table, _), fk) in fks {
+            if let Some(info) = tables.get_mut(&table) {
+                info.parent = Some(fk);
+            }
+        }
+        for info in tables.values_mut() {
+            info.stamped = flatten::HOST_COLUMNS
+                .iter()
+                .all(|c| info.columns.contains(*c));
+        }
+        Ok(Schema { tables })
+    }
+
+    /// Checks a component's declared writes against the schema: every table
+    /// exists, carries the event stamp and has a primary key, and every
+    /// declared column exists.
+    pub fn check_declaration(&self, info: &flatten::Info) -> Result<(), String> {
+        for use_ in &info.writes {
+            Ident::parse(&use_.table).map_err(|e| e.to_string())?;
+            let Some(table) = self.tables.get(&use_.table) else {
+                return Err(format!(
+                    "declares table {:?}, which the schema does not have",
+                    use_.table
+                ));
+            };
+            if !table.stamped || table.primary_key.is_empty() {
+                return Err(format!(
+                    "declares table {:?}, which lacks a primary key or the event_id/event_timestamp columns",
+                    use_.table
+                ));
+            }
+            for column in &use_.columns {
+                Ident::parse(column).map_err(|e| e.to_string())?;
+                if !table.columns.contains(column) {
+                    return Err(format!(
+                        "declares column {}.{column}, which the schema does not have",
+                        use_.table
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_plain_lower_case_names() {
+        assert_eq!(
+            Ident::parse("order_items").unwrap().to_string(),
+            "`order_items`"
+        );
+        assert_eq!(Ident::parse("_x1").unwrap().as_str(), "_x1");
+        for bad in [
+            "",
+            "1abc",
+            "Users",
+            "users;drop",
+            "a`b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(Ident::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
