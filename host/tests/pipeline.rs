@@ -136,18 +136,20 @@ impl Model {
                     }
                 }
                 RowOp::Delete(k) => {
-                    if let Some(i) = self.find(&k.table, &k.key) {
-                        if Self::newer(&self.rows[&k.table][i], &ts) {
-                            let removed = self.rows.get_mut(&k.table).unwrap().remove(i);
-                            for (child, parent, col) in PARENTS {
-                                if parent == k.table {
-                                    let id = removed[col].clone();
-                                    self.rows
-                                        .entry(child.into())
-                                        .or_default()
-                                        .retain(|r| r[col] != id);
-                                }
-                            }
+                    let Some(i) = self.find(&k.table, &k.key) else {
+                        continue;
+                    };
+                    if !Self::newer(&self.rows[&k.table][i], &ts) {
+                        continue;
+                    }
+                    let removed = self.rows.get_mut(&k.table).unwrap().remove(i);
+                    for (child, parent, col) in PARENTS {
+                        if parent == k.table {
+                            let id = removed[col].clone();
+                            self.rows
+                                .entry(child.into())
+                                .or_default()
+                                .retain(|r| r[col] != id);
                         }
                     }
                 }
