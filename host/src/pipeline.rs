@@ -147,7 +147,7 @@ struct Position {
 pub struct Host {
     pub settings: Settings,
     pub pool: MySqlPool,
-    pub schema: Schema,
+    pub schema: Arc<Schema>,
     pub stats: Arc<Stats>,
     registry: watch::Sender<Arc<Registry>>,
     runtime: Option<Arc<Runtime>>,
@@ -206,7 +206,7 @@ impl Host {
     pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Host> {
         let pool = connect_mysql(&settings.mysql.url, settings.mysql.max_connections).await?;
         schema::migrate(&pool).await?;
-        let schema = Schema::load(&pool).await?;
+        let schema = Arc::new(Schema::load(&pool).await?);
         let (registry, runtime) = match mode {
             Mode::Wasm => {
                 let runtime = Arc::new(Runtime::new(settings.sandbox)?);
@@ -434,7 +434,15 @@ impl Host {
                 .or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
-        let (applied, failed) = project_all(&registry, &self.schema, messages);
+        // Guest calls are CPU work and may call WASI host functions that block
+        // on an async runtime of their own: run them on a blocking thread.
+        let (applied, failed) = {
+            let schema = self.schema.clone();
+            let owned = messages.to_vec();
+            tokio::task::spawn_blocking(move || project_all(&registry, &schema, &owned))
+                .await
+                .context("projection thread failed")?
+        };
         // Dead letters are acknowledged before the offsets move past them.
         self.dead_letter(messages, &failed).await?;
         let mut dead_lettered = failed.len();

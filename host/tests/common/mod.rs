@@ -303,3 +303,51 @@ pub fn assert_same(real: &Dump, expected: &Dump) {
         problems.join("\n")
     );
 }
+
+/// Reads `n` messages from the start of `topic` (each as its JSON value and
+/// headers), failing after `timeout`.
+pub async fn read_topic(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(serde_json::Value, BTreeMap<String, String>)> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::message::Headers as _;
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500");
+    let consumer: StreamConsumer = config.create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => m.unwrap(),
+            Err(_) => panic!(
+                "only {} of {n} messages on {topic} within {timeout:?}",
+                out.len()
+            ),
+        };
+        let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|hd| {
+                        (
+                            hd.key.to_owned(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((value, headers));
+    }
+    out
+}

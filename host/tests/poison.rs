@@ -1,0 +1,221 @@
+//! Bad input never stops a partition: poison messages and misbehaving
+//! components are dead-lettered with their reason while the good events
+//! around them land.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use projector_host::pipeline::Mode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let producer = producer();
+    let user_topic = topics.of("user.created");
+    let (a, b, c) = (object_id(), object_id(), object_id());
+    let good_a = fixture("user.created", &a, "2026-01-01T00:00:00Z");
+    let mut wrong_type = fixture("user.created", &b, "2026-01-01T00:00:00Z");
+    wrong_type["data"]["contact_info"]["primary_email"] = json!(42);
+    let mut too_long = fixture("user.updated", &a, "2026-01-02T00:00:00Z");
+    too_long["data"]["profile"]["display_name"] = json!("x".repeat(300));
+    let mut unknown = fixture("user.created", &c, "2026-01-01T00:00:00Z");
+    unknown["event_type"] = json!("user.teleported");
+    let mut no_entity = fixture("user.created", &c, "2026-01-01T00:00:00Z");
+    no_entity.as_object_mut().unwrap().remove("entity_id");
+    let good_c = fixture("user.created", &c, "2026-01-03T00:00:00Z");
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        (a.as_str(), good_a.to_string().into_bytes()),
+        (a.as_str(), b"{not json".to_vec()),
+        (b.as_str(), wrong_type.to_string().into_bytes()),
+        (a.as_str(), too_long.to_string().into_bytes()),
+        (c.as_str(), unknown.to_string().into_bytes()),
+        (c.as_str(), no_entity.to_string().into_bytes()),
+        (c.as_str(), good_c.to_string().into_bytes()),
+    ];
+    // All on one partition (same key) so the bad ones sit between good ones.
+    for (_, payload) in &poison {
+        produce(&producer, &user_topic, &a, payload).await;
+    }
+    let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
+    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
+    let mut letters = read_topic(&format!("dlq.{user_topic}"), 5, Duration::from_secs(60)).await;
+    letters.sort_by_key(|(v, _)| v["offset"].as_i64());
+    let stats = host.stats.clone();
+    host.stop().await;
+
+    let users = dump(&db.pool).await["users"].clone();
+    assert_eq!(users.len(), 2, "both good users landed");
+    let classes: Vec<&str> = letters
+        .iter()
+        .map(|(v, _)| v["error_class"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            "invalid_envelope",
+            "invalid_event",
+            "rejected_by_database",
+            "unknown_event_type",
+            "invalid_envelope"
+        ]
+    );
+    let (wrong, headers) = &letters[1];
+    assert_eq!(
+        wrong["error"],
+        "invalid event: data.contact_info.primary_email: expected a string, found number"
+    );
+    assert_eq!(wrong["topic"], user_topic.as_str());
+    assert_eq!(wrong["offset"], 2);
+    assert_eq!(wrong["key"], a.as_str());
+    assert_eq!(wrong["component"]["name"], "user");
+    assert_eq!(wrong["component"]["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(wrong["original"].as_str().unwrap()).unwrap(),
+        wrong_type
+    );
+    assert!(wrong["failed_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(headers["x-error-class"], "invalid_event");
+    assert_eq!(headers["x-source-offset"], "2");
+    assert!(
+        letters[2].0["error"]
+            .as_str()
+            .unwrap()
+            .contains("display_name"),
+        "{}",
+        letters[2].0["error"]
+    );
+    assert!(
+        letters[0].0["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON envelope")
+    );
+    assert!(
+        letters[4].0["error"]
+            .as_str()
+            .unwrap()
+            .contains("entity_id")
+    );
+    assert_eq!(
+        stats
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    // The partition kept flowing: its stored position is past every message.
+    let next: i64 =
+        sqlx::query_scalar("SELECT CAST(SUM(next_offset) AS SIGNED) FROM consumer_offsets")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(next, 7);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_hoarding_and_trespassing_components_are_contained() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    // The chaos component stands in for the user projection.
+    let dir = tempdir();
+    for d in ["supplier", "product", "order", "post"] {
+        std::fs::copy(
+            components_dir().join(format!("{d}.wasm")),
+            dir.join(format!("{d}.wasm")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        components_dir().join("../test-projections/chaos.wasm"),
+        dir.join("user.wasm"),
+    )
+    .unwrap();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.components.dir = dir.clone();
+    s.sandbox.call_deadline = Duration::from_millis(100);
+    s.sandbox.memory_bytes = 32 << 20;
+
+    let producer = producer();
+    let topic = topics.of("user.created");
+    let key = object_id();
+    let mut sent = Vec::new();
+    for (i, chaos) in [
+        "none",
+        "loop",
+        "alloc",
+        "undeclared",
+        "undeclared_column",
+        "panic",
+        "none",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut e = fixture(
+            "user.created",
+            &object_id(),
+            &format!("2026-01-01T00:00:0{i}Z"),
+        );
+        e["data"]["chaos"] = json!(chaos);
+        produce(&producer, &topic, &key, e.to_string().as_bytes()).await;
+        sent.push(e);
+    }
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
+    let mut letters = read_topic(&format!("dlq.{topic}"), 5, Duration::from_secs(60)).await;
+    letters.sort_by_key(|(v, _)| v["offset"].as_i64());
+    host.stop().await;
+
+    let classes: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|(v, _)| {
+            (
+                v["error_class"].as_str().unwrap(),
+                v["error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes[0],
+        (
+            "guest_trap",
+            "component trapped: deadline exceeded (epoch interruption)"
+        )
+    );
+    assert_eq!(
+        classes[1],
+        ("guest_trap", "component trapped: memory limit exceeded")
+    );
+    assert_eq!(classes[2].0, "disallowed_op");
+    assert!(classes[2].1.contains("orders"), "{}", classes[2].1);
+    assert_eq!(classes[3].0, "disallowed_op");
+    assert!(classes[3].1.contains("password_hash"), "{}", classes[3].1);
+    assert_eq!(classes[4].0, "guest_trap");
+    assert!(
+        letters
+            .iter()
+            .all(|(v, _)| v["component"]["version"] == "1.0.0-chaos")
+    );
+    let d = dump(&db.pool).await;
+    assert_eq!(
+        d["users"].len(),
+        2,
+        "the good events before and after landed"
+    );
+    assert!(
+        d["orders"].is_empty(),
+        "nothing reached a table the component did not declare"
+    );
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("projector-components"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
