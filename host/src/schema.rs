@@ -19,11 +19,29 @@ pub const BOOKKEEPING_TABLES: [&str; 3] =
     ["processed_events", "consumer_offsets", "_sqlx_migrations"];
 
 /// Applies every migration not applied yet. Idempotent.
+/// Hosts starting together serialise on a named lock, so only one of them
+/// applies a migration.
 pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
+    let mut conn = pool
+        .acquire()
         .await
-        .context("failed to run the schema migrations")
+        .context("failed to connect for migrations")?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT(DATABASE(), '.projector_migrate'), 120)")
+            .fetch_one(&mut *conn)
+            .await
+            .context("failed to take the migration lock")?;
+    if locked != Some(1) {
+        anyhow::bail!("another process held the migration lock for 120 s");
+    }
+    let result = MIGRATOR
+        .run(&mut *conn)
+        .await
+        .context("failed to run the schema migrations");
+    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.projector_migrate'))")
+        .execute(&mut *conn)
+        .await;
+    result
 }
 
 /// A table or column name that is safe to put into SQL text.

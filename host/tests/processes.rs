@@ -1,0 +1,252 @@
+//! The host as a real process: killed with SIGKILL at random points, scaled
+//! out to two processes in one group, stopped gracefully. Nothing is lost and
+//! nothing is applied twice.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rand::Rng as _;
+
+fn spawn_host(db: &TestDb, topics: &Topics, group: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_projector"))
+        .arg("run")
+        .env("MYSQL_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
+        .env("PROJECTOR_GROUP_ID", group)
+        .env("PROJECTOR_TOPICS", topics.all().join(","))
+        .env("PROJECTOR_COMPONENTS_DIR", components_dir())
+        .env("PROJECTOR_BATCH_SIZE", "100")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the projector binary starts")
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SIGTERM: finish the batch in hand, commit, exit 0.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+async fn processed(db: &TestDb) -> i64 {
+    // Before the first host migrated, the table does not exist yet.
+    sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// Waits until the count of processed events moves past `from`.
+async fn wait_progress(db: &TestDb, from: i64, timeout: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = processed(db).await;
+        if n > from {
+            return n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress past {from} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn events(n_entities: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for n in 0..n_entities {
+        let (u, p, o) = (object_id(), object_id(), object_id());
+        let t = |m: u32| format!("2026-01-01T00:{m:02}:{:02}.{:06}Z", n % 60, n);
+        for (ty, id, m) in [
+            ("user.created", &u, 0),
+            ("user.updated", &u, 1),
+            ("product.created", &p, 0),
+            ("product.updated", &p, 1),
+            ("product.published", &p, 2),
+            ("order.created", &o, 0),
+            ("order.shipped", &o, 1),
+        ] {
+            out.push(fixture(ty, id, &t(m)));
+        }
+        if n % 3 == 0 {
+            out.push(fixture("product.deleted", &p, &t(9)));
+            out.push(fixture("user.deleted", &u, &t(9)));
+        }
+    }
+    out
+}
+
+async fn produce_all(topics: &Topics, events: &[serde_json::Value]) {
+    let producer = producer();
+    let mut pending = Vec::new();
+    for e in events {
+        let topic = topics.of(e["event_type"].as_str().unwrap());
+        let payload = e.to_string();
+        let key = e["entity_id"].as_str().unwrap().to_owned();
+        pending.push(async move { (topic, key, payload) });
+    }
+    for p in pending {
+        let (topic, key, payload) = p.await;
+        produce(&producer, &topic, &key, payload.as_bytes()).await;
+    }
+}
+
+/// The tables a clean, uninterrupted run produces from the same events.
+async fn clean_run(events: &[serde_json::Value]) -> Dump {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    produce_all(&topics, events).await;
+    let host = RunningHost::start(
+        settings(&db, &topics, &unique("clean")),
+        projector_host::pipeline::Mode::Wasm,
+    )
+    .await;
+    wait_processed(&db.pool, events.len() as i64, Duration::from_secs(120)).await;
+    host.stop().await;
+    let d = dump(&db.pool).await;
+    db.drop_db().await;
+    d
+}
+
+async fn assert_each_event_once(db: &TestDb, n: usize) {
+    let (total, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM processed_events")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((total, distinct), (n as i64, n as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_host_at_random_points_loses_and_doubles_nothing() {
+    let events = events(300);
+    let expected = clean_run(&events).await;
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    produce_all(&topics, &events).await;
+    let group = unique("crash");
+    let log = std::env::temp_dir().join(format!("{}.log", unique("projector-crash")));
+    let mut rng = rand::rng();
+    let mut last = 0;
+    let mut kills = 0;
+    while kills < 4 {
+        let mut host = spawn_host(&db, &topics, &group, &log);
+        last = wait_progress(&db, last, Duration::from_secs(60)).await;
+        if last >= events.len() as i64 {
+            kill9(&mut host);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        kill9(&mut host);
+        kills += 1;
+        last = processed(&db).await;
+    }
+    assert!(
+        kills >= 3,
+        "the host was killed mid-stream only {kills} times; make the stream longer"
+    );
+    let mut host = spawn_host(&db, &topics, &group, &log);
+    wait_processed(&db.pool, events.len() as i64, Duration::from_secs(120)).await;
+    assert!(
+        terminate(&mut host).success(),
+        "graceful stop exits 0; log: {}",
+        log.display()
+    );
+    assert_each_event_once(&db, events.len()).await;
+    assert_same(&dump(&db.pool).await, &expected);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_split_the_partitions_and_take_over_from_each_other() {
+    let first = events(60);
+    let second = events(60);
+    let third = events(60);
+    let all: Vec<_> = first.iter().chain(&second).chain(&third).cloned().collect();
+    let expected = clean_run(&all).await;
+
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("scale");
+    let log_a = std::env::temp_dir().join(format!("{}.log", unique("projector-a")));
+    let log_b = std::env::temp_dir().join(format!("{}.log", unique("projector-b")));
+    produce_all(&topics, &first).await;
+    let mut a = spawn_host(&db, &topics, &group, &log_a);
+    let mut b = spawn_host(&db, &topics, &group, &log_b);
+    wait_processed(&db.pool, first.len() as i64, Duration::from_secs(120)).await;
+    // Both took part: each was assigned partitions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for log in [&log_a, &log_b] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains("partitions assigned"),
+            "{} got no partitions:\n{text}",
+            log.display()
+        );
+    }
+
+    // A stops gracefully while more events arrive; B takes its partitions.
+    let producing = tokio::spawn({
+        let topics_prefix = topics.prefix.clone();
+        let second = second.clone();
+        async move {
+            produce_all(
+                &Topics {
+                    prefix: topics_prefix,
+                },
+                &second,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(terminate(&mut a).success());
+    producing.await.unwrap();
+    wait_processed(
+        &db.pool,
+        (first.len() + second.len()) as i64,
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // A comes back; then B dies hard while the last events arrive.
+    let mut a = spawn_host(&db, &topics, &group, &log_a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let producing = tokio::spawn({
+        let topics_prefix = topics.prefix.clone();
+        let third = third.clone();
+        async move {
+            produce_all(
+                &Topics {
+                    prefix: topics_prefix,
+                },
+                &third,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill9(&mut b);
+    producing.await.unwrap();
+    wait_processed(&db.pool, all.len() as i64, Duration::from_secs(120)).await;
+    assert!(terminate(&mut a).success());
+
+    assert_each_event_once(&db, all.len()).await;
+    assert_same(&dump(&db.pool).await, &expected);
+    db.drop_db().await;
+}
