@@ -31,6 +31,16 @@ enum Command {
     },
     /// Create or upgrade the MySQL schema (idempotent).
     Migrate,
+    /// Publish envelope files (JSON) to the topic of their event type, keyed by entity id.
+    Publish {
+        /// Topic name prefix, e.g. `test.` publishes user events to `test.user`.
+        #[arg(long, default_value = "")]
+        topic_prefix: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Row counts of the projection, applied events, and lag per partition.
+    Status,
     /// Load component files in the sandbox, validate them and print what they declare.
     Check {
         /// `.wasm` component files.
@@ -66,6 +76,11 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Run { native } => cli::run(settings, native),
         Command::Migrate => cli::migrate(&settings),
+        Command::Publish {
+            topic_prefix,
+            files,
+        } => cli::publish(&settings, &topic_prefix, &files),
+        Command::Status => cli::status(&settings),
         Command::Check { files } => cli::check(&settings, &files),
         Command::Project { components, files } => {
             cli::project(&settings, components.as_deref(), &files)

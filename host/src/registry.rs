@@ -165,3 +165,91 @@ impl Registry {
         Ok(next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::schema::{Ident, TableInfo};
+
+    fn schema_with(tables: &[(&str, &[&str])]) -> Schema {
+        let mut schema = Schema::default();
+        for (name, cols) in tables {
+            let mut columns: BTreeSet<String> = cols.iter().map(|c| (*c).to_owned()).collect();
+            columns.extend(["event_id".to_owned(), "event_timestamp".to_owned()]);
+            schema.tables.insert(
+                (*name).to_owned(),
+                TableInfo {
+                    name: Ident::parse(name).unwrap(),
+                    columns,
+                    primary_key: vec![cols[0].to_owned()],
+                    unique_keys: vec![],
+                    parent: None,
+                    stamped: true,
+                },
+            );
+        }
+        schema
+    }
+
+    fn native(domain: Domain) -> Projection {
+        Projection::Native(NativeProjection {
+            domain,
+            info: (domain.info)(),
+        })
+    }
+
+    fn user_schema() -> Schema {
+        let users = (flatten::USER.info)().writes[0].columns.clone();
+        let cols: Vec<&str> = users.iter().map(String::as_str).collect();
+        schema_with(&[("users", &cols)])
+    }
+
+    #[test]
+    fn routes_every_declared_event_type_to_its_projection() {
+        let registry = Registry::new(vec![native(flatten::USER)], &user_schema()).unwrap();
+        assert_eq!(
+            registry.route("user.deleted").unwrap().info().domain,
+            "user"
+        );
+        assert!(registry.route("order.created").is_none());
+    }
+
+    #[test]
+    fn two_projections_claiming_one_event_type_is_an_error() {
+        let err = Registry::new(
+            vec![native(flatten::USER), native(flatten::USER)],
+            &user_schema(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("two projections for domain \"user\""),
+            "{err}"
+        );
+        let mut impostor = (flatten::USER.info)();
+        impostor.domain = "people".into();
+        let err = Registry::new(
+            vec![
+                native(flatten::USER),
+                Projection::Native(NativeProjection {
+                    domain: flatten::USER,
+                    info: impostor,
+                }),
+            ],
+            &user_schema(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("claimed by both"), "{err}");
+    }
+
+    #[test]
+    fn a_projection_declaring_what_the_schema_lacks_is_refused() {
+        let schema = schema_with(&[("users", &["user_id", "email"])]);
+        let err = Registry::new(vec![native(flatten::USER)], &schema).unwrap_err();
+        assert!(err.to_string().contains("users.phone"), "{err}");
+        let err = Registry::new(vec![native(flatten::ORDER)], &schema).unwrap_err();
+        assert!(err.to_string().contains("\"orders\""), "{err}");
+    }
+}
