@@ -1,0 +1,293 @@
+//! Orders: place, cancel, ship, read.
+//!
+//! | method | path                 | emits            | payload |
+//! |--------|----------------------|------------------|---------|
+//! | POST   | /orders (X-User-ID: customer) | order.created | the full document |
+//! | POST   | /orders/{id}/cancel  | order.cancelled  | `{"order_number"}` |
+//! | POST   | /orders/{id}/ship    | order.shipped    | `{"order_number", "carrier", "tracking_number", "shipped_at"}` |
+//! | GET    | /orders/{id}         | -                | - |
+//!
+//! Placing an order checks that the customer exists (and is not deleted) and
+//! that every product is `active` with the requested variant, and snapshots
+//! product name, supplier and price into the order. Only a `pending` order can
+//! be cancelled or shipped (409 otherwise).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use events::EventType;
+use mongodb::bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::common::{acting_user, now, optional, required};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::store::{Mutation, json_with_id, object_id};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Order {
+    pub order_number: String,
+    pub customer: Customer,
+    pub shipping_address: ShippingAddress,
+    pub items: Vec<Item>,
+    pub status: String,
+    pub total_cents: i64,
+    pub shipment: Option<Shipment>,
+    pub cancelled_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Customer {
+    pub user_id: String,
+    pub display_name: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingAddress {
+    pub recipient_name: String,
+    pub phone: Option<String>,
+    pub street: String,
+    pub city: String,
+    pub state: Option<String>,
+    pub zip_code: String,
+    pub country: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Item {
+    pub item_id: String,
+    pub product_snapshot: ProductSnapshot,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+    pub total_cents: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProductSnapshot {
+    pub product_id: String,
+    pub product_name: String,
+    pub supplier_id: String,
+    pub variant_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shipment {
+    pub carrier: String,
+    pub tracking_number: String,
+    pub shipped_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    pub items: Vec<OrderLine>,
+    pub shipping_address: ShippingAddress,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub product_id: String,
+    /// The variant's key in the product's `variants`; `Default` if omitted.
+    pub variant: Option<String>,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipOrder {
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orders", post(place))
+        .route("/orders/{id}", get(read))
+        .route("/orders/{id}/cancel", post(cancel))
+        .route("/orders/{id}/ship", post(ship))
+}
+
+fn check_address(a: &ShippingAddress) -> ApiResult<()> {
+    required("shipping_address.recipient_name", &a.recipient_name, 255)?;
+    optional("shipping_address.phone", &a.phone, 64)?;
+    required("shipping_address.street", &a.street, 255)?;
+    required("shipping_address.city", &a.city, 128)?;
+    optional("shipping_address.state", &a.state, 128)?;
+    required("shipping_address.zip_code", &a.zip_code, 32)?;
+    required("shipping_address.country", &a.country, 64)
+}
+
+async fn place(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PlaceOrder>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let customer_id = acting_user(&headers)?;
+    check_address(&req.shipping_address)?;
+    if req.items.is_empty() || req.items.len() > 100 {
+        return Err(ApiError::Validation("an order has 1 to 100 items".into()));
+    }
+    let customer = match app.users.get(customer_id).await? {
+        Some((u, _)) if u.deleted_at.is_none() => u,
+        Some(_) => {
+            return Err(ApiError::Validation(format!(
+                "customer {} was deleted",
+                customer_id.to_hex()
+            )));
+        }
+        None => {
+            return Err(ApiError::Validation(format!(
+                "customer {} does not exist",
+                customer_id.to_hex()
+            )));
+        }
+    };
+    let mut items = Vec::with_capacity(req.items.len());
+    for (i, line) in req.items.iter().enumerate() {
+        if !(1..=1000).contains(&line.quantity) {
+            return Err(ApiError::Validation(format!(
+                "items[{i}].quantity must be 1 to 1000"
+            )));
+        }
+        let pid = ObjectId::parse_str(&line.product_id).map_err(|_| {
+            ApiError::Validation(format!("items[{i}].product_id is not a 24-hex ObjectId"))
+        })?;
+        let Some((product, _)) = app.products.get(pid).await? else {
+            return Err(ApiError::Validation(format!(
+                "items[{i}]: product {} does not exist",
+                line.product_id
+            )));
+        };
+        if product.status != "active" {
+            return Err(ApiError::Conflict(format!(
+                "items[{i}]: product {} is {}, not active",
+                line.product_id, product.status
+            )));
+        }
+        let variant_name = line.variant.clone().unwrap_or_else(|| "Default".to_owned());
+        let Some(variant) = product.variants.get(&variant_name) else {
+            return Err(ApiError::Validation(format!(
+                "items[{i}]: product {} has no variant {variant_name:?}",
+                line.product_id
+            )));
+        };
+        items.push(Item {
+            item_id: (i + 1).to_string(),
+            product_snapshot: ProductSnapshot {
+                product_id: line.product_id.clone(),
+                product_name: product.name.clone(),
+                supplier_id: product.supplier_id.clone(),
+                variant_name,
+            },
+            quantity: line.quantity,
+            unit_price_cents: variant.price_cents,
+            total_cents: variant.price_cents.saturating_mul(line.quantity),
+        });
+    }
+    let id = ObjectId::new();
+    let at = now();
+    let order = Order {
+        order_number: format!("ORD-{}-{}", &at[..10].replace('-', ""), &id.to_hex()[16..]),
+        customer: Customer {
+            user_id: customer_id.to_hex(),
+            display_name: customer.profile.display_name,
+            email: customer.contact_info.primary_email,
+        },
+        shipping_address: req.shipping_address,
+        total_cents: items
+            .iter()
+            .map(|i| i.total_cents)
+            .fold(0i64, i64::saturating_add),
+        items,
+        status: "pending".into(),
+        shipment: None,
+        cancelled_at: None,
+        created_at: at.clone(),
+        updated_at: at,
+    };
+    app.orders
+        .insert(id, &order, EventType::OrderCreated)
+        .await?;
+    app.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(json_with_id(id, &order))))
+}
+
+async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let oid = object_id(&id, "order")?;
+    match app.orders.get(oid).await? {
+        Some((o, _)) => Ok(Json(json_with_id(oid, &o))),
+        None => Err(ApiError::NotFound(format!("order {id} not found"))),
+    }
+}
+
+async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let oid = object_id(&id, "order")?;
+    let o = app
+        .orders
+        .mutate(oid, "order", |o| {
+            if o.status != "pending" {
+                return Err(ApiError::Conflict(format!(
+                    "order {id} is {} and cannot be cancelled",
+                    o.status
+                )));
+            }
+            let at = now();
+            o.status = "cancelled".into();
+            o.cancelled_at = Some(at.clone());
+            o.updated_at = at;
+            Ok(Mutation::minimal(
+                EventType::OrderCancelled,
+                json!({"order_number": o.order_number}),
+            ))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(Json(json_with_id(oid, &o)))
+}
+
+async fn ship(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ShipOrder>,
+) -> ApiResult<Json<Value>> {
+    required("carrier", &req.carrier, 64)?;
+    required("tracking_number", &req.tracking_number, 128)?;
+    let oid = object_id(&id, "order")?;
+    let o = app
+        .orders
+        .mutate(oid, "order", |o| {
+            if o.status != "pending" {
+                return Err(ApiError::Conflict(format!(
+                    "order {id} is {} and cannot be shipped",
+                    o.status
+                )));
+            }
+            let at = now();
+            o.status = "shipped".into();
+            o.shipment = Some(Shipment {
+                carrier: req.carrier.clone(),
+                tracking_number: req.tracking_number.clone(),
+                shipped_at: at.clone(),
+            });
+            o.updated_at = at.clone();
+            Ok(Mutation::minimal(
+                EventType::OrderShipped,
+                json!({
+                    "order_number": o.order_number,
+                    "carrier": req.carrier,
+                    "tracking_number": req.tracking_number,
+                    "shipped_at": at,
+                }),
+            ))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(Json(json_with_id(oid, &o)))
+}

@@ -1,0 +1,256 @@
+//! Posts: create, update, publish, delete (soft), read.
+//!
+//! | method | path                  | emits           | payload           |
+//! |--------|-----------------------|-----------------|-------------------|
+//! | POST   | /posts (X-User-ID: author) | post.created | the full document |
+//! | PATCH  | /posts/{id}           | post.updated    | the full document |
+//! | POST   | /posts/{id}/publish   | post.published  | the full document |
+//! | DELETE | /posts/{id}           | post.deleted    | `{"post_id"}`     |
+//! | GET    | /posts/{id}           | -               | -                 |
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use events::EventType;
+use mongodb::bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::common::{acting_user, now, optional, required};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::store::{Mutation, json_with_id, object_id};
+
+const POST_TYPES: [&str; 4] = ["text", "image", "link", "video"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Post {
+    pub post_type: String,
+    pub author: Author,
+    pub text_content: Option<String>,
+    pub media: Vec<Media>,
+    pub link_preview: Option<LinkPreview>,
+    pub stats: PostStats,
+    pub published_at: Option<String>,
+    pub deleted_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Author {
+    pub user_id: String,
+    pub display_name: String,
+    pub avatar: Option<String>,
+    pub author_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkPreview {
+    pub url: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PostStats {
+    pub view_count: i64,
+    pub like_count: i64,
+    pub comment_count: i64,
+    pub share_count: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePost {
+    pub post_type: String,
+    pub text_content: Option<String>,
+    #[serde(default)]
+    pub media: Vec<Media>,
+    pub link_preview: Option<LinkPreview>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePost {
+    pub text_content: Option<String>,
+    pub media: Option<Vec<Media>>,
+    pub link_preview: Option<LinkPreview>,
+}
+
+fn check_content(
+    text: &Option<String>,
+    media: Option<&Vec<Media>>,
+    link: &Option<LinkPreview>,
+) -> ApiResult<()> {
+    optional("text_content", text, 60_000)?;
+    if let Some(media) = media {
+        if media.len() > 20 {
+            return Err(ApiError::Validation("at most 20 media".into()));
+        }
+        for (i, m) in media.iter().enumerate() {
+            required(&format!("media[{i}].type"), &m.kind, 32)?;
+            required(&format!("media[{i}].url"), &m.url, 2048)?;
+        }
+    }
+    if let Some(l) = link {
+        required("link_preview.url", &l.url, 2048)?;
+        optional("link_preview.title", &l.title, 512)?;
+        optional("link_preview.description", &l.description, 10_000)?;
+        optional("link_preview.image", &l.image, 2048)?;
+    }
+    Ok(())
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/posts", post(create))
+        .route("/posts/{id}", get(read).patch(update).delete(delete))
+        .route("/posts/{id}/publish", post(publish))
+}
+
+async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreatePost>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let author_id = acting_user(&headers)?;
+    if !POST_TYPES.contains(&req.post_type.as_str()) {
+        return Err(ApiError::Validation(format!(
+            "post_type must be one of {}",
+            POST_TYPES.join(", ")
+        )));
+    }
+    check_content(&req.text_content, Some(&req.media), &req.link_preview)?;
+    let author = match app.users.get(author_id).await? {
+        Some((u, _)) if u.deleted_at.is_none() => u,
+        Some(_) => {
+            return Err(ApiError::Validation(format!(
+                "author {} was deleted",
+                author_id.to_hex()
+            )));
+        }
+        None => {
+            return Err(ApiError::Validation(format!(
+                "author {} does not exist",
+                author_id.to_hex()
+            )));
+        }
+    };
+    let at = now();
+    let post = Post {
+        post_type: req.post_type,
+        author: Author {
+            user_id: author_id.to_hex(),
+            display_name: author.profile.display_name,
+            avatar: author.profile.avatar,
+            author_type: "user".into(),
+        },
+        text_content: req.text_content,
+        media: req.media,
+        link_preview: req.link_preview,
+        stats: PostStats::default(),
+        published_at: None,
+        deleted_at: None,
+        created_at: at.clone(),
+        updated_at: at,
+    };
+    let id = ObjectId::new();
+    app.posts.insert(id, &post, EventType::PostCreated).await?;
+    app.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(json_with_id(id, &post))))
+}
+
+async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let oid = object_id(&id, "post")?;
+    match app.posts.get(oid).await? {
+        Some((p, _)) => Ok(Json(json_with_id(oid, &p))),
+        None => Err(ApiError::NotFound(format!("post {id} not found"))),
+    }
+}
+
+async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdatePost>,
+) -> ApiResult<Json<Value>> {
+    check_content(&req.text_content, req.media.as_ref(), &req.link_preview)?;
+    let oid = object_id(&id, "post")?;
+    let p = app
+        .posts
+        .mutate(oid, "post", |p| {
+            if p.deleted_at.is_some() {
+                return Err(ApiError::Conflict(format!("post {id} was deleted")));
+            }
+            if let Some(t) = &req.text_content {
+                p.text_content = Some(t.clone());
+            }
+            if let Some(m) = &req.media {
+                p.media = m.clone();
+            }
+            if let Some(l) = &req.link_preview {
+                p.link_preview = Some(l.clone());
+            }
+            p.updated_at = now();
+            Ok(Mutation::full(EventType::PostUpdated))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(Json(json_with_id(oid, &p)))
+}
+
+async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let oid = object_id(&id, "post")?;
+    let p = app
+        .posts
+        .mutate(oid, "post", |p| {
+            if p.deleted_at.is_some() {
+                return Err(ApiError::Conflict(format!("post {id} was deleted")));
+            }
+            if p.published_at.is_some() {
+                return Err(ApiError::Conflict(format!(
+                    "post {id} is already published"
+                )));
+            }
+            let at = now();
+            p.published_at = Some(at.clone());
+            p.updated_at = at;
+            Ok(Mutation::full(EventType::PostPublished))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(Json(json_with_id(oid, &p)))
+}
+
+async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let oid = object_id(&id, "post")?;
+    app.posts
+        .mutate(oid, "post", |p| {
+            if p.deleted_at.is_some() {
+                return Err(ApiError::Conflict(format!("post {id} is already deleted")));
+            }
+            let at = now();
+            p.deleted_at = Some(at.clone());
+            p.updated_at = at;
+            Ok(Mutation::minimal(
+                EventType::PostDeleted,
+                json!({"post_id": oid.to_hex()}),
+            ))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}

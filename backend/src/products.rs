@@ -1,0 +1,354 @@
+//! Products and their lifecycle.
+//!
+//! | method | path                          | emits                 | from status               |
+//! |--------|-------------------------------|-----------------------|---------------------------|
+//! | POST   | /products (X-User-ID: supplier) | product.created     | - (starts as `draft`)     |
+//! | PATCH  | /products/{id}                | product.updated       | any but `deleted`         |
+//! | POST   | /products/{id}/publish        | product.published     | `draft`                   |
+//! | POST   | /products/{id}/discontinue    | product.discontinued  | `active`, `out_of_stock`  |
+//! | POST   | /products/{id}/out-of-stock   | product.out_of_stock  | `active`                  |
+//! | POST   | /products/{id}/restore        | product.restored      | `out_of_stock`, `discontinued` |
+//! | DELETE | /products/{id}                | product.deleted       | any but `deleted`         |
+//! | GET    | /products/{id}                | -                     |                           |
+//!
+//! Lifecycle events carry the full document; `product.deleted` carries
+//! `{"product_id"}`. A transition from another status is a 409.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use events::EventType;
+use mongodb::bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::common::{acting_user, non_negative, now, optional, required};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::store::{Mutation, json_with_id, object_id};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Product {
+    pub supplier_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: String,
+    pub base_price_cents: i64,
+    pub status: String,
+    pub metadata: Metadata,
+    pub stats: Stats,
+    pub variants: BTreeMap<String, Variant>,
+    pub published_at: Option<String>,
+    pub deleted_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub base_sku: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub view_count: i64,
+    pub favorite_count: i64,
+    pub purchase_count: i64,
+    pub review_count: i64,
+    pub average_rating: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub sku: Option<String>,
+    pub price_cents: i64,
+    pub quantity: i64,
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attribute {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductInput {
+    pub name: String,
+    pub description: Option<String>,
+    pub category: String,
+    pub base_price_cents: i64,
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub variants: BTreeMap<String, Variant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub base_price_cents: Option<i64>,
+    pub metadata: Option<Metadata>,
+    pub variants: Option<BTreeMap<String, Variant>>,
+}
+
+fn check_variants(variants: &BTreeMap<String, Variant>) -> ApiResult<()> {
+    if variants.len() > 100 {
+        return Err(ApiError::Validation("at most 100 variants".into()));
+    }
+    for (key, v) in variants {
+        required("variants key", key, 255)?;
+        optional(&format!("variants.{key}.sku"), &v.sku, 128)?;
+        non_negative(&format!("variants.{key}.price_cents"), v.price_cents)?;
+        non_negative(&format!("variants.{key}.quantity"), v.quantity)?;
+        if v.attributes.len() > 50 {
+            return Err(ApiError::Validation(format!(
+                "variants.{key}.attributes: at most 50"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_metadata(m: &Metadata) -> ApiResult<()> {
+    optional("metadata.base_sku", &m.base_sku, 128)?;
+    if m.tags.len() > 50 {
+        return Err(ApiError::Validation("metadata.tags: at most 50".into()));
+    }
+    Ok(())
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/products", post(create))
+        .route("/products/{id}", get(read).patch(update).delete(delete))
+        .route("/products/{id}/publish", post(publish))
+        .route("/products/{id}/discontinue", post(discontinue))
+        .route("/products/{id}/out-of-stock", post(out_of_stock))
+        .route("/products/{id}/restore", post(restore))
+}
+
+async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ProductInput>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let supplier_id = acting_user(&headers)?;
+    required("name", &req.name, 512)?;
+    required("category", &req.category, 128)?;
+    optional("description", &req.description, 20_000)?;
+    non_negative("base_price_cents", req.base_price_cents)?;
+    check_metadata(&req.metadata)?;
+    check_variants(&req.variants)?;
+    match app.suppliers.get(supplier_id).await? {
+        Some((s, _)) if s.deleted_at.is_none() => {}
+        Some(_) => {
+            return Err(ApiError::Validation(format!(
+                "supplier {} was deleted",
+                supplier_id.to_hex()
+            )));
+        }
+        None => {
+            return Err(ApiError::Validation(format!(
+                "supplier {} does not exist",
+                supplier_id.to_hex()
+            )));
+        }
+    }
+    let at = now();
+    let product = Product {
+        supplier_id: supplier_id.to_hex(),
+        name: req.name,
+        description: req.description,
+        category: req.category,
+        base_price_cents: req.base_price_cents,
+        status: "draft".into(),
+        metadata: req.metadata,
+        stats: Stats::default(),
+        variants: req.variants,
+        published_at: None,
+        deleted_at: None,
+        created_at: at.clone(),
+        updated_at: at,
+    };
+    let id = ObjectId::new();
+    app.products
+        .insert(id, &product, EventType::ProductCreated)
+        .await?;
+    app.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(json_with_id(id, &product))))
+}
+
+async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let oid = object_id(&id, "product")?;
+    match app.products.get(oid).await? {
+        Some((p, _)) => Ok(Json(json_with_id(oid, &p))),
+        None => Err(ApiError::NotFound(format!("product {id} not found"))),
+    }
+}
+
+async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ProductPatch>,
+) -> ApiResult<Json<Value>> {
+    if let Some(n) = &req.name {
+        required("name", n, 512)?;
+    }
+    if let Some(c) = &req.category {
+        required("category", c, 128)?;
+    }
+    optional("description", &req.description, 20_000)?;
+    if let Some(p) = req.base_price_cents {
+        non_negative("base_price_cents", p)?;
+    }
+    if let Some(m) = &req.metadata {
+        check_metadata(m)?;
+    }
+    if let Some(v) = &req.variants {
+        check_variants(v)?;
+    }
+    let oid = object_id(&id, "product")?;
+    let p = app
+        .products
+        .mutate(oid, "product", |p| {
+            if p.status == "deleted" {
+                return Err(ApiError::Conflict(format!("product {id} was deleted")));
+            }
+            if let Some(n) = &req.name {
+                p.name = n.clone();
+            }
+            if let Some(d) = &req.description {
+                p.description = Some(d.clone());
+            }
+            if let Some(c) = &req.category {
+                p.category = c.clone();
+            }
+            if let Some(b) = req.base_price_cents {
+                p.base_price_cents = b;
+            }
+            if let Some(m) = &req.metadata {
+                p.metadata = m.clone();
+            }
+            if let Some(v) = &req.variants {
+                p.variants = v.clone();
+            }
+            p.updated_at = now();
+            Ok(Mutation::full(EventType::ProductUpdated))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(Json(json_with_id(oid, &p)))
+}
+
+/// A status transition: allowed only from `from`.
+async fn transition(
+    app: &AppState,
+    id: &str,
+    from: &[&str],
+    to: &str,
+    event_type: EventType,
+) -> ApiResult<Json<Value>> {
+    let oid = object_id(id, "product")?;
+    let p = app
+        .products
+        .mutate(oid, "product", |p| {
+            if !from.contains(&p.status.as_str()) {
+                return Err(ApiError::Conflict(format!(
+                    "product {id} is {}; {} needs it to be {}",
+                    p.status,
+                    event_type.as_str(),
+                    from.join(" or ")
+                )));
+            }
+            let at = now();
+            p.status = to.to_owned();
+            if to == "active" && p.published_at.is_none() {
+                p.published_at = Some(at.clone());
+            }
+            p.updated_at = at;
+            Ok(Mutation::full(event_type))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(Json(json_with_id(oid, &p)))
+}
+
+async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    transition(&app, &id, &["draft"], "active", EventType::ProductPublished).await
+}
+
+async fn discontinue(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    transition(
+        &app,
+        &id,
+        &["active", "out_of_stock"],
+        "discontinued",
+        EventType::ProductDiscontinued,
+    )
+    .await
+}
+
+async fn out_of_stock(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    transition(
+        &app,
+        &id,
+        &["active"],
+        "out_of_stock",
+        EventType::ProductOutOfStock,
+    )
+    .await
+}
+
+async fn restore(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    transition(
+        &app,
+        &id,
+        &["out_of_stock", "discontinued"],
+        "active",
+        EventType::ProductRestored,
+    )
+    .await
+}
+
+async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let oid = object_id(&id, "product")?;
+    app.products
+        .mutate(oid, "product", |p| {
+            if p.status == "deleted" {
+                return Err(ApiError::Conflict(format!(
+                    "product {id} is already deleted"
+                )));
+            }
+            let at = now();
+            p.status = "deleted".into();
+            p.deleted_at = Some(at.clone());
+            p.updated_at = at;
+            Ok(Mutation::minimal(
+                EventType::ProductDeleted,
+                json!({"product_id": oid.to_hex()}),
+            ))
+        })
+        .await?;
+    app.wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
