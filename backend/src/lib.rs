@@ -92,6 +92,7 @@ impl Application {
             .await
             .context("invalid MongoDB URI")?;
         let db = client.database(&settings.database);
+        relay::ensure_indexes(&db).await;
         let wake = Arc::new(Notify::new());
         let mut config = rdkafka::ClientConfig::new();
         for (k, v) in settings.kafka.producer_config() {

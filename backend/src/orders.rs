@@ -150,6 +150,8 @@ async fn place(
         }
     };
     let mut items = Vec::with_capacity(req.items.len());
+    let mut products: std::collections::HashMap<ObjectId, crate::products::Product> =
+        std::collections::HashMap::new();
     for (i, line) in req.items.iter().enumerate() {
         if !(1..=1000).contains(&line.quantity) {
             return Err(ApiError::Validation(format!(
@@ -159,12 +161,16 @@ async fn place(
         let pid = ObjectId::parse_str(&line.product_id).map_err(|_| {
             ApiError::Validation(format!("items[{i}].product_id is not a 24-hex ObjectId"))
         })?;
-        let Some((product, _)) = app.products.get(pid).await? else {
-            return Err(ApiError::Validation(format!(
-                "items[{i}]: product {} does not exist",
-                line.product_id
-            )));
-        };
+        if !products.contains_key(&pid) {
+            let Some((p, _)) = app.products.get(pid).await? else {
+                return Err(ApiError::Validation(format!(
+                    "items[{i}]: product {} does not exist",
+                    line.product_id
+                )));
+            };
+            products.insert(pid, p);
+        }
+        let product = &products[&pid];
         if product.status != "active" {
             return Err(ApiError::Conflict(format!(
                 "items[{i}]: product {} is {}, not active",

@@ -18,6 +18,19 @@ use tokio::sync::Notify;
 /// Collections whose documents carry an outbox.
 pub const COLLECTIONS: [&str; 5] = ["users", "suppliers", "products", "orders", "posts"];
 
+/// Indexes the relay's query (`{_pending: true}`) so a sweep does not scan
+/// every document. Failure is logged, not fatal: the relay still works.
+pub async fn ensure_indexes(db: &Database) {
+    for name in COLLECTIONS {
+        let index = mongodb::IndexModel::builder()
+            .keys(doc! {"_pending": 1})
+            .build();
+        if let Err(e) = db.collection::<Document>(name).create_index(index).await {
+            tracing::warn!(error = %e, collection = name, "could not index pending events");
+        }
+    }
+}
+
 pub struct Relay {
     pub db: Database,
     pub producer: FutureProducer,
@@ -47,12 +60,15 @@ impl Relay {
                 backoff = Duration::from_millis(200);
                 Duration::from_secs(1)
             };
-            if sweep.published > 0 && !sweep.failed {
-                continue; // more may be waiting
+            if sweep.published >= 1000 && !sweep.failed {
+                continue; // a full page: more may be waiting
             }
             tokio::select! {
                 () = &mut shutdown => return,
-                () = self.wake.notified(), if !sweep.failed => {}
+                () = self.wake.notified(), if !sweep.failed => {
+                    // Let a burst of writes gather into one sweep.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 () = tokio::time::sleep(pause) => {}
             }
         }
