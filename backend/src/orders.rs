@@ -161,14 +161,14 @@ async fn place(
         let pid = ObjectId::parse_str(&line.product_id).map_err(|_| {
             ApiError::Validation(format!("items[{i}].product_id is not a 24-hex ObjectId"))
         })?;
-        if !products.contains_key(&pid) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = products.entry(pid) {
             let Some((p, _)) = app.products.get(pid).await? else {
                 return Err(ApiError::Validation(format!(
                     "items[{i}]: product {} does not exist",
                     line.product_id
                 )));
             };
-            products.insert(pid, p);
+            slot.insert(p);
         }
         let product = &products[&pid];
         if product.status != "active" {
