@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -52,13 +51,26 @@ impl IntoResponse for ApiError {
         }
         (
             status,
-            Json(json!({"error": code, "message": self.to_string()})),
+            Json(ErrorBody {
+                error: code.to_owned(),
+                message: self.to_string(),
+            }),
         )
             .into_response()
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The body of every error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: bad_request, validation_failed, not_found, conflict,
+    /// unauthorized, too_large, internal.
+    pub error: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
 
 /// `Json<T>` whose rejections are [`ApiError`]s with a JSON body.
 pub struct ApiJson<T>(pub T);

@@ -62,6 +62,44 @@ impl AppState {
     }
 }
 
+/// The OpenAPI document, generated from the handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "projector backend",
+        description = "Social-commerce producer API: every mutation emits its domain event to Kafka."
+    ),
+    paths(
+        users::register,
+        users::read,
+        users::update,
+        users::delete,
+        suppliers::create,
+        suppliers::read,
+        suppliers::update,
+        suppliers::delete,
+        products::create,
+        products::read,
+        products::update,
+        products::publish,
+        products::discontinue,
+        products::out_of_stock,
+        products::restore,
+        products::delete,
+        orders::place,
+        orders::read,
+        orders::cancel,
+        orders::ship,
+        posts::create,
+        posts::read,
+        posts::update,
+        posts::publish,
+        posts::delete,
+    ),
+    components(schemas(error::ErrorBody))
+)]
+pub struct ApiDoc;
+
 /// The whole API: one router per domain.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -73,6 +111,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -26,7 +26,7 @@ use crate::common::{acting_user, now, optional, required};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     pub order_number: String,
     pub customer: Customer,
@@ -40,14 +40,14 @@ pub struct Order {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Customer {
     pub user_id: String,
     pub display_name: String,
     pub email: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddress {
     pub recipient_name: String,
@@ -59,7 +59,7 @@ pub struct ShippingAddress {
     pub country: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Item {
     pub item_id: String,
     pub product_snapshot: ProductSnapshot,
@@ -68,7 +68,7 @@ pub struct Item {
     pub total_cents: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductSnapshot {
     pub product_id: String,
     pub product_name: String,
@@ -76,21 +76,21 @@ pub struct ProductSnapshot {
     pub variant_name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Shipment {
     pub carrier: String,
     pub tracking_number: String,
     pub shipped_at: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
     pub items: Vec<OrderLine>,
     pub shipping_address: ShippingAddress,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: String,
@@ -99,7 +99,7 @@ pub struct OrderLine {
     pub quantity: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipOrder {
     pub carrier: String,
@@ -124,6 +124,7 @@ fn check_address(a: &ShippingAddress) -> ApiResult<()> {
     required("shipping_address.country", &a.country, 64)
 }
 
+#[utoipa::path(post, path = "/orders", tag = "orders", params(("X-User-ID" = String, Header, description = "the customer")), request_body = PlaceOrder, responses((status = 201, description = "emits order.created", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 409, description = "a product is not active", body = crate::error::ErrorBody)))]
 async fn place(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -225,6 +226,7 @@ async fn place(
     Ok((StatusCode::CREATED, Json(json_with_id(id, &order))))
 }
 
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = Order), (status = 404, body = crate::error::ErrorBody)))]
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "order")?;
     match app.orders.get(oid).await? {
@@ -233,6 +235,7 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), responses((status = 200, description = "emits order.cancelled", body = Order), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "order")?;
     let o = app
@@ -258,6 +261,7 @@ async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiResul
     Ok(Json(json_with_id(oid, &o)))
 }
 
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "orders", params(("id" = String, Path)), request_body = ShipOrder, responses((status = 200, description = "emits order.shipped", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn ship(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -24,7 +24,7 @@ use crate::store::{Mutation, json_with_id, object_id};
 
 const POST_TYPES: [&str; 4] = ["text", "image", "link", "video"];
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Post {
     pub post_type: String,
     pub author: Author,
@@ -38,7 +38,7 @@ pub struct Post {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Author {
     pub user_id: String,
     pub display_name: String,
@@ -46,7 +46,7 @@ pub struct Author {
     pub author_type: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Media {
     #[serde(rename = "type")]
@@ -56,7 +56,7 @@ pub struct Media {
     pub height: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkPreview {
     pub url: String,
@@ -65,7 +65,7 @@ pub struct LinkPreview {
     pub image: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PostStats {
     pub view_count: i64,
     pub like_count: i64,
@@ -73,7 +73,7 @@ pub struct PostStats {
     pub share_count: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePost {
     pub post_type: String,
@@ -83,7 +83,7 @@ pub struct CreatePost {
     pub link_preview: Option<LinkPreview>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePost {
     pub text_content: Option<String>,
@@ -122,6 +122,7 @@ pub fn router() -> Router<AppState> {
         .route("/posts/{id}/publish", post(publish))
 }
 
+#[utoipa::path(post, path = "/posts", tag = "posts", params(("X-User-ID" = String, Header, description = "the author")), request_body = CreatePost, responses((status = 201, description = "emits post.created", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -174,6 +175,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json_with_id(id, &post))))
 }
 
+#[utoipa::path(get, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), responses((status = 200, body = Post), (status = 404, body = crate::error::ErrorBody)))]
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "post")?;
     match app.posts.get(oid).await? {
@@ -182,6 +184,7 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
+#[utoipa::path(patch, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), request_body = UpdatePost, responses((status = 200, description = "emits post.updated", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -212,6 +215,7 @@ async fn update(
     Ok(Json(json_with_id(oid, &p)))
 }
 
+#[utoipa::path(post, path = "/posts/{id}/publish", tag = "posts", params(("id" = String, Path)), responses((status = 200, description = "emits post.published", body = Post), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "post")?;
     let p = app
@@ -235,6 +239,7 @@ async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResu
     Ok(Json(json_with_id(oid, &p)))
 }
 
+#[utoipa::path(delete, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), responses((status = 204, description = "soft-deleted; emits post.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "post")?;
     app.posts

@@ -30,7 +30,7 @@ use crate::common::{acting_user, non_negative, now, optional, required};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     pub supplier_id: String,
     pub name: String,
@@ -47,7 +47,7 @@ pub struct Product {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     pub base_sku: Option<String>,
@@ -55,7 +55,7 @@ pub struct Metadata {
     pub tags: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stats {
     pub view_count: i64,
     pub favorite_count: i64,
@@ -64,7 +64,7 @@ pub struct Stats {
     pub average_rating: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     pub sku: Option<String>,
@@ -74,14 +74,14 @@ pub struct Variant {
     pub attributes: Vec<Attribute>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attribute {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
     pub name: String,
@@ -94,7 +94,7 @@ pub struct ProductInput {
     pub variants: BTreeMap<String, Variant>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
     pub name: Option<String>,
@@ -141,6 +141,7 @@ pub fn router() -> Router<AppState> {
         .route("/products/{id}/restore", post(restore))
 }
 
+#[utoipa::path(post, path = "/products", tag = "products", params(("X-User-ID" = String, Header, description = "the supplier")), request_body = ProductInput, responses((status = 201, description = "a draft; emits product.created", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -192,6 +193,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json_with_id(id, &product))))
 }
 
+#[utoipa::path(get, path = "/products/{id}", tag = "products", params(("id" = String, Path)), responses((status = 200, body = Product), (status = 404, body = crate::error::ErrorBody)))]
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "product")?;
     match app.products.get(oid).await? {
@@ -200,6 +202,7 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
+#[utoipa::path(patch, path = "/products/{id}", tag = "products", params(("id" = String, Path)), request_body = ProductPatch, responses((status = 200, description = "emits product.updated", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -287,10 +290,12 @@ async fn transition(
     Ok(Json(json_with_id(oid, &p)))
 }
 
+#[utoipa::path(post, path = "/products/{id}/publish", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.published", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
 async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     transition(&app, &id, &["draft"], "active", EventType::ProductPublished).await
 }
 
+#[utoipa::path(post, path = "/products/{id}/discontinue", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.discontinued", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
 async fn discontinue(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -305,6 +310,7 @@ async fn discontinue(
     .await
 }
 
+#[utoipa::path(post, path = "/products/{id}/out-of-stock", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.out_of_stock", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
 async fn out_of_stock(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -319,6 +325,7 @@ async fn out_of_stock(
     .await
 }
 
+#[utoipa::path(post, path = "/products/{id}/restore", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.restored", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
 async fn restore(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     transition(
         &app,
@@ -330,6 +337,7 @@ async fn restore(State(app): State<AppState>, Path(id): Path<String>) -> ApiResu
     .await
 }
 
+#[utoipa::path(delete, path = "/products/{id}", tag = "products", params(("id" = String, Path)), responses((status = 204, description = "emits product.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "product")?;
     app.products

@@ -26,7 +26,7 @@ use crate::common::{email, now, optional, required};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Supplier {
     pub contact_info: SupplierContact,
     pub company_info: CompanyInfo,
@@ -36,7 +36,7 @@ pub struct Supplier {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierContact {
     pub primary_email: String,
@@ -47,7 +47,7 @@ pub struct SupplierContact {
     pub contact_person_phone: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompanyInfo {
     pub legal_name: String,
@@ -55,7 +55,7 @@ pub struct CompanyInfo {
     pub business_address: Option<Address>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     pub street: Option<String>,
@@ -65,7 +65,7 @@ pub struct Address {
     pub country: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BusinessInfo {
     pub support_email: Option<String>,
@@ -75,7 +75,7 @@ pub struct BusinessInfo {
     pub social_urls: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierInput {
     pub contact_info: SupplierContact,
@@ -84,7 +84,7 @@ pub struct SupplierInput {
     pub business_info: BusinessInfo,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierPatch {
     pub contact_info: Option<SupplierContact>,
@@ -148,6 +148,7 @@ pub fn router() -> Router<AppState> {
         .route("/suppliers/{id}", get(read).patch(update).delete(delete))
 }
 
+#[utoipa::path(post, path = "/suppliers", tag = "suppliers", request_body = SupplierInput, responses((status = 201, description = "emits supplier.created", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<SupplierInput>,
@@ -172,6 +173,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json_with_id(id, &supplier))))
 }
 
+#[utoipa::path(get, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), responses((status = 200, body = Supplier), (status = 404, body = crate::error::ErrorBody)))]
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "supplier")?;
     match app.suppliers.get(oid).await? {
@@ -180,6 +182,7 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
+#[utoipa::path(patch, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), request_body = SupplierPatch, responses((status = 200, description = "emits supplier.updated", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -218,6 +221,7 @@ async fn update(
     Ok(Json(json_with_id(oid, &s)))
 }
 
+#[utoipa::path(delete, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), responses((status = 204, description = "emits supplier.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "supplier")?;
     app.suppliers

@@ -21,7 +21,7 @@ use crate::common::{email, now, optional, required};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub contact_info: UserContact,
     pub profile: Profile,
@@ -30,20 +30,20 @@ pub struct User {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserContact {
     pub primary_email: String,
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     pub display_name: String,
     pub avatar: Option<String>,
     pub bio: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterUser {
     pub email: String,
@@ -53,7 +53,7 @@ pub struct RegisterUser {
     pub bio: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     pub email: Option<String>,
@@ -79,6 +79,7 @@ pub fn router() -> Router<AppState> {
         .route("/users/{id}", get(read).patch(update).delete(delete))
 }
 
+#[utoipa::path(post, path = "/users", tag = "users", request_body = RegisterUser, responses((status = 201, description = "registered; emits user.created", body = User), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 async fn register(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<RegisterUser>,
@@ -107,6 +108,7 @@ async fn register(
     Ok((StatusCode::CREATED, Json(json_with_id(id, &user))))
 }
 
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = String, Path)), responses((status = 200, body = User), (status = 404, body = crate::error::ErrorBody)))]
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "user")?;
     match app.users.get(oid).await? {
@@ -115,6 +117,7 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = String, Path)), request_body = UpdateUser, responses((status = 200, description = "emits user.updated", body = User), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -157,6 +160,7 @@ async fn update(
     Ok(Json(json_with_id(oid, &user)))
 }
 
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = String, Path)), responses((status = 204, description = "soft-deleted; emits user.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "user")?;
     app.users
