@@ -619,6 +619,11 @@ fn quote(name: &str) -> String {
     format!("`{name}`")
 }
 
+/// `` `a`, `b` `` for a list of validated column names.
+fn quote_list(cols: &[String]) -> String {
+    cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+}
+
 fn where_key(key: &[(String, Bind)]) -> String {
     key.iter()
         .map(|(n, _)| format!("{} = ?", quote(n)))
@@ -729,22 +734,10 @@ async fn check_unique_conflicts<'a>(
             let tuple = format!("({})", vec!["?"; unique.len()].join(","));
             let sql = format!(
                 "SELECT {}, {} FROM {} WHERE ({}) IN ({})",
-                info.primary_key
-                    .iter()
-                    .map(|c| quote(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                unique
-                    .iter()
-                    .map(|c| quote(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                quote_list(&info.primary_key),
+                quote_list(unique),
                 info.name,
-                unique
-                    .iter()
-                    .map(|c| quote(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                quote_list(unique),
                 vec![tuple.as_str(); chunk.len()].join(",")
             );
             let mut q = sqlx::query(&sql);
@@ -831,17 +824,9 @@ async fn replace_children(
     for chunk in keys.chunks(500) {
         let sql = format!(
             "SELECT {}, `event_timestamp` FROM {} WHERE ({}) IN ({}) FOR UPDATE",
-            parent_cols
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", "),
+            quote_list(parent_cols),
             parent_info.name,
-            parent_cols
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", "),
+            quote_list(parent_cols),
             vec![tuple.as_str(); chunk.len()].join(",")
         );
         let mut q = sqlx::query(&sql);
@@ -878,11 +863,7 @@ async fn replace_children(
         let sql = format!(
             "DELETE FROM {} WHERE ({}) IN ({})",
             info.name,
-            fk_cols
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", "),
+            quote_list(fk_cols),
             vec![format!("({})", vec!["?"; fk_cols.len()].join(",")); chunk.len()].join(",")
         );
         let mut q = sqlx::query(&sql);
