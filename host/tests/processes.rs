@@ -92,17 +92,26 @@ fn events(n_entities: usize) -> Vec<serde_json::Value> {
 }
 
 async fn produce_all(topics: &Topics, events: &[serde_json::Value]) {
+    use rdkafka::producer::FutureRecord;
     let producer = producer();
     let mut pending = Vec::new();
     for e in events {
         let topic = topics.of(e["event_type"].as_str().unwrap());
         let payload = e.to_string();
-        let key = e["entity_id"].as_str().unwrap().to_owned();
-        pending.push(async move { (topic, key, payload) });
+        let key = e["entity_id"].as_str().unwrap();
+        // Queued without waiting: the idempotent producer keeps per-key order.
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(&topic).key(key).payload(&payload))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
     }
     for p in pending {
-        let (topic, key, payload) = p.await;
-        produce(&producer, &topic, &key, payload.as_bytes()).await;
+        p.await
+            .unwrap()
+            .map_err(|(e, _)| e)
+            .expect("broker acknowledges");
     }
 }
 
@@ -134,7 +143,8 @@ async fn assert_each_event_once(db: &TestDb, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_host_at_random_points_loses_and_doubles_nothing() {
-    let events = events(300);
+    // Long enough that every kill lands mid-stream.
+    let events = events(1000);
     let expected = clean_run(&events).await;
     let db = TestDb::new().await;
     let topics = Topics::new();
@@ -151,7 +161,7 @@ async fn killing_the_host_at_random_points_loses_and_doubles_nothing() {
             kill9(&mut host);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         kill9(&mut host);
         kills += 1;
         last = processed(&db).await;
