@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         s.mysql.url = admin.database(&db).to_url_lossy().to_string();
         s.components.dir = root.join("build/projections");
         s.batch.max_events = batch;
+        s.admin.listen = "127.0.0.1:0".parse()?;
         let host = Host::build(s, Mode::Wasm).await?;
         let pool = host.pool.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

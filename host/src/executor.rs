@@ -274,6 +274,11 @@ pub enum ExecError {
     /// lock wait timeout, lost connection): retry later.
     #[error("database unavailable or contended: {0}")]
     Transient(#[source] sqlx::Error),
+    /// The stored position of a partition is not where this host left it
+    /// (a replay reset it, or another consumer moved it): nothing was
+    /// written; re-read the positions and seek.
+    #[error("stored positions moved: {0:?}")]
+    Moved(Vec<(String, i32)>),
 }
 
 /// MySQL error numbers that mean the data itself is unacceptable.
@@ -300,6 +305,8 @@ pub struct BatchOutcome {
     pub applied: usize,
     /// Events skipped because `processed_events` already had them.
     pub duplicates: usize,
+    /// The event ids of those skipped events.
+    pub skipped: Vec<String>,
 }
 
 /// Applies `events` (in partition order) and records them and `offsets`
@@ -325,6 +332,12 @@ pub async fn apply_batch(
         .filter(|e| seen.insert(e.event_id.as_str()))
         .collect();
     let duplicates = events.len() - fresh.len();
+    let fresh_ids: HashSet<&str> = fresh.iter().map(|e| e.event_id.as_str()).collect();
+    let skipped = events
+        .iter()
+        .filter(|e| !fresh_ids.contains(e.event_id.as_str()))
+        .map(|e| e.event_id.clone())
+        .collect();
 
     write_ops(conn, schema, &fresh).await?;
     record_processed(conn, &fresh).await?;
@@ -332,7 +345,47 @@ pub async fn apply_batch(
     Ok(BatchOutcome {
         applied: fresh.len(),
         duplicates,
+        skipped,
     })
+}
+
+/// Locks the stored positions of the given partitions for the rest of the
+/// transaction and checks each is what the caller last saw (`None`: no row).
+/// Run first in a batch's transaction: a replay that reset a partition, or
+/// another consumer that moved it, makes the batch fail with
+/// [`ExecError::Moved`] before anything is written.
+pub async fn fence(
+    conn: &mut MySqlConnection,
+    group: &str,
+    expected: &BTreeMap<(String, i32), Option<i64>>,
+) -> Result<(), ExecError> {
+    if expected.is_empty() {
+        return Ok(());
+    }
+    let topics: BTreeSet<&str> = expected.keys().map(|(t, _)| t.as_str()).collect();
+    let sql = format!(
+        "SELECT topic, `partition`, next_offset FROM consumer_offsets \
+         WHERE group_id = ? AND topic IN ({}) FOR UPDATE",
+        vec!["?"; topics.len()].join(",")
+    );
+    let mut q = sqlx::query(&sql).bind(group);
+    for t in &topics {
+        q = q.bind(*t);
+    }
+    let mut stored: HashMap<(String, i32), i64> = HashMap::new();
+    for row in q.fetch_all(&mut *conn).await? {
+        stored.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+    }
+    let moved: Vec<(String, i32)> = expected
+        .iter()
+        .filter(|(key, want)| stored.get(*key).copied() != **want)
+        .map(|(key, _)| key.clone())
+        .collect();
+    if moved.is_empty() {
+        Ok(())
+    } else {
+        Err(ExecError::Moved(moved))
+    }
 }
 
 async fn already_processed(

@@ -2,10 +2,14 @@
 //! the WebAssembly projection component of its domain, and writes the
 //! resulting row operations to MySQL with exactly-once effect.
 
+pub mod admin;
 pub mod cli;
 pub mod executor;
+pub mod metrics;
+pub mod monitor;
 pub mod pipeline;
 pub mod registry;
+pub mod reload;
 pub mod runtime;
 pub mod schema;
 pub mod settings;

@@ -26,7 +26,16 @@
 //! and its offset is committed with the batch. A batch that the database
 //! refuses is retried event by event under savepoints, so only the bad event
 //! is dead-lettered. Transient failures (database or broker unavailable,
-//! deadlock) never dead-letter anything: the batch is retried with backoff.
+//! deadlock) never dead-letter anything: the batch is retried with backoff
+//! while the assigned partitions are paused and the consumer keeps polling
+//! (so the group does not evict it), and readiness reports the failure.
+//!
+//! **Replays and moved positions.** Each batch's transaction first locks the
+//! stored positions of its partitions and checks they are where this host
+//! left them (`executor::fence`). `projector replay` resets a domain's
+//! positions to 0 in MySQL; the host sees it there (at the next batch, or
+//! within a second when the partition is quiet), seeks back and re-projects
+//! the topic through the current component.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -46,8 +55,11 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{Connection as _, MySqlPool};
 use tokio::sync::watch;
 
+use crate::admin::{self, Admin};
 use crate::executor::{self, Applied, BatchOutcome, ExecError};
+use crate::monitor::{Monitor, Shared};
 use crate::registry::{Projection, Registry};
+use crate::reload::Reloader;
 use crate::runtime::{GuestFailure, Runtime, Session};
 use crate::schema::{self, Schema};
 use crate::settings::{Settings, redact_url};
@@ -141,6 +153,8 @@ impl ConsumerContext for RebalanceLog {
 struct Position {
     next: i64,
     sought: bool,
+    /// What MySQL holds for the partition, as far as this host knows.
+    committed: Option<i64>,
 }
 
 /// The projection host, built from settings.
@@ -149,11 +163,18 @@ pub struct Host {
     pub pool: MySqlPool,
     pub schema: Arc<Schema>,
     pub stats: Arc<Stats>,
-    registry: watch::Sender<Arc<Registry>>,
+    pub shared: Arc<Shared>,
+    registry: Arc<watch::Sender<Arc<Registry>>>,
     runtime: Option<Arc<Runtime>>,
     consumer: StreamConsumer<RebalanceLog>,
     dlq: FutureProducer,
     positions: HashMap<(String, i32), Position>,
+    /// Messages received while paused for a transient failure, to be
+    /// processed before anything newer.
+    held: Vec<OwnedMessage>,
+    /// The offsets of the last committed batch, committed to Kafka again
+    /// (synchronously) on shutdown.
+    last_offsets: BTreeMap<(String, i32), i64>,
 }
 
 fn client_config(map: BTreeMap<String, String>) -> ClientConfig {
@@ -233,18 +254,63 @@ impl Host {
             batch = settings.batch.max_events,
             "projector host ready"
         );
-        let (registry, _) = watch::channel(Arc::new(registry));
+        let (registry, registry_rx) = watch::channel(Arc::new(registry));
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared::new(&settings, stats.clone(), registry_rx));
         Ok(Host {
             settings,
             pool,
             schema,
-            stats: Arc::new(Stats::default()),
-            registry,
+            stats,
+            shared,
+            registry: Arc::new(registry),
             runtime,
             consumer,
             dlq,
             positions: HashMap::new(),
+            held: Vec::new(),
+            last_offsets: BTreeMap::new(),
         })
+    }
+
+    /// The hot reloader of this host's components folder (none in native mode).
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.runtime.as_ref().map(|runtime| {
+            Arc::new(Reloader::new(
+                runtime.clone(),
+                self.schema.clone(),
+                self.settings.components.dir.clone(),
+                self.registry.clone(),
+                self.shared.clone(),
+            ))
+        })
+    }
+
+    /// Starts the admin server, the lag monitor and (in WASM mode, if
+    /// enabled) the components folder watcher; they stop when the returned
+    /// guard drops.
+    async fn start_services(&self) -> anyhow::Result<Services> {
+        let reloader = self.reloader();
+        let mut tasks = Vec::new();
+        let (_, server) = admin::serve(
+            self.settings.admin.listen,
+            Admin {
+                shared: self.shared.clone(),
+                reloader: reloader.clone(),
+            },
+        )
+        .await?;
+        tasks.push(server);
+        let monitor = Monitor::new(&self.settings, self.pool.clone(), self.shared.clone())?;
+        tasks.push(tokio::spawn(monitor.run()));
+        if let Some(reloader) = reloader.filter(|_| self.settings.components.watch) {
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = reloader.watch().await {
+                    tracing::error!(error = %format!("{e:#}"), "components folder watcher stopped; use POST /projections/reload");
+                }
+            }));
+        }
+        Ok(Services(tasks))
     }
 
     /// The projections in force.
@@ -261,10 +327,17 @@ impl Host {
     /// returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
+        let _services = self.start_services().await?;
+        let mut position_check = tokio::time::interval(Duration::from_secs(1));
+        position_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                _ = position_check.tick() => {
+                    self.follow_moved_positions().await;
+                    continue;
+                }
                 batch = self.next_batch() => batch?,
             };
             if batch.is_empty() {
@@ -275,14 +348,19 @@ impl Host {
                 break;
             }
         }
+        self.commit_kafka(&self.last_offsets, CommitMode::Sync);
         tracing::info!("projector host stopped");
         Ok(())
     }
 
     /// Up to `max_events` messages: waits for the first, then at most
     /// `max_wait` for the rest.
-    async fn next_batch(&self) -> anyhow::Result<Vec<OwnedMessage>> {
+    async fn next_batch(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
         let max = self.settings.batch.max_events;
+        if !self.held.is_empty() {
+            let rest = self.held.split_off(self.held.len().min(max));
+            return Ok(std::mem::replace(&mut self.held, rest));
+        }
         let mut batch = Vec::with_capacity(max.min(4096));
         let first = self.consumer.recv().await;
         match first {
@@ -307,12 +385,9 @@ impl Host {
         Ok(batch)
     }
 
-    /// Drops what is below each partition's stored position, seeking where
-    /// the consumer is not where MySQL says it should be.
-    async fn align_positions(
-        &mut self,
-        batch: Vec<OwnedMessage>,
-    ) -> anyhow::Result<Vec<OwnedMessage>> {
+    /// Forgets the positions of partitions revoked or (re)assigned since the
+    /// last call.
+    fn drain_rebalances(&mut self) {
         let ctx = self.consumer.context();
         for p in std::mem::take(&mut *ctx.revoked.lock().unwrap_or_else(|e| e.into_inner())) {
             self.positions.remove(&p);
@@ -320,6 +395,76 @@ impl Host {
         for p in std::mem::take(&mut *ctx.assigned.lock().unwrap_or_else(|e| e.into_inner())) {
             self.positions.remove(&p);
         }
+    }
+
+    /// Seeks the given partitions to their stored positions (the beginning
+    /// where none is stored).
+    async fn resync(&mut self, keys: &[(String, i32)]) -> anyhow::Result<()> {
+        let stored = executor::stored_offsets(&self.pool, &self.settings.kafka.group_id).await?;
+        for key in keys {
+            let committed = stored.get(key).copied();
+            let next = committed.unwrap_or(0);
+            let offset = committed.map_or(Offset::Beginning, Offset::Offset);
+            tracing::info!(topic = %key.0, partition = key.1, to = next, "stored position moved; seeking there");
+            match self
+                .consumer
+                .seek(&key.0, key.1, offset, Duration::from_secs(10))
+            {
+                Ok(()) => {
+                    self.positions.insert(
+                        key.clone(),
+                        Position {
+                            next,
+                            sought: true,
+                            committed,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // Not ours any more (or not fetching yet): the next
+                    // assignment reads the stored position afresh.
+                    tracing::debug!(topic = %key.0, partition = key.1, error = %e, "seek failed");
+                    self.positions.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Between batches: follows stored positions that moved under this host
+    /// (a replay reset them) on partitions that are otherwise quiet.
+    async fn follow_moved_positions(&mut self) {
+        self.drain_rebalances();
+        if self.positions.is_empty() {
+            return;
+        }
+        let Ok(stored) = executor::stored_offsets(&self.pool, &self.settings.kafka.group_id).await
+        else {
+            return; // MySQL is down: the batches will say so
+        };
+        let moved: Vec<(String, i32)> = self
+            .positions
+            .iter()
+            .filter(|(key, pos)| {
+                pos.committed.is_some() && stored.get(*key).copied() != pos.committed
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !moved.is_empty()
+            && let Err(e) = self.resync(&moved).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not follow moved positions");
+        }
+    }
+
+    /// Drops what is below each partition's stored position, seeking where
+    /// the consumer is not where MySQL says it should be. Returns the kept
+    /// messages and, per partition, the stored position they start from.
+    async fn align_positions(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> anyhow::Result<(Vec<OwnedMessage>, BTreeMap<(String, i32), Option<i64>>)> {
+        self.drain_rebalances();
         let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch {
             firsts
@@ -341,15 +486,22 @@ impl Host {
                             .with_context(|| {
                                 format!("failed to seek {}[{}] to {next}", key.0, key.1)
                             })?;
-                        self.positions
-                            .insert(key.clone(), Position { next, sought: true });
+                        self.positions.insert(
+                            key.clone(),
+                            Position {
+                                next,
+                                sought: true,
+                                committed: Some(next),
+                            },
+                        );
                     }
-                    _ => {
+                    stored_next => {
                         self.positions.insert(
                             key.clone(),
                             Position {
                                 next: *first,
                                 sought: true,
+                                committed: stored_next.copied(),
                             },
                         );
                     }
@@ -357,6 +509,7 @@ impl Host {
             }
         }
         let mut kept = Vec::with_capacity(batch.len());
+        let mut expected = BTreeMap::new();
         for m in batch {
             let key = (m.topic().to_owned(), m.partition());
             let Some(pos) = self.positions.get_mut(&key) else {
@@ -369,9 +522,10 @@ impl Host {
                 continue;
             }
             pos.next = m.offset() + 1;
+            expected.entry(key).or_insert(pos.committed);
             kept.push(m);
         }
-        Ok(kept)
+        Ok((kept, expected))
     }
 
     /// Projects and commits one batch. Returns false if shutdown was asked
@@ -383,7 +537,8 @@ impl Host {
     ) -> anyhow::Result<bool> {
         let mut backoff = Duration::from_millis(100);
         let mut batch = Some(batch);
-        let mut aligned: Option<Vec<OwnedMessage>> = None;
+        let mut aligned: Option<(Vec<OwnedMessage>, BTreeMap<(String, i32), Option<i64>>)> = None;
+        let mut paused = false;
         loop {
             let attempt = async {
                 if aligned.is_none() {
@@ -393,25 +548,85 @@ impl Host {
                         Ok(a) => aligned = Some(a),
                         Err(e) => {
                             batch = Some(raw);
-                            return Err(e);
+                            return Err(Attempt::Transient(e));
                         }
                     }
                 }
-                let messages = aligned.as_deref().unwrap_or_default();
-                self.project_and_commit(messages).await
+                let (messages, expected) = aligned.as_ref().expect("aligned above");
+                self.project_and_commit(messages, expected).await
             };
-            match attempt.await {
-                Ok(()) => return Ok(true),
-                Err(e) => {
-                    bump(&self.stats.transient_errors, 1);
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
-                    tokio::select! {
-                        biased;
-                        () = &mut *shutdown => {
-                            tracing::info!("shutdown while retrying: the batch is left for the next start");
-                            return Ok(false);
+            let outcome = attempt.await;
+            match outcome {
+                Ok(offsets) => {
+                    for (key, next) in &offsets {
+                        if let Some(pos) = self.positions.get_mut(key) {
+                            pos.committed = Some(*next);
                         }
-                        () = tokio::time::sleep(backoff) => {}
+                        self.last_offsets.insert(key.clone(), *next);
+                    }
+                    if paused {
+                        self.pause(false);
+                    }
+                    if backoff > Duration::from_millis(100) {
+                        tracing::info!("batch committed after transient failures; resuming");
+                        self.shared.set_retrying(None);
+                    }
+                    return Ok(true);
+                }
+                Err(Attempt::Moved(keys)) => {
+                    // Nothing was written: go back to the stored positions
+                    // and let the consumer deliver again from there.
+                    let mut all: Vec<(String, i32)> = aligned
+                        .as_ref()
+                        .map(|(m, _)| {
+                            m.iter()
+                                .map(|m| (m.topic().to_owned(), m.partition()))
+                                .collect::<std::collections::BTreeSet<_>>()
+                                .into_iter()
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    all.extend(keys);
+                    all.sort();
+                    all.dedup();
+                    tracing::info!(partitions = ?all, "stored positions moved under this batch; re-reading them");
+                    self.held.clear();
+                    if paused {
+                        self.pause(false);
+                    }
+                    self.resync(&all).await.ok();
+                    return Ok(true);
+                }
+                Err(Attempt::Transient(e)) => {
+                    bump(&self.stats.transient_errors, 1);
+                    self.shared.metrics.transient_errors.inc();
+                    let reason = format!("{e:#}");
+                    tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
+                    self.shared.record_error("transient", reason.clone());
+                    self.shared.set_retrying(Some(reason));
+                    // Pause fetching but keep polling, so the group keeps
+                    // this member while the failure lasts.
+                    self.pause(true);
+                    paused = true;
+                    let until = tokio::time::Instant::now() + backoff;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            () = &mut *shutdown => {
+                                tracing::info!("shutdown while retrying: the batch is left for the next start");
+                                return Ok(false);
+                            }
+                            polled = tokio::time::timeout_at(until, self.consumer.recv()) => match polled {
+                                Err(_) => break,
+                                Ok(Ok(m)) => self.held.push(m.detach()),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "Kafka consumer error while paused");
+                                    tokio::time::sleep(Duration::from_millis(100).min(until - tokio::time::Instant::now())).await;
+                                }
+                            }
+                        }
+                        // Partitions assigned meanwhile are paused too.
+                        self.pause(true);
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -419,15 +634,34 @@ impl Host {
         }
     }
 
+    /// Pauses (or resumes) fetching of every assigned partition.
+    fn pause(&self, pause: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, pause, "pause/resume failed");
+        }
+    }
+
     /// Projects every message, dead-letters the permanent failures and
-    /// commits the rest with the offsets. Any error returned is transient.
-    async fn project_and_commit(&self, messages: &[OwnedMessage]) -> anyhow::Result<()> {
+    /// commits the rest with the offsets. Returns the committed offsets.
+    async fn project_and_commit(
+        &self,
+        messages: &[OwnedMessage],
+        expected: &BTreeMap<(String, i32), Option<i64>>,
+    ) -> Result<BTreeMap<(String, i32), i64>, Attempt> {
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         if messages.is_empty() {
-            return Ok(());
+            return Ok(offsets);
         }
         let started = Instant::now();
         let registry = self.registry();
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in messages {
             let e = offsets
                 .entry((m.topic().to_owned(), m.partition()))
@@ -439,29 +673,39 @@ impl Host {
         let (applied, failed) = {
             let schema = self.schema.clone();
             let owned = messages.to_vec();
-            tokio::task::spawn_blocking(move || project_all(&registry, &schema, &owned))
-                .await
-                .context("projection thread failed")?
+            let shared = self.shared.clone();
+            let limit = self.settings.batch.max_event_bytes;
+            tokio::task::spawn_blocking(move || {
+                project_all_observed(&registry, &schema, &owned, limit, Some(&shared))
+            })
+            .await
+            .context("projection thread failed")?
         };
         // Dead letters are acknowledged before the offsets move past them.
         self.dead_letter(messages, &failed).await?;
         let mut dead_lettered = failed.len();
-        let outcome = match self.commit(&applied, &offsets).await {
+        let outcome = match self.commit(&applied, &offsets, expected).await {
             Ok(o) => o,
             Err(ExecError::Data(reason)) => {
                 tracing::warn!(%reason, events = applied.len(), "the database refused a batch; retrying it event by event");
-                let (outcome, refused) = self.commit_isolated(&applied, &offsets, messages).await?;
+                let (outcome, refused) = self
+                    .commit_isolated(&applied, &offsets, expected, messages)
+                    .await?;
                 dead_lettered += refused;
                 outcome
             }
+            Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
             Err(ExecError::Transient(e)) => {
-                return Err(anyhow::Error::new(e).context("MySQL transaction failed"));
+                return Err(anyhow::Error::new(e)
+                    .context("MySQL transaction failed")
+                    .into());
             }
         };
         bump(&self.stats.applied, outcome.applied as u64);
         bump(&self.stats.duplicates, outcome.duplicates as u64);
         bump(&self.stats.batches, 1);
-        self.commit_kafka(&offsets);
+        self.observe_batch(&applied, &outcome, started);
+        self.commit_kafka(&offsets, CommitMode::Async);
         tracing::debug!(
             messages = messages.len(),
             applied = outcome.applied,
@@ -470,25 +714,58 @@ impl Host {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch committed"
         );
-        Ok(())
+        Ok(offsets)
+    }
+
+    /// Metrics of a committed batch.
+    fn observe_batch(&self, applied: &[Projected], outcome: &BatchOutcome, started: Instant) {
+        let metrics = &self.shared.metrics;
+        let skipped: std::collections::HashSet<&str> =
+            outcome.skipped.iter().map(String::as_str).collect();
+        let now = Utc::now().naive_utc();
+        let mut by_type: HashMap<(&str, &'static str), u64> = HashMap::new();
+        let mut by_domain: HashMap<String, u64> = HashMap::new();
+        for a in applied {
+            let duplicate = skipped.contains(a.inner.event_id.as_str());
+            let outcome = if duplicate { "duplicate" } else { "applied" };
+            *by_type
+                .entry((a.inner.event_type.as_str(), outcome))
+                .or_insert(0) += 1;
+            if !duplicate {
+                let latency = (now - a.inner.timestamp).num_microseconds().unwrap_or(0);
+                metrics
+                    .end_to_end_seconds
+                    .observe((latency.max(0) as f64) / 1e6);
+                if let Some(c) = &a.component_ref {
+                    *by_domain.entry(c.name.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        for ((event_type, outcome), n) in by_type {
+            metrics
+                .events
+                .with_label_values(&[event_type, outcome])
+                .inc_by(n);
+        }
+        self.shared.count(&by_domain, 0);
+        metrics.batch_events.observe(applied.len() as f64);
+        metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 
     async fn commit(
         &self,
         applied: &[Projected],
         offsets: &BTreeMap<(String, i32), i64>,
+        expected: &BTreeMap<(String, i32), Option<i64>>,
     ) -> Result<BatchOutcome, ExecError> {
         let events: Vec<Applied> = applied.iter().map(|a| a.inner.clone()).collect();
+        let group = &self.settings.kafka.group_id;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let outcome = executor::apply_batch(
-            &mut tx,
-            &self.schema,
-            &self.settings.kafka.group_id,
-            &events,
-            offsets,
-        )
-        .await?;
+        executor::fence(&mut tx, group, expected).await?;
+        let outcome = executor::apply_batch(&mut tx, &self.schema, group, &events, offsets).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -499,18 +776,31 @@ impl Host {
         &self,
         applied: &[Projected],
         offsets: &BTreeMap<(String, i32), i64>,
+        expected: &BTreeMap<(String, i32), Option<i64>>,
         messages: &[OwnedMessage],
-    ) -> anyhow::Result<(BatchOutcome, usize)> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+    ) -> Result<(BatchOutcome, usize), Attempt> {
+        let group = &self.settings.kafka.group_id;
+        let transient = |e: sqlx::Error| {
+            Attempt::from(anyhow::Error::new(e).context("MySQL failed during isolation"))
+        };
+        let mut conn = self.pool.acquire().await.map_err(transient)?;
+        let mut tx = conn.begin().await.map_err(transient)?;
+        match executor::fence(&mut tx, group, expected).await {
+            Ok(()) => {}
+            Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
+            Err(e) => return Err(anyhow::anyhow!("position check failed: {e}").into()),
+        }
         let mut refused = Vec::new();
         let mut outcome = BatchOutcome::default();
         for (i, a) in applied.iter().enumerate() {
-            sqlx::query("SAVEPOINT one_event").execute(&mut *tx).await?;
+            sqlx::query("SAVEPOINT one_event")
+                .execute(&mut *tx)
+                .await
+                .map_err(transient)?;
             match executor::apply_batch(
                 &mut tx,
                 &self.schema,
-                &self.settings.kafka.group_id,
+                group,
                 std::slice::from_ref(&a.inner),
                 &BTreeMap::new(),
             )
@@ -519,19 +809,21 @@ impl Host {
                 Ok(o) => {
                     outcome.applied += o.applied;
                     outcome.duplicates += o.duplicates;
+                    outcome.skipped.extend(o.skipped);
                     sqlx::query("RELEASE SAVEPOINT one_event")
                         .execute(&mut *tx)
-                        .await?;
+                        .await
+                        .map_err(transient)?;
                 }
                 Err(ExecError::Data(reason)) => {
                     sqlx::query("ROLLBACK TO SAVEPOINT one_event")
                         .execute(&mut *tx)
-                        .await?;
+                        .await
+                        .map_err(transient)?;
                     refused.push((i, reason));
                 }
-                Err(ExecError::Transient(e)) => {
-                    return Err(anyhow::Error::new(e).context("MySQL failed during isolation"));
-                }
+                Err(ExecError::Transient(e)) => return Err(transient(e)),
+                Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
             }
         }
         let failures: Vec<(usize, Failure)> = refused
@@ -549,20 +841,17 @@ impl Host {
             .collect();
         // Dead letters are acknowledged before the offsets move past them.
         self.dead_letter(messages, &failures).await?;
-        executor::apply_batch(
-            &mut tx,
-            &self.schema,
-            &self.settings.kafka.group_id,
-            &[],
-            offsets,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("recording offsets failed: {e}"))?;
-        tx.commit().await?;
+        executor::apply_batch(&mut tx, &self.schema, group, &[], offsets)
+            .await
+            .map_err(|e| anyhow::anyhow!("recording offsets failed: {e}"))?;
+        tx.commit().await.map_err(transient)?;
         Ok((outcome, refused.len()))
     }
 
-    fn commit_kafka(&self, offsets: &BTreeMap<(String, i32), i64>) {
+    fn commit_kafka(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
+        if offsets.is_empty() {
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in offsets {
             if tpl
@@ -572,7 +861,7 @@ impl Host {
                 return;
             }
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
             // Advisory only: MySQL holds the real position.
             tracing::debug!(error = %e, "advisory Kafka offset commit failed");
         }
@@ -632,7 +921,52 @@ impl Host {
                 .map_err(|(e, _)| anyhow::anyhow!("dead-letter topic unavailable: {e}"))?;
         }
         bump(&self.stats.dead_lettered, failed.len() as u64);
+        for (index, failure) in failed {
+            let m = &messages[*index];
+            self.shared
+                .metrics
+                .dead_letters
+                .with_label_values(&[m.topic(), failure.class])
+                .inc();
+            self.shared.record_error(
+                failure.class,
+                format!(
+                    "{}[{}]@{}: {}",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    failure.message
+                ),
+            );
+        }
+        self.shared.count(&HashMap::new(), failed.len() as u64);
         Ok(())
+    }
+}
+
+/// Why a batch attempt did not commit.
+enum Attempt {
+    /// Database or broker trouble: retry the same batch after a backoff.
+    Transient(anyhow::Error),
+    /// The stored positions of these partitions moved: drop the batch and
+    /// re-read them.
+    Moved(Vec<(String, i32)>),
+}
+
+impl From<anyhow::Error> for Attempt {
+    fn from(e: anyhow::Error) -> Self {
+        Attempt::Transient(e)
+    }
+}
+
+/// Background tasks of a running host, aborted on drop.
+struct Services(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 
@@ -651,11 +985,35 @@ pub fn project_all(
     schema: &Schema,
     messages: &[OwnedMessage],
 ) -> (Vec<Projected>, Vec<(usize, Failure)>) {
+    project_all_observed(registry, schema, messages, usize::MAX, None)
+}
+
+/// [`project_all`] refusing messages over `max_bytes` and timing each guest
+/// call into the metrics of `shared`.
+pub fn project_all_observed(
+    registry: &Registry,
+    schema: &Schema,
+    messages: &[OwnedMessage],
+    max_bytes: usize,
+    shared: Option<&Shared>,
+) -> (Vec<Projected>, Vec<(usize, Failure)>) {
     let mut sessions: HashMap<String, Session<'_>> = HashMap::new();
     let mut applied = Vec::with_capacity(messages.len());
     let mut failed = Vec::new();
     for (index, m) in messages.iter().enumerate() {
-        match project_one(registry, schema, &mut sessions, m) {
+        let size = m.payload().map_or(0, <[u8]>::len);
+        if size > max_bytes {
+            failed.push((
+                index,
+                Failure {
+                    class: "too_large",
+                    message: format!("the message has {size} bytes, over the limit of {max_bytes}"),
+                    component: None,
+                },
+            ));
+            continue;
+        }
+        match project_one(registry, schema, &mut sessions, m, shared) {
             Ok(inner) => applied.push(Projected {
                 component_ref: registry.route(&inner.event_type).map(ComponentRef::of),
                 inner,
@@ -672,6 +1030,7 @@ fn project_one<'r>(
     schema: &Schema,
     sessions: &mut HashMap<String, Session<'r>>,
     m: &OwnedMessage,
+    shared: Option<&Shared>,
 ) -> Result<Applied, Failure> {
     let fail = |class: &'static str, message: String, component: Option<ComponentRef>| Failure {
         class,
@@ -704,6 +1063,7 @@ fn project_one<'r>(
         entity_id: &envelope.entity_id,
         data: envelope.data.get(),
     };
+    let started = Instant::now();
     let ops = match projection {
         Projection::Wasm(c) => {
             let session = sessions
@@ -712,9 +1072,16 @@ fn project_one<'r>(
             session.project(&env)
         }
         Projection::Native(n) => (n.domain.project)(&env).map_err(GuestFailure::Rejected),
-    }
-    .map_err(|e| fail(e.class(), e.to_string(), component.clone()))?;
+    };
     let info = projection.info();
+    if let Some(shared) = shared {
+        shared
+            .metrics
+            .guest_call_seconds
+            .with_label_values(&[info.domain.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    let ops = ops.map_err(|e| fail(e.class(), e.to_string(), component.clone()))?;
     let ops = ops
         .iter()
         .map(|op| executor::validate(op, info, schema))
@@ -754,8 +1121,23 @@ fn dead_letter_value(m: &OwnedMessage, failure: &Failure) -> serde_json::Value {
         "error": failure.message,
         "component": failure.component,
         "failed_at": events::format_timestamp(&Utc::now()),
-        "retry_count": 0,
+        "retry_count": retry_count(m),
     })
+}
+
+/// How many times the message was redriven from a dead-letter topic
+/// (`x-retry-count`, set by `projector dlq redrive`).
+fn retry_count(m: &OwnedMessage) -> u32 {
+    use rdkafka::message::Headers as _;
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "x-retry-count")
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Resolves on SIGINT or SIGTERM.

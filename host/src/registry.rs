@@ -42,10 +42,12 @@ impl Projection {
         }
     }
 
-    /// `domain@version`, recorded with every event the projection applies.
+    /// `domain@version+digest12`, recorded in `processed_events` with every
+    /// event the projection applies (the digest tells apart two builds that
+    /// carry one version).
     pub fn label(&self) -> String {
         match self {
-            Projection::Wasm(c) => c.label(),
+            Projection::Wasm(c) => format!("{}+{}", c.label(), &c.digest[..12]),
             Projection::Native(n) => format!("{}@{}-native", n.info.domain, n.info.version),
         }
     }

@@ -11,6 +11,10 @@
 //! | `PROJECTOR_BATCH_SIZE`       | `batch.max_events`         |
 //! | `PROJECTOR_BATCH_WAIT_MS`    | `batch.max_wait`           |
 //! | `PROJECTOR_ADMIN_ADDR`       | `admin.listen`             |
+//! | `PROJECTOR_LAG_INTERVAL_MS`  | `admin.lag_interval`       |
+//! | `PROJECTOR_LAG_ERROR_THRESHOLD` | `admin.lag_error_threshold` |
+//! | `PROJECTOR_WATCH_COMPONENTS` | `components.watch` (true/false) |
+//! | `PROJECTOR_MAX_EVENT_BYTES`  | `batch.max_event_bytes`    |
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
 //! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_bytes`     |
 
@@ -51,6 +55,8 @@ pub struct MysqlSettings {
 pub struct ComponentSettings {
     /// Folder of `<domain>.wasm` files.
     pub dir: PathBuf,
+    /// Watch the folder and hot-reload new or changed components.
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,12 +67,23 @@ pub struct BatchSettings {
     /// Longest a batch waits to fill up once it has its first event.
     #[serde(with = "millis")]
     pub max_wait: Duration,
+    /// Events larger than this are dead-lettered unread (class `too_large`).
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
+    /// Address of the admin HTTP server (health, metrics, status page,
+    /// reload). Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// How often lag and dependencies are sampled.
+    #[serde(with = "millis")]
+    pub lag_interval: Duration,
+    /// Samples a partition's lag status looks back over.
+    pub lag_window: usize,
+    /// Lag above which a partition is ERR (and the host not ready).
+    pub lag_error_threshold: i64,
 }
 
 impl Default for Settings {
@@ -96,6 +113,7 @@ impl Default for ComponentSettings {
     fn default() -> Self {
         ComponentSettings {
             dir: PathBuf::from("build/projections"),
+            watch: true,
         }
     }
 }
@@ -105,6 +123,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_events: 500,
             max_wait: Duration::from_millis(20),
+            max_event_bytes: 1 << 20,
         }
     }
 }
@@ -113,6 +132,9 @@ impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            lag_interval: Duration::from_secs(5),
+            lag_window: 10,
+            lag_error_threshold: 100_000,
         }
     }
 }
@@ -170,12 +192,27 @@ impl Settings {
         if let Some(v) = get("PROJECTOR_ADMIN_ADDR") {
             self.admin.listen = num("PROJECTOR_ADMIN_ADDR", v)?;
         }
+        if let Some(v) = get("PROJECTOR_LAG_INTERVAL_MS") {
+            self.admin.lag_interval = Duration::from_millis(num("PROJECTOR_LAG_INTERVAL_MS", v)?);
+        }
+        if let Some(v) = get("PROJECTOR_LAG_ERROR_THRESHOLD") {
+            self.admin.lag_error_threshold = num("PROJECTOR_LAG_ERROR_THRESHOLD", v)?;
+        }
+        if let Some(v) = get("PROJECTOR_WATCH_COMPONENTS") {
+            self.components.watch = num("PROJECTOR_WATCH_COMPONENTS", v)?;
+        }
+        if let Some(v) = get("PROJECTOR_MAX_EVENT_BYTES") {
+            self.batch.max_event_bytes = num("PROJECTOR_MAX_EVENT_BYTES", v)?;
+        }
         if let Some(v) = get("PROJECTOR_CALL_DEADLINE_MS") {
             self.sandbox.call_deadline =
                 Duration::from_millis(num("PROJECTOR_CALL_DEADLINE_MS", v)?);
         }
         if let Some(v) = get("PROJECTOR_GUEST_MEMORY_MB") {
             self.sandbox.memory_bytes = num::<usize>("PROJECTOR_GUEST_MEMORY_MB", v)? << 20;
+        }
+        if self.admin.lag_interval.is_zero() {
+            anyhow::bail!("admin.lag_interval must be above zero");
         }
         if self.batch.max_events == 0 {
             anyhow::bail!("batch.max_events must be at least 1");

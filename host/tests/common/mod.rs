@@ -120,6 +120,11 @@ pub fn settings(db: &TestDb, topics: &Topics, group: &str) -> Settings {
     s.components.dir = components_dir();
     s.batch.max_events = 200;
     s.batch.max_wait = Duration::from_millis(20);
+    s.admin.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin.lag_interval = Duration::from_millis(500);
+    s.admin.lag_window = 4;
+    // Tests that reload call the endpoint; a watcher would race with them.
+    s.components.watch = false;
     s
 }
 
@@ -150,6 +155,7 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
 /// A host running in this process until [`RunningHost::stop`].
 pub struct RunningHost {
     pub stats: std::sync::Arc<Stats>,
+    pub shared: std::sync::Arc<projector_host::monitor::Shared>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -158,11 +164,28 @@ impl RunningHost {
     pub async fn start(settings: Settings, mode: Mode) -> RunningHost {
         let host = Host::build(settings, mode).await.expect("host builds");
         let stats = host.stats.clone();
+        let shared = host.shared.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(host.run(async move {
             let _ = stopped.await;
         }));
-        RunningHost { stats, stop, task }
+        RunningHost {
+            stats,
+            shared,
+            stop,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>` of the host's admin server, once it listens.
+    pub async fn admin_url(&self) -> String {
+        for _ in 0..200 {
+            if let Some(addr) = self.shared.admin_addr.get() {
+                return format!("http://{addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the admin server did not start");
     }
 
     pub async fn stop(self) {

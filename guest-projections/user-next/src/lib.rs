@@ -1,0 +1,35 @@
+//! The `user` projection with one rule changed, as a projection author would
+//! ship a new version: `display_name` is stored upper-cased and the version is
+//! 1.1.0. The host's tests hot-reload it and replay the user domain through it.
+
+use projection_sdk::flatten::{self, Domain, Envelope, Info, ProjectionError, RowOp, Value};
+
+fn info() -> Info {
+    let mut info = (flatten::USER.info)();
+    info.version = "1.1.0".into();
+    info
+}
+
+fn project(envelope: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
+    let mut ops = (flatten::USER.project)(envelope)?;
+    for op in &mut ops {
+        if let RowOp::Upsert(u) | RowOp::Update(u) = op {
+            for c in &mut u.values {
+                if c.name == "display_name"
+                    && let Value::Text(s) = &mut c.value
+                {
+                    *s = s.to_uppercase();
+                }
+            }
+        }
+    }
+    Ok(ops)
+}
+
+const USER_NEXT: Domain = Domain {
+    name: "user",
+    info,
+    project,
+};
+
+projection_sdk::component!(USER_NEXT);

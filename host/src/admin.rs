@@ -1,0 +1,248 @@
+//! The admin HTTP server, on its own port (`admin.listen`, default
+//! 127.0.0.1:9464):
+//!
+//! | route                     | what                                              |
+//! |---------------------------|---------------------------------------------------|
+//! | `GET /`                   | status page (HTML, refreshes itself every 2 s)    |
+//! | `GET /health/live`        | 200 while the process serves                      |
+//! | `GET /health/ready`       | 200 or 503, JSON with every check and the reasons |
+//! | `GET /metrics`            | Prometheus text format                            |
+//! | `GET /status.json`        | what the status page shows, as JSON               |
+//! | `POST /projections/reload`| reload changed components now; 200, or 422 if any was refused |
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::monitor::{LagStatus, Shared};
+use crate::reload::Reloader;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub reloader: Option<Arc<Reloader>>,
+}
+
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/status.json", get(status))
+        .route("/projections/reload", post(reload))
+        .with_state(admin)
+}
+
+/// Binds `addr` and serves until the task is dropped; returns the bound
+/// address (port 0 picks one).
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    admin: Admin,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin server cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let _ = admin.shared.admin_addr.set(bound);
+    let app = router(admin);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    tracing::info!(%bound, "admin server listening (/, /health/ready, /metrics)");
+    Ok((bound, task))
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "live"}))
+}
+
+async fn ready(State(admin): State<Admin>) -> Response {
+    let shared = &admin.shared;
+    let reasons = shared.not_ready_reasons();
+    let o = shared.observed();
+    let body = json!({
+        "status": if reasons.is_empty() { "ready" } else { "degraded" },
+        "reasons": reasons,
+        "checks": {
+            "mysql": o.mysql,
+            "kafka": o.kafka,
+            "components": shared.components(),
+            "lag": {"status": o.lag_status, "total": o.total_lag},
+            "pipeline": {"retrying": o.retrying},
+        },
+    });
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        admin.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
+    let shared = &admin.shared;
+    Json(json!({
+        "group": shared.group,
+        "started_at": shared.started_at,
+        "ready": shared.not_ready_reasons().is_empty(),
+        "components": shared.components(),
+        "observed": shared.observed(),
+    }))
+}
+
+async fn reload(State(admin): State<Admin>) -> Response {
+    let Some(reloader) = &admin.reloader else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "not_reloadable", "message": "this host runs the native projections; there is nothing to reload"})),
+        )
+            .into_response();
+    };
+    let report = reloader.reload().await;
+    let code = if report.refused.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (code, Json(report)).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn badge(status: LagStatus) -> String {
+    let colour = match status {
+        LagStatus::Ok => "#2e7d32",
+        LagStatus::Warn => "#ef6c00",
+        LagStatus::Stall => "#6a1b9a",
+        LagStatus::Err => "#c62828",
+    };
+    format!(
+        "<span class=b style=\"background:{colour}\">{}</span>",
+        status.as_str()
+    )
+}
+
+async fn page(State(admin): State<Admin>) -> Html<String> {
+    let shared = &admin.shared;
+    let o = shared.observed();
+    let reasons = shared.not_ready_reasons();
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
+         <title>projector</title><style>\
+         body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}\
+         table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+         td,th{{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left}}\
+         td.n{{text-align:right;font-variant-numeric:tabular-nums}}\
+         .b{{color:#fff;padding:.1em .5em;border-radius:.3em;font-weight:600}}\
+         code{{font-size:12px}}</style></head><body>"
+    );
+    let state = if reasons.is_empty() {
+        "<span class=b style=\"background:#2e7d32\">READY</span>".to_owned()
+    } else {
+        "<span class=b style=\"background:#c62828\">DEGRADED</span>".to_owned()
+    };
+    let _ = write!(
+        h,
+        "<h1>projector {state}</h1><p>group <code>{}</code> · up since {} · lag {} {} · dead letters {}</p>",
+        esc(&shared.group),
+        shared.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        o.total_lag,
+        badge(o.lag_status),
+        o.dead_lettered
+    );
+    if !reasons.is_empty() {
+        h.push_str("<ul>");
+        for r in &reasons {
+            let _ = write!(h, "<li>{}</li>", esc(r));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<h2>Projections</h2><table><tr><th>domain</th><th>version</th><th>digest</th><th>events/s</th><th>applied</th></tr>");
+    for c in shared.components() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td class=n>{:.1}</td><td class=n>{}</td></tr>",
+            esc(&c.domain),
+            esc(&c.version),
+            esc(&c.digest[..c.digest.len().min(12)]),
+            o.rates.get(&c.domain).copied().unwrap_or(0.0),
+            o.applied.get(&c.domain).copied().unwrap_or(0)
+        );
+    }
+    h.push_str("</table><h2>Lag per partition</h2><table><tr><th>topic[partition]</th><th>next offset</th><th>log end</th><th>lag</th><th>status</th></tr>");
+    for p in &o.partitions {
+        let _ = write!(
+            h,
+            "<tr><td>{}[{}]</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>",
+            esc(&p.topic),
+            p.partition,
+            p.next_offset,
+            p.log_end_offset,
+            p.lag,
+            badge(p.status)
+        );
+    }
+    let _ = write!(
+        h,
+        "</table><h2>Dependencies</h2><table><tr><td>MySQL</td><td>{}</td></tr><tr><td>Kafka</td><td>{}</td></tr></table>",
+        check(&o.mysql),
+        check(&o.kafka)
+    );
+    h.push_str("<h2>Recent errors</h2>");
+    if o.recent_errors.is_empty() {
+        h.push_str("<p>none</p>");
+    } else {
+        h.push_str("<table><tr><th>at</th><th>kind</th><th>message</th></tr>");
+        for e in o.recent_errors.iter().rev() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                e.at.format("%H:%M:%S"),
+                esc(&e.kind),
+                esc(&e.message)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<p><a href=/metrics>/metrics</a> · <a href=/health/ready>/health/ready</a> · <a href=/status.json>/status.json</a></p></body></html>");
+    Html(h)
+}
+
+fn check(c: &crate::monitor::Check) -> String {
+    if c.ok {
+        "<span class=b style=\"background:#2e7d32\">up</span>".to_owned()
+    } else {
+        format!(
+            "<span class=b style=\"background:#c62828\">down</span> <code>{}</code>",
+            esc(c.error.as_deref().unwrap_or("not checked yet"))
+        )
+    }
+}

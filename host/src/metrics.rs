@@ -1,0 +1,189 @@
+//! The host's Prometheus metrics (served as text at `/metrics` of the admin
+//! port). Every name is prefixed `projector_`.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of one host.
+pub struct Metrics {
+    registry: Registry,
+    /// `projector_events_total{event_type, outcome}`; outcome is `applied`,
+    /// `duplicate` or `dead_lettered`.
+    pub events: IntCounterVec,
+    /// `projector_batch_events`: events per committed batch.
+    pub batch_events: Histogram,
+    /// `projector_batch_duration_seconds`: project + commit of one batch.
+    pub batch_seconds: Histogram,
+    /// `projector_guest_call_duration_seconds{domain}`: one `project` call.
+    pub guest_call_seconds: HistogramVec,
+    /// `projector_end_to_end_latency_seconds`: envelope timestamp to commit.
+    pub end_to_end_seconds: Histogram,
+    /// `projector_dead_letters_total{topic, error_class}`.
+    pub dead_letters: IntCounterVec,
+    /// `projector_transient_errors_total`: batches that failed and were retried.
+    pub transient_errors: IntCounter,
+    /// `projector_partition_lag{topic, partition}`: log end offset - next offset.
+    pub lag: IntGaugeVec,
+    /// `projector_partition_next_offset{topic, partition}` (from MySQL).
+    pub next_offset: IntGaugeVec,
+    /// `projector_partition_log_end_offset{topic, partition}` (from the broker).
+    pub log_end_offset: IntGaugeVec,
+    /// `projector_partition_lag_status{topic, partition}`: 0 OK, 1 WARN, 2 STALL, 3 ERR.
+    pub lag_status: IntGaugeVec,
+    /// `projector_lag_status`: the worst partition status.
+    pub overall_lag_status: IntGauge,
+    /// `projector_component_info{domain, version, digest}` = 1 for each loaded component.
+    pub component_info: IntGaugeVec,
+    /// `projector_component_reloads_total{domain, outcome}`; outcome `loaded` or `refused`.
+    pub reloads: IntCounterVec,
+    /// `projector_ready`: 1 when `/health/ready` answers 200.
+    pub ready: IntGauge,
+    /// `projector_dependency_up{dependency}`: 1 when MySQL / Kafka answered the last check.
+    pub dependency_up: IntGaugeVec,
+}
+
+fn seconds_buckets() -> Vec<f64> {
+    vec![
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let partition = &["topic", "partition"];
+        Metrics {
+            events: reg!(IntCounterVec::new(
+                Opts::new(
+                    "projector_events_total",
+                    "Events handled, by type and outcome."
+                ),
+                &["event_type", "outcome"]
+            )),
+            batch_events: reg!(Histogram::with_opts(
+                HistogramOpts::new("projector_batch_events", "Events per committed batch.")
+                    .buckets(vec![
+                        1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0
+                    ])
+            )),
+            batch_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "projector_batch_duration_seconds",
+                    "Time to project and commit one batch."
+                )
+                .buckets(seconds_buckets())
+            )),
+            guest_call_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "projector_guest_call_duration_seconds",
+                    "Time of one project() call of a projection."
+                )
+                .buckets(seconds_buckets()),
+                &["domain"]
+            )),
+            end_to_end_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "projector_end_to_end_latency_seconds",
+                    "From the envelope's timestamp to the commit of its rows."
+                )
+                .buckets(seconds_buckets())
+            )),
+            dead_letters: reg!(IntCounterVec::new(
+                Opts::new(
+                    "projector_dead_letters_total",
+                    "Events sent to a dead-letter topic."
+                ),
+                &["topic", "error_class"]
+            )),
+            transient_errors: reg!(IntCounter::new(
+                "projector_transient_errors_total",
+                "Batch attempts that failed transiently and were retried."
+            )),
+            lag: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_partition_lag",
+                    "Log end offset minus the next offset to apply."
+                ),
+                partition
+            )),
+            next_offset: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_partition_next_offset",
+                    "Next offset to apply, as stored in MySQL."
+                ),
+                partition
+            )),
+            log_end_offset: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_partition_log_end_offset",
+                    "The partition's log end offset (high watermark)."
+                ),
+                partition
+            )),
+            lag_status: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_partition_lag_status",
+                    "Lag status: 0 OK, 1 WARN, 2 STALL, 3 ERR."
+                ),
+                partition
+            )),
+            overall_lag_status: reg!(IntGauge::new(
+                "projector_lag_status",
+                "Worst partition lag status: 0 OK, 1 WARN, 2 STALL, 3 ERR."
+            )),
+            component_info: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_component_info",
+                    "Loaded projection components (value 1)."
+                ),
+                &["domain", "version", "digest"]
+            )),
+            reloads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "projector_component_reloads_total",
+                    "Component reload attempts by outcome."
+                ),
+                &["domain", "outcome"]
+            )),
+            ready: reg!(IntGauge::new(
+                "projector_ready",
+                "1 when the host is ready."
+            )),
+            dependency_up: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_dependency_up",
+                    "1 when the dependency answered the last check."
+                ),
+                &["dependency"]
+            )),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,288 @@
+//! Hot reload of projection components.
+//!
+//! A new or changed `.wasm` file in the components folder (seen by the folder
+//! watcher, or on `POST /projections/reload`) is compiled on a blocking
+//! thread, off the consuming path, and validated: it must be a component of
+//! a compatible WIT version with the projection exports, declare tables and
+//! columns the schema has, claim no event type another domain owns, and pass
+//! its self-test fixtures if it ships any. Only then is it swapped into the
+//! registry, which the pipeline reads once per batch: the swap happens between
+//! batches and a batch never mixes two versions of a domain. A refused
+//! component is logged, counted (`projector_component_reloads_total{outcome=
+//! "refused"}`) and listed in the status page's recent errors; the old one
+//! keeps serving.
+//!
+//! # Self-test fixtures
+//!
+//! A folder `<stem>.selftest/` beside `<stem>.wasm` may hold envelope files
+//! (`*.json`). Each must project without error; where `<name>.ops.json` sits
+//! beside `<name>.json`, the operations must equal it (the golden format of
+//! `guest-projections/fixtures`).
+//!
+//! Write components by renaming a finished file into the folder (as
+//! `scripts/build-projections` does): a half-written file is refused and
+//! retried on the next change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify::Watcher as _;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use crate::monitor::Shared;
+use crate::registry::{Projection, Registry};
+use crate::runtime::{LoadedComponent, Runtime};
+use crate::schema::Schema;
+
+/// What one reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// `domain@version+digest` of each component swapped in.
+    pub loaded: Vec<String>,
+    /// Files refused, with the reason.
+    pub refused: Vec<Refused>,
+    /// Files whose content is already in force.
+    pub unchanged: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Refused {
+    pub file: String,
+    pub reason: String,
+}
+
+/// Reloads components from a folder into a live registry.
+pub struct Reloader {
+    runtime: Arc<Runtime>,
+    schema: Arc<Schema>,
+    dir: PathBuf,
+    registry: Arc<watch::Sender<Arc<Registry>>>,
+    shared: Arc<Shared>,
+    /// One reload at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        schema: Arc<Schema>,
+        dir: PathBuf,
+        registry: Arc<watch::Sender<Arc<Registry>>>,
+        shared: Arc<Shared>,
+    ) -> Reloader {
+        Reloader {
+            runtime,
+            schema,
+            dir,
+            registry,
+            shared,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads every new or changed component of the folder; each one that
+    /// passes validation is swapped in, the others are refused.
+    pub async fn reload(&self) -> ReloadReport {
+        let _busy = self.busy.lock().await;
+        let mut report = ReloadReport::default();
+        let files = match wasm_files(&self.dir) {
+            Ok(f) => f,
+            Err(e) => {
+                report.refused.push(Refused {
+                    file: self.dir.display().to_string(),
+                    reason: format!("{e:#}"),
+                });
+                return report;
+            }
+        };
+        for file in files {
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.refuse(&mut report, &file, None, format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let digest = hex::encode(Sha256::digest(&bytes));
+            let current = self.registry.borrow().clone();
+            let in_force = current.domains().any(|(_, p)| match p {
+                Projection::Wasm(c) => c.digest == digest,
+                Projection::Native(_) => false,
+            });
+            if in_force {
+                report.unchanged += 1;
+                continue;
+            }
+            let runtime = self.runtime.clone();
+            let source = file.display().to_string();
+            let selftest = selftest_dir(&file);
+            let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedComponent> {
+                let loaded = runtime.load(&bytes, &source)?;
+                if let Some(dir) = selftest {
+                    run_selftest(&loaded, &dir)?;
+                }
+                Ok(loaded)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("compilation thread failed: {e}"))
+            .and_then(|r| r);
+            let loaded = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    self.refuse(&mut report, &file, None, format!("{e:#}"));
+                    continue;
+                }
+            };
+            let domain = loaded.info.domain.clone();
+            let projection = Projection::Wasm(Arc::new(loaded));
+            let label = projection.label();
+            match current.with(projection, &self.schema) {
+                Ok(next) => {
+                    self.registry.send_replace(Arc::new(next));
+                    self.shared.components_changed();
+                    self.shared
+                        .metrics
+                        .reloads
+                        .with_label_values(&[&domain, "loaded"])
+                        .inc();
+                    tracing::info!(component = %label, file = %file.display(), "hot-reloaded projection component");
+                    report.loaded.push(label);
+                }
+                Err(e) => self.refuse(&mut report, &file, Some(&domain), format!("{e:#}")),
+            }
+        }
+        report
+    }
+
+    fn refuse(&self, report: &mut ReloadReport, file: &Path, domain: Option<&str>, reason: String) {
+        let domain = domain
+            .map(str::to_owned)
+            .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        tracing::error!(file = %file.display(), %reason, "component refused; the previous one keeps serving");
+        self.shared
+            .metrics
+            .reloads
+            .with_label_values(&[&domain, "refused"])
+            .inc();
+        self.shared
+            .record_error("component_refused", format!("{}: {reason}", file.display()));
+        report.refused.push(Refused {
+            file: file.display().to_string(),
+            reason,
+        });
+    }
+
+    /// Watches the folder and reloads after changes settle (250 ms).
+    pub async fn watch(self: Arc<Self>) -> anyhow::Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                    && event.paths.iter().any(|p| {
+                        p.extension().is_some_and(|x| x == "wasm")
+                            || p.ancestors()
+                                .any(|a| a.extension().is_some_and(|x| x == "selftest"))
+                    })
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .context("failed to create the components folder watcher")?;
+        watcher
+            .watch(&self.dir, notify::RecursiveMode::Recursive)
+            .with_context(|| format!("failed to watch {}", self.dir.display()))?;
+        tracing::info!(dir = %self.dir.display(), "watching the components folder");
+        while rx.recv().await.is_some() {
+            // Let a burst of events (copy, rename) settle.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(_) => break,
+                }
+            }
+            let report = self.reload().await;
+            if !report.loaded.is_empty() || !report.refused.is_empty() {
+                tracing::info!(loaded = ?report.loaded, refused = report.refused.len(), "components folder changed");
+            }
+        }
+        drop(watcher);
+        Ok(())
+    }
+}
+
+fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the components folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// `<stem>.selftest/` beside a component file, if it exists.
+pub fn selftest_dir(file: &Path) -> Option<PathBuf> {
+    let stem = file.file_stem()?.to_string_lossy().into_owned();
+    let dir = file.with_file_name(format!("{stem}.selftest"));
+    dir.is_dir().then_some(dir)
+}
+
+/// Projects every envelope of a self-test folder through `component`; each
+/// must succeed and equal its `.ops.json` where one exists.
+pub fn run_selftest(component: &LoadedComponent, dir: &Path) -> anyhow::Result<usize> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p.to_string_lossy().ends_with(".ops.json")
+        })
+        .collect();
+    files.sort();
+    for file in &files {
+        let name = file.display();
+        let bytes = std::fs::read(file).with_context(|| format!("self-test {name}"))?;
+        let envelope: events::RawEnvelope = events::Envelope::from_slice(&bytes)
+            .with_context(|| format!("self-test {name} is not an envelope"))?;
+        let event_id = envelope.event_id.to_string();
+        let timestamp = envelope.timestamp_string();
+        let env = flatten::Envelope {
+            event_type: &envelope.event_type,
+            event_id: &event_id,
+            timestamp: &timestamp,
+            entity_id: &envelope.entity_id,
+            data: envelope.data.get(),
+        };
+        let ops = component
+            .session()
+            .project(&env)
+            .map_err(|e| anyhow::anyhow!("self-test {name} failed: {e}"))?;
+        let golden = file.with_extension("ops.json");
+        if golden.exists() {
+            let expected: Vec<flatten::RowOp> = serde_json::from_slice(
+                &std::fs::read(&golden)
+                    .with_context(|| format!("self-test {}", golden.display()))?,
+            )
+            .with_context(|| {
+                format!(
+                    "self-test {} is not a list of row operations",
+                    golden.display()
+                )
+            })?;
+            if ops != expected {
+                anyhow::bail!(
+                    "self-test {name}: the operations differ from {}",
+                    golden.display()
+                );
+            }
+        }
+    }
+    Ok(files.len())
+}
