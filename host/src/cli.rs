@@ -292,3 +292,140 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// `projector replay --domain D`: resets the domain and follows the rebuild.
+pub fn replay(
+    settings: &Settings,
+    domain: &str,
+    wait: bool,
+    stall_timeout: u64,
+) -> anyhow::Result<ExitCode> {
+    tokio_runtime()?.block_on(async {
+        let pool = connect_mysql(&settings.mysql.url, 2).await?;
+        let reset = crate::replay::reset(&pool, settings, domain).await?;
+        for (table, n) in &reset.tables {
+            println!("emptied {table:<18} {n:>8} rows");
+        }
+        println!(
+            "forgot {} processed events of {}; its positions are back at 0 for group {}",
+            reset.forgotten_events, reset.topic, settings.kafka.group_id
+        );
+        if !wait {
+            println!(
+                "the running host rebuilds {domain} from the start of {}",
+                reset.topic
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let applied = crate::replay::follow(
+            &pool,
+            settings,
+            &reset,
+            std::time::Duration::from_secs(stall_timeout),
+        )
+        .await?;
+        let total: i64 = reset.ends.iter().map(|(_, low, high)| high - low).sum();
+        println!(
+            "replayed {total} messages of {}: {applied} events applied",
+            reset.topic
+        );
+        for (table, _) in &reset.tables {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))
+                .fetch_one(&pool)
+                .await?;
+            println!("  {table:<18} {n:>8} rows");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `projector dlq list`.
+pub fn dlq_list(settings: &Settings, class: Option<&str>) -> anyhow::Result<ExitCode> {
+    let letters = crate::dlq::read_letters(settings)?;
+    let done = tokio_runtime()?.block_on(async {
+        let pool = connect_mysql(&settings.mysql.url, 1).await?;
+        crate::schema::migrate(&pool).await?;
+        crate::dlq::redriven(&pool).await
+    })?;
+    let mut shown = 0;
+    println!(
+        "{:<22} {:<22} {:<20} {:>5} {:<9} error",
+        "id", "source", "class", "retry", "redriven"
+    );
+    for l in letters
+        .iter()
+        .filter(|l| class.is_none_or(|c| c == l.error_class()))
+    {
+        let (topic, partition, offset) = l.source();
+        println!(
+            "{:<22} {:<22} {:<20} {:>5} {:<9} {}",
+            l.id(),
+            format!("{topic}[{partition}]@{offset}"),
+            l.error_class(),
+            l.retry_count(),
+            if done.contains(&l.id()) { "yes" } else { "no" },
+            clip(l.value["error"].as_str().unwrap_or(""), 80)
+        );
+        shown += 1;
+    }
+    println!("{shown} dead letters");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `projector dlq show ID`.
+pub fn dlq_show(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
+    let letters = crate::dlq::read_letters(settings)?;
+    let Some(letter) = letters.iter().find(|l| l.id() == id) else {
+        eprintln!("no dead letter {id} (see `projector dlq list`)");
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut value = letter.value.clone();
+    if let Some(original) = value.get("original").and_then(|o| o.as_str())
+        && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(original)
+    {
+        value["original"] = parsed;
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `projector dlq redrive`.
+pub fn dlq_redrive(
+    settings: &Settings,
+    selection: crate::dlq::Selection,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    if !selection.all && selection.class.is_none() && selection.ids.is_empty() {
+        anyhow::bail!("say which letters: --all, --class CLASS or ids");
+    }
+    tokio_runtime()?.block_on(async {
+        let pool = connect_mysql(&settings.mysql.url, 1).await?;
+        let report = crate::dlq::redrive(settings, &pool, &selection, dry_run).await?;
+        let verb = if dry_run { "would redrive" } else { "redriven" };
+        for id in &report.sent {
+            println!("{verb} {id}");
+        }
+        for (id, reason) in &report.failed {
+            println!("failed   {id}: {reason}");
+        }
+        println!(
+            "{} {verb}, {} skipped (already redriven; --again to resend), {} failed",
+            report.sent.len(),
+            report.skipped_already_redriven,
+            report.failed.len()
+        );
+        Ok(if report.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}

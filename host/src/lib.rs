@@ -4,12 +4,14 @@
 
 pub mod admin;
 pub mod cli;
+pub mod dlq;
 pub mod executor;
 pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod registry;
 pub mod reload;
+pub mod replay;
 pub mod runtime;
 pub mod schema;
 pub mod settings;

@@ -41,6 +41,24 @@ enum Command {
     },
     /// Row counts of the projection, applied events, and lag per partition.
     Status,
+    /// Rebuild one domain's tables from the start of its topic through the
+    /// current component, while the running host keeps the other domains going.
+    Replay {
+        /// The domain (user, supplier, product, order, post).
+        #[arg(long)]
+        domain: String,
+        /// Reset and return without waiting for the host to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting when the host makes no progress for this long (seconds).
+        #[arg(long, default_value_t = 60)]
+        stall_timeout: u64,
+    },
+    /// Inspect and redrive the dead-letter topics.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Load component files in the sandbox, validate them and print what they declare.
     Check {
         /// `.wasm` component files.
@@ -55,6 +73,38 @@ enum Command {
         /// Envelope files, one JSON envelope each.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter: id, source, error class and message.
+    List {
+        /// Only letters of this error class (e.g. invalid_event, guest_trap).
+        #[arg(long)]
+        class: Option<String>,
+    },
+    /// Everything about one dead letter, its original included.
+    Show {
+        /// `<dlq topic>:<partition>:<offset>`, as `dlq list` prints it.
+        id: String,
+    },
+    /// Send dead letters back to their source topic, through the components in force now.
+    Redrive {
+        /// Every dead letter not redriven yet.
+        #[arg(long, conflicts_with_all = ["class", "ids"])]
+        all: bool,
+        /// Every dead letter of this error class not redriven yet.
+        #[arg(long)]
+        class: Option<String>,
+        /// Letters already redriven are taken again.
+        #[arg(long)]
+        again: bool,
+        /// Print what would be sent and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Ids of dead letters.
+        ids: Vec<String>,
     },
 }
 
@@ -81,6 +131,31 @@ fn main() -> ExitCode {
             files,
         } => cli::publish(&settings, &topic_prefix, &files),
         Command::Status => cli::status(&settings),
+        Command::Replay {
+            domain,
+            no_wait,
+            stall_timeout,
+        } => cli::replay(&settings, &domain, !no_wait, stall_timeout),
+        Command::Dlq { command } => match command {
+            DlqCommand::List { class } => cli::dlq_list(&settings, class.as_deref()),
+            DlqCommand::Show { id } => cli::dlq_show(&settings, &id),
+            DlqCommand::Redrive {
+                all,
+                class,
+                again,
+                dry_run,
+                ids,
+            } => cli::dlq_redrive(
+                &settings,
+                projector_host::dlq::Selection {
+                    all,
+                    class,
+                    ids,
+                    again,
+                },
+                dry_run,
+            ),
+        },
         Command::Check { files } => cli::check(&settings, &files),
         Command::Project { components, files } => {
             cli::project(&settings, components.as_deref(), &files)

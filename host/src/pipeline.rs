@@ -146,13 +146,12 @@ impl ConsumerContext for RebalanceLog {
     }
 }
 
-/// Where each owned partition stands: the next offset to apply, and whether
-/// the consumer was already moved there (after which a higher first offset
-/// is a retention gap, not a reason to seek again).
+/// Where each owned partition stands: the next offset to apply. Once the
+/// consumer delivers from there, a higher offset than `next` is a gap in the
+/// log (retention, compaction, transaction markers), not a lost message.
 #[derive(Debug, Clone, Copy)]
 struct Position {
     next: i64,
-    sought: bool,
     /// What MySQL holds for the partition, as far as this host knows.
     committed: Option<i64>,
 }
@@ -328,18 +327,19 @@ impl Host {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let _services = self.start_services().await?;
-        let mut position_check = tokio::time::interval(Duration::from_secs(1));
-        position_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = Instant::now();
         loop {
+            // `next_batch` is not cancelled by anything but shutdown (a
+            // cancelled batch would drop the messages it gathered).
             let batch = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                _ = position_check.tick() => {
-                    self.follow_moved_positions().await;
-                    continue;
-                }
                 batch = self.next_batch() => batch?,
             };
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                self.follow_moved_positions().await;
+                last_check = Instant::now();
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -353,8 +353,8 @@ impl Host {
         Ok(())
     }
 
-    /// Up to `max_events` messages: waits for the first, then at most
-    /// `max_wait` for the rest.
+    /// Up to `max_events` messages: waits up to a second for the first, then
+    /// at most `max_wait` for the rest.
     async fn next_batch(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
         let max = self.settings.batch.max_events;
         if !self.held.is_empty() {
@@ -362,7 +362,10 @@ impl Host {
             return Ok(std::mem::replace(&mut self.held, rest));
         }
         let mut batch = Vec::with_capacity(max.min(4096));
-        let first = self.consumer.recv().await;
+        let Ok(first) = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await
+        else {
+            return Ok(batch);
+        };
         match first {
             Ok(m) => batch.push(m.detach()),
             Err(e) => {
@@ -411,14 +414,8 @@ impl Host {
                 .seek(&key.0, key.1, offset, Duration::from_secs(10))
             {
                 Ok(()) => {
-                    self.positions.insert(
-                        key.clone(),
-                        Position {
-                            next,
-                            sought: true,
-                            committed,
-                        },
-                    );
+                    self.positions
+                        .insert(key.clone(), Position { next, committed });
                 }
                 Err(e) => {
                     // Not ours any more (or not fetching yet): the next
@@ -471,6 +468,10 @@ impl Host {
                 .entry((m.topic().to_owned(), m.partition()))
                 .or_insert(m.offset());
         }
+        // Partitions sought now: their messages in this batch came from
+        // before the seek and are dropped; the consumer delivers again from
+        // the stored position.
+        let mut sought = std::collections::HashSet::new();
         if firsts.keys().any(|k| !self.positions.contains_key(k)) {
             let stored =
                 executor::stored_offsets(&self.pool, &self.settings.kafka.group_id).await?;
@@ -486,11 +487,11 @@ impl Host {
                             .with_context(|| {
                                 format!("failed to seek {}[{}] to {next}", key.0, key.1)
                             })?;
+                        sought.insert(key.clone());
                         self.positions.insert(
                             key.clone(),
                             Position {
                                 next,
-                                sought: true,
                                 committed: Some(next),
                             },
                         );
@@ -500,7 +501,6 @@ impl Host {
                             key.clone(),
                             Position {
                                 next: *first,
-                                sought: true,
                                 committed: stored_next.copied(),
                             },
                         );
@@ -512,14 +512,14 @@ impl Host {
         let mut expected = BTreeMap::new();
         for m in batch {
             let key = (m.topic().to_owned(), m.partition());
+            if sought.contains(&key) {
+                continue;
+            }
             let Some(pos) = self.positions.get_mut(&key) else {
                 continue;
             };
             if m.offset() < pos.next {
                 continue; // already applied
-            }
-            if m.offset() > pos.next && !pos.sought {
-                continue;
             }
             pos.next = m.offset() + 1;
             expected.entry(key).or_insert(pos.committed);

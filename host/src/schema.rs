@@ -15,8 +15,12 @@ use sqlx::{MySqlPool, Row as _};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Tables the host keeps for itself; no component may write them.
-pub const BOOKKEEPING_TABLES: [&str; 3] =
-    ["processed_events", "consumer_offsets", "_sqlx_migrations"];
+pub const BOOKKEEPING_TABLES: [&str; 4] = [
+    "processed_events",
+    "consumer_offsets",
+    "dlq_redrives",
+    "_sqlx_migrations",
+];
 
 /// Applies every migration not applied yet. Idempotent.
 /// Hosts starting together serialise on a named lock, so only one of them

@@ -4,29 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
 use rand::Rng as _;
-
-fn spawn_host(db: &TestDb, topics: &Topics, group: &str, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_projector"))
-        .arg("run")
-        .env("MYSQL_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
-        .env("PROJECTOR_GROUP_ID", group)
-        .env("PROJECTOR_TOPICS", topics.all().join(","))
-        .env("PROJECTOR_COMPONENTS_DIR", components_dir())
-        .env("PROJECTOR_BATCH_SIZE", "100")
-        .env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the projector binary starts")
-}
 
 fn kill9(child: &mut Child) {
     child.kill().unwrap(); // SIGKILL
@@ -66,80 +48,6 @@ async fn wait_progress(db: &TestDb, from: i64, timeout: Duration) -> i64 {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn events(n_entities: usize) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    for n in 0..n_entities {
-        let (u, p, o) = (object_id(), object_id(), object_id());
-        let t = |m: u32| format!("2026-01-01T00:{m:02}:{:02}.{:06}Z", n % 60, n);
-        for (ty, id, m) in [
-            ("user.created", &u, 0),
-            ("user.updated", &u, 1),
-            ("product.created", &p, 0),
-            ("product.updated", &p, 1),
-            ("product.published", &p, 2),
-            ("order.created", &o, 0),
-            ("order.shipped", &o, 1),
-        ] {
-            out.push(fixture(ty, id, &t(m)));
-        }
-        if n % 3 == 0 {
-            out.push(fixture("product.deleted", &p, &t(9)));
-            out.push(fixture("user.deleted", &u, &t(9)));
-        }
-    }
-    out
-}
-
-async fn produce_all(topics: &Topics, events: &[serde_json::Value]) {
-    use rdkafka::producer::FutureRecord;
-    let producer = producer();
-    let mut pending = Vec::new();
-    for e in events {
-        let topic = topics.of(e["event_type"].as_str().unwrap());
-        let payload = e.to_string();
-        let key = e["entity_id"].as_str().unwrap();
-        // Queued without waiting: the idempotent producer keeps per-key order.
-        pending.push(
-            producer
-                .send_result(FutureRecord::to(&topic).key(key).payload(&payload))
-                .map_err(|(e, _)| e)
-                .unwrap(),
-        );
-    }
-    for p in pending {
-        p.await
-            .unwrap()
-            .map_err(|(e, _)| e)
-            .expect("broker acknowledges");
-    }
-}
-
-/// The tables a clean, uninterrupted run produces from the same events.
-async fn clean_run(events: &[serde_json::Value]) -> Dump {
-    let db = TestDb::new().await;
-    let topics = Topics::new();
-    produce_all(&topics, events).await;
-    let host = RunningHost::start(
-        settings(&db, &topics, &unique("clean")),
-        projector_host::pipeline::Mode::Wasm,
-    )
-    .await;
-    wait_processed(&db.pool, events.len() as i64, Duration::from_secs(120)).await;
-    host.stop().await;
-    let d = dump(&db.pool).await;
-    db.drop_db().await;
-    d
-}
-
-async fn assert_each_event_once(db: &TestDb, n: usize) {
-    let (total, distinct): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM processed_events")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!((total, distinct), (n as i64, n as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,6 +350,10 @@ pub async fn read_topic(
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {
         let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            // The topic may not exist yet.
+            Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))) => continue,
             Ok(m) => m.unwrap(),
             Err(_) => panic!(
                 "only {} of {n} messages on {topic} within {timeout:?}",
@@ -373,4 +377,271 @@ pub async fn read_topic(
         out.push((value, headers));
     }
     out
+}
+
+pub fn spawn_host(
+    db: &TestDb,
+    topics: &Topics,
+    group: &str,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .arg("run")
+        .env("MYSQL_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
+        .env("PROJECTOR_GROUP_ID", group)
+        .env("PROJECTOR_TOPICS", topics.all().join(","))
+        .env("PROJECTOR_COMPONENTS_DIR", components_dir())
+        .env("PROJECTOR_WATCH_COMPONENTS", "false")
+        .env("PROJECTOR_BATCH_SIZE", "100")
+        .env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the projector binary starts")
+}
+
+/// A stream of `n_entities` user, product and order lifecycles (7 to 9
+/// events each).
+pub fn events(n_entities: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for n in 0..n_entities {
+        let (u, p, o) = (object_id(), object_id(), object_id());
+        let t = |m: u32| format!("2026-01-01T00:{m:02}:{:02}.{:06}Z", n % 60, n);
+        for (ty, id, m) in [
+            ("user.created", &u, 0),
+            ("user.updated", &u, 1),
+            ("product.created", &p, 0),
+            ("product.updated", &p, 1),
+            ("product.published", &p, 2),
+            ("order.created", &o, 0),
+            ("order.shipped", &o, 1),
+        ] {
+            out.push(fixture(ty, id, &t(m)));
+        }
+        if n % 3 == 0 {
+            out.push(fixture("product.deleted", &p, &t(9)));
+            out.push(fixture("user.deleted", &u, &t(9)));
+        }
+    }
+    out
+}
+
+pub async fn produce_all(topics: &Topics, events: &[serde_json::Value]) {
+    use rdkafka::producer::FutureRecord;
+    let producer = producer();
+    let mut pending = Vec::new();
+    for e in events {
+        let topic = topics.of(e["event_type"].as_str().unwrap());
+        let payload = e.to_string();
+        let key = e["entity_id"].as_str().unwrap();
+        // Queued without waiting: the idempotent producer keeps per-key order.
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(&topic).key(key).payload(&payload))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await
+            .unwrap()
+            .map_err(|(e, _)| e)
+            .expect("broker acknowledges");
+    }
+}
+
+/// The tables a clean, uninterrupted run produces from the same events.
+pub async fn clean_run(events: &[serde_json::Value]) -> Dump {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    produce_all(&topics, events).await;
+    let host = RunningHost::start(
+        settings(&db, &topics, &unique("clean")),
+        projector_host::pipeline::Mode::Wasm,
+    )
+    .await;
+    wait_processed(&db.pool, events.len() as i64, Duration::from_secs(120)).await;
+    host.stop().await;
+    let d = dump(&db.pool).await;
+    db.drop_db().await;
+    d
+}
+
+pub async fn assert_each_event_once(db: &TestDb, n: usize) {
+    let (total, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM processed_events")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((total, distinct), (n as i64, n as i64));
+}
+
+/// Runs `scripts/stack ARGS` and returns its stdout; panics if it fails.
+pub fn stack(args: &[&str]) -> String {
+    let out = std::process::Command::new(repo().join("scripts/stack"))
+        .args(args)
+        .output()
+        .expect("scripts/stack runs");
+    assert!(
+        out.status.success(),
+        "scripts/stack {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// GET `url`: (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("admin server answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Parses the Prometheus text format strictly: every line is a comment
+/// (`# HELP`/`# TYPE`), blank, or `name{labels} value`. Keys are
+/// `name{k="v",...}` with labels sorted.
+pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                let mut labels: Vec<(String, String)> = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (k, after) = rest
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    let end = after
+                        .find('"')
+                        .unwrap_or_else(|| panic!("unterminated label in {line:?}"));
+                    labels.push((k.to_owned(), after[..end].to_owned()));
+                    rest = after[end + 1..].trim_start_matches(',');
+                }
+                labels.sort();
+                (name, labels)
+            }
+            None => (series, vec![]),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        let key = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        out.insert(key, value);
+    }
+    out
+}
+
+/// The component bytes with a custom section appended: the same projection
+/// with another digest (a "new build").
+pub fn rebuilt(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"projector-test-build";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Writes a file the way a deployment should: to a temporary name, then
+/// renamed into place.
+pub fn install_file(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A private copy of the built components folder (for tests that change it).
+pub fn components_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["user", "supplier", "product", "order", "post"] {
+        std::fs::copy(
+            components_dir().join(format!("{d}.wasm")),
+            dir.path().join(format!("{d}.wasm")),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+pub fn test_component(name: &str) -> PathBuf {
+    components_dir().join(format!("../test-projections/{name}.wasm"))
+}
+
+/// `projector ARGS` with a test's connection settings; (success, stdout+stderr).
+pub fn projector(
+    mysql_url: &str,
+    topics: &Topics,
+    group: &str,
+    components: &Path,
+    args: &[&str],
+) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(args)
+        .env("MYSQL_URL", mysql_url)
+        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
+        .env("PROJECTOR_GROUP_ID", group)
+        .env("PROJECTOR_TOPICS", topics.all().join(","))
+        .env("PROJECTOR_COMPONENTS_DIR", components)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the projector binary runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

@@ -1,0 +1,302 @@
+//! `projector dlq list | show | redrive`: the dead-letter topics for people.
+//!
+//! A dead letter is addressed as `<dlq topic>:<partition>:<offset>`, e.g.
+//! `dlq.user:0:12`. Redrive sends the original bytes back to the source topic
+//! with the original key (header `x-retry-count` one above the letter's), so
+//! the running host projects them through the components in force now. It is
+//! safe to repeat: a redriven letter is recorded in `dlq_redrives` and
+//! skipped by the next redrive unless `--again`; an event that lands twice is
+//! a no-op through `processed_events`; and an event older than the rows it
+//! touches changes nothing (the stale-event guard). A letter whose original
+//! was truncated (over 512 KiB) is redriven from its source coordinates,
+//! which fails clearly if retention has removed it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use serde_json::Value;
+use sqlx::{MySqlPool, Row as _};
+
+use crate::settings::Settings;
+
+/// One dead letter as read back from its topic.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub dlq_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub value: Value,
+}
+
+impl Letter {
+    pub fn id(&self) -> String {
+        format!("{}:{}:{}", self.dlq_topic, self.partition, self.offset)
+    }
+
+    fn str(&self, field: &str) -> &str {
+        self.value[field].as_str().unwrap_or("")
+    }
+
+    pub fn error_class(&self) -> &str {
+        self.str("error_class")
+    }
+
+    pub fn source(&self) -> (String, i32, i64) {
+        (
+            self.str("topic").to_owned(),
+            self.value["partition"].as_i64().unwrap_or(-1) as i32,
+            self.value["offset"].as_i64().unwrap_or(-1),
+        )
+    }
+
+    pub fn retry_count(&self) -> u64 {
+        self.value["retry_count"].as_u64().unwrap_or(0)
+    }
+
+    /// The original message bytes, from the letter or (if it was truncated)
+    /// from the source topic.
+    pub fn original(&self, settings: &Settings) -> anyhow::Result<Vec<u8>> {
+        if !self.value["original_truncated"].as_bool().unwrap_or(false) {
+            let text = self.str("original");
+            return match self.str("original_encoding") {
+                "hex" => hex::decode(text).context("the letter's hex original is corrupt"),
+                _ => Ok(text.as_bytes().to_vec()),
+            };
+        }
+        let (topic, partition, offset) = self.source();
+        let consumer = client(settings)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        consumer.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) if m.offset() == offset => {
+                    return Ok(m.payload().unwrap_or_default().to_vec());
+                }
+                Some(Ok(m)) if m.offset() > offset => break,
+                _ => {}
+            }
+        }
+        anyhow::bail!(
+            "the original of {} ({topic}[{partition}]@{offset}) was truncated in the letter and is no longer in its source topic",
+            self.id()
+        )
+    }
+}
+
+fn client(settings: &Settings) -> anyhow::Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    for (k, v) in settings.kafka.consumer_config() {
+        config.set(k, v);
+    }
+    config.set("group.id", format!("{}.dlq-tool", settings.kafka.group_id));
+    config.set("enable.partition.eof", "false");
+    config.create().context("failed to create a Kafka client")
+}
+
+/// The dead-letter topics of the configured source topics.
+pub fn dlq_topics(settings: &Settings) -> Vec<String> {
+    settings.topics.iter().map(|t| format!("dlq.{t}")).collect()
+}
+
+/// Every letter now in the dead-letter topics, oldest first per partition.
+pub fn read_letters(settings: &Settings) -> anyhow::Result<Vec<Letter>> {
+    let consumer = client(settings)?;
+    let timeout = Duration::from_secs(10);
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for topic in dlq_topics(settings) {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .with_context(|| format!("metadata of {topic}"))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(t.name(), p.id(), timeout)?;
+                if high > low {
+                    ends.insert((t.name().to_owned(), p.id()), high);
+                    tpl.add_partition_offset(t.name(), p.id(), Offset::Offset(low))?;
+                }
+            }
+        }
+    }
+    let mut letters = Vec::new();
+    if ends.is_empty() {
+        return Ok(letters);
+    }
+    consumer.assign(&tpl)?;
+    let mut remaining: HashSet<(String, i32)> = ends.keys().cloned().collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("timed out reading the dead-letter topics");
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.context("reading a dead-letter topic")?;
+        let key = (m.topic().to_owned(), m.partition());
+        if m.offset() + 1 >= ends[&key] {
+            remaining.remove(&key);
+        }
+        let value = m
+            .payload()
+            .and_then(|p| serde_json::from_slice(p).ok())
+            .unwrap_or_else(
+                || serde_json::json!({"error": "not a dead letter written by projector"}),
+            );
+        letters.push(Letter {
+            dlq_topic: key.0,
+            partition: key.1,
+            offset: m.offset(),
+            value,
+        });
+    }
+    letters.sort_by(|a, b| {
+        (&a.dlq_topic, a.partition, a.offset).cmp(&(&b.dlq_topic, b.partition, b.offset))
+    });
+    Ok(letters)
+}
+
+/// Ids of letters already redriven.
+pub async fn redriven(pool: &MySqlPool) -> anyhow::Result<HashSet<String>> {
+    let rows = sqlx::query("SELECT dlq_topic, `partition`, `offset` FROM dlq_redrives")
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(format!(
+                "{}:{}:{}",
+                r.try_get::<String, _>(0)?,
+                r.try_get::<i32, _>(1)?,
+                r.try_get::<i64, _>(2)?
+            ))
+        })
+        .collect()
+}
+
+/// Which letters a redrive takes.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub all: bool,
+    pub class: Option<String>,
+    pub ids: Vec<String>,
+    /// Take letters already redriven too.
+    pub again: bool,
+}
+
+impl Selection {
+    fn matches(&self, letter: &Letter) -> bool {
+        self.all
+            || self.ids.contains(&letter.id())
+            || self
+                .class
+                .as_deref()
+                .is_some_and(|c| c == letter.error_class())
+    }
+}
+
+/// What a redrive did.
+#[derive(Debug, Default)]
+pub struct RedriveReport {
+    pub sent: Vec<String>,
+    pub skipped_already_redriven: usize,
+    pub failed: Vec<(String, String)>,
+}
+
+/// Sends the selected letters back to their source topics and records them.
+pub async fn redrive(
+    settings: &Settings,
+    pool: &MySqlPool,
+    selection: &Selection,
+    dry_run: bool,
+) -> anyhow::Result<RedriveReport> {
+    crate::schema::migrate(pool).await?;
+    let letters = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || read_letters(&settings)).await??
+    };
+    let done = redriven(pool).await?;
+    let mut report = RedriveReport::default();
+    let mut config = ClientConfig::new();
+    for (k, v) in settings.kafka.producer_config() {
+        config.set(k, v);
+    }
+    // An original may be as large as the source topic allowed; the broker
+    // has the last word.
+    config.set("message.max.bytes", "16777216");
+    let producer: FutureProducer = config.create().context("failed to create the producer")?;
+    for letter in &letters {
+        if !selection.matches(letter) {
+            continue;
+        }
+        if done.contains(&letter.id()) && !selection.again {
+            report.skipped_already_redriven += 1;
+            continue;
+        }
+        let id = letter.id();
+        let original = {
+            let letter = letter.clone();
+            let settings = settings.clone();
+            tokio::task::spawn_blocking(move || letter.original(&settings)).await?
+        };
+        let original = match original {
+            Ok(o) => o,
+            Err(e) => {
+                report.failed.push((id, format!("{e:#}")));
+                continue;
+            }
+        };
+        let (topic, _, _) = letter.source();
+        if dry_run {
+            report.sent.push(id);
+            continue;
+        }
+        let retries = (letter.retry_count() + 1).to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "x-retry-count",
+                value: Some(&retries),
+            })
+            .insert(Header {
+                key: "x-redriven-from",
+                value: Some(&id),
+            });
+        let key = letter.value["key"].as_str().map(str::to_owned);
+        let mut record = FutureRecord::to(&topic).payload(&original).headers(headers);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("sending {id} back to {topic} failed: {e}"))?;
+        sqlx::query(
+            "INSERT INTO dlq_redrives (dlq_topic, `partition`, `offset`, source_topic, sent_to_partition, sent_to_offset) \
+             VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE sent_to_partition = VALUES(sent_to_partition), \
+             sent_to_offset = VALUES(sent_to_offset), redriven_at = CURRENT_TIMESTAMP(6)",
+        )
+        .bind(&letter.dlq_topic)
+        .bind(letter.partition)
+        .bind(letter.offset)
+        .bind(&topic)
+        .bind(delivery.partition)
+        .bind(delivery.offset)
+        .execute(pool)
+        .await?;
+        report.sent.push(id);
+    }
+    for id in &selection.ids {
+        if !letters.iter().any(|l| &l.id() == id) {
+            report
+                .failed
+                .push((id.clone(), "no such dead letter".to_owned()));
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,615 @@
+//! Operating the host against the real stack: health and Prometheus metrics
+//! (lag checked against Kafka's own consumer-groups tool), hot reload under
+//! load, replay of a domain after a rule change, and the dead-letter CLI.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use projector_host::pipeline::Mode;
+use serde_json::json;
+use sha2::Digest as _;
+use sqlx::Row as _;
+
+async fn wait_ready(url: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_get(&format!("{url}/health/ready")).await;
+        if code == 200 {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metrics(url: &str) -> BTreeMap<String, f64> {
+    let (code, text) = http_get(&format!("{url}/metrics")).await;
+    assert_eq!(code, 200);
+    parse_prometheus(&text)
+}
+
+fn sum(m: &BTreeMap<String, f64>, prefix: &str, contains: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(prefix) && k.contains(contains))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// `(topic, partition) -> (log end offset, lag)` from
+/// `kafka-consumer-groups --describe`; partitions without a committed
+/// offset are left out (the tool prints `-`).
+fn tool_lag(group: &str, prefix: &str) -> BTreeMap<(String, i32), (i64, i64)> {
+    let out = stack(&["consumer-groups", "--describe", "--group", group]);
+    let mut rows = BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 6
+            && f[0] == group
+            && f[1].starts_with(prefix)
+            && let (Ok(p), Ok(end), Ok(lag)) = (f[2].parse(), f[4].parse(), f[5].parse())
+        {
+            rows.insert((f[1].to_owned(), p), (end, lag));
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_status_page_report_what_the_broker_sees() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let first = events(12);
+    produce_all(&topics, &first).await;
+    let host = RunningHost::start(settings(&db, &topics, &group), Mode::Wasm).await;
+    wait_processed(&db.pool, first.len() as i64, Duration::from_secs(60)).await;
+    let url = host.admin_url().await;
+
+    let (code, body) = http_get(&format!("{url}/health/live")).await;
+    assert_eq!((code, body.contains("live")), (200, true));
+    let ready = wait_ready(&url).await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["checks"]["mysql"]["ok"], true);
+    assert_eq!(ready["checks"]["kafka"]["ok"], true);
+    assert_eq!(ready["checks"]["components"].as_array().unwrap().len(), 5);
+
+    // Once the monitor sampled after the last commit, every partition is at
+    // lag 0 and OK.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = metrics(&url).await;
+        let lagging = sum(&m, "projector_partition_lag{", &topics.prefix);
+        let seen = m
+            .keys()
+            .filter(|k| k.starts_with("projector_partition_lag{"))
+            .count();
+        if lagging == 0.0 && seen >= 8 {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag never reached 0"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let user_created = first
+        .iter()
+        .filter(|e| e["event_type"] == "user.created")
+        .count() as f64;
+    assert_eq!(
+        m[r#"projector_events_total{event_type="user.created",outcome="applied"}"#],
+        user_created
+    );
+    assert_eq!(
+        sum(&m, "projector_events_total{", "outcome=\"applied\""),
+        first.len() as f64
+    );
+    assert_eq!(
+        m["projector_end_to_end_latency_seconds_count"],
+        first.len() as f64
+    );
+    assert!(m[r#"projector_guest_call_duration_seconds_count{domain="order"}"#] >= 24.0);
+    assert!(m["projector_batch_events_count"] >= 1.0);
+    assert_eq!(m["projector_ready"], 1.0);
+    assert_eq!(m["projector_lag_status"], 0.0);
+    assert_eq!(
+        sum(&m, "projector_component_info{", "version=\"1.0.0\""),
+        5.0
+    );
+    assert_eq!(sum(&m, "projector_dead_letters_total", ""), 0.0);
+
+    let (code, page) = http_get(&format!("{url}/")).await;
+    assert_eq!(code, 200);
+    for needle in [
+        "READY",
+        "Lag per partition",
+        "http-equiv=refresh",
+        &format!("{}[0]", topics.of("order.created")),
+        "events/s",
+        "Recent errors",
+    ] {
+        assert!(page.contains(needle), "status page lacks {needle:?}");
+    }
+    host.stop().await;
+
+    // Events arrive while no host consumes: a monitor of the group reports
+    // the lag, and it must be what Kafka's own tool says.
+    let second = events(7);
+    produce_all(&topics, &second).await;
+    let s = settings(&db, &topics, &group);
+    let pool = projector_host::pipeline::connect_mysql(&db.url, 1)
+        .await
+        .unwrap();
+    let (_tx, rx) =
+        tokio::sync::watch::channel(Arc::new(projector_host::registry::Registry::default()));
+    let shared = Arc::new(projector_host::monitor::Shared::new(
+        &s,
+        Arc::new(Default::default()),
+        rx,
+    ));
+    let monitor = projector_host::monitor::Monitor::new(&s, pool, shared.clone()).unwrap();
+    monitor.sample().await;
+    let (addr, _server) = projector_host::admin::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        projector_host::admin::Admin {
+            shared: shared.clone(),
+            reloader: None,
+        },
+    )
+    .await
+    .unwrap();
+    let m = metrics(&format!("http://{addr}")).await;
+    let tool = tool_lag(&group, &topics.prefix);
+    assert!(tool.len() >= 8, "the tool described {tool:?}");
+    let mut total = 0;
+    for ((topic, partition), (end, lag)) in &tool {
+        let labels = format!("{{partition=\"{partition}\",topic=\"{topic}\"}}");
+        assert_eq!(
+            m[&format!("projector_partition_lag{labels}")],
+            *lag as f64,
+            "lag of {topic}[{partition}]"
+        );
+        assert_eq!(
+            m[&format!("projector_partition_log_end_offset{labels}")],
+            *end as f64
+        );
+        total += lag;
+    }
+    assert!(total > 0, "the tool saw lag");
+    // Partitions the tool prints as `-` (never committed) are lag too.
+    assert_eq!(
+        sum(&m, "projector_partition_lag{", &topics.prefix),
+        second.len() as f64,
+        "the new events are the lag"
+    );
+    // Not ready: no component is loaded in this bare monitor.
+    let (code, body) = http_get(&format!("http://{addr}/health/ready")).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("components: none loaded"), "{body}");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_one() {
+    let all = events(400);
+    let expected = clean_run(&all).await;
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let dir = components_copy();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.components.dir = dir.path().to_owned();
+    s.components.watch = true;
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let url = host.admin_url().await;
+
+    let producing = {
+        let topics_prefix = topics.prefix.clone();
+        let all = all.clone();
+        tokio::spawn(async move {
+            let topics = Topics {
+                prefix: topics_prefix,
+            };
+            for chunk in all.chunks(50) {
+                produce_all(&topics, chunk).await;
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        })
+    };
+    let user_wasm = dir.path().join("user.wasm");
+    let original = std::fs::read(&user_wasm).unwrap();
+    let user_digest = |shared: &projector_host::monitor::Shared| {
+        shared
+            .components()
+            .into_iter()
+            .find(|c| c.domain == "user")
+            .unwrap()
+            .digest
+    };
+    let refused = || {
+        host.shared
+            .metrics
+            .reloads
+            .with_label_values(&["user", "refused"])
+            .get()
+    };
+    for i in 0..10 {
+        let before = user_digest(&host.shared);
+        if i == 4 {
+            // A broken build: half a component.
+            install_file(&user_wasm, &original[..original.len() / 2]);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while refused() == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "never refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                user_digest(&host.shared),
+                before,
+                "the old one keeps serving"
+            );
+            continue;
+        }
+        let build = rebuilt(&original, &format!("build {i}"));
+        let digest = hex::encode(sha2::Sha256::digest(&build));
+        install_file(&user_wasm, &build);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while user_digest(&host.shared) != digest {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "swap {i} never happened"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    producing.await.unwrap();
+    // The endpoint reloads on demand; nothing changed since the last swap.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/projections/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["unchanged"], 5, "{report}");
+
+    wait_processed(&db.pool, all.len() as i64, Duration::from_secs(120)).await;
+    let m = metrics(&url).await;
+    host.stop().await;
+    assert_each_event_once(&db, all.len()).await;
+    assert_same(&dump(&db.pool).await, &expected);
+    let builds: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT component) FROM processed_events WHERE event_type LIKE 'user.%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        builds >= 3,
+        "user events were projected by {builds} builds: the swaps happened under load"
+    );
+    assert_eq!(
+        m[r#"projector_component_reloads_total{domain="user",outcome="loaded"}"#],
+        9.0
+    );
+    assert_eq!(
+        m[r#"projector_component_reloads_total{domain="user",outcome="refused"}"#],
+        1.0
+    );
+    db.drop_db().await;
+}
+
+async fn display_names(db: &TestDb) -> BTreeMap<String, Option<String>> {
+    sqlx::query("SELECT user_id, display_name FROM users")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_a_rule_change_rebuilds_the_domain_while_the_others_flow() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let dir = components_copy();
+    let mut s = settings(&db, &topics, &group);
+    s.components.dir = dir.path().to_owned();
+    let first = events(40);
+    produce_all(&topics, &first).await;
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let url = host.admin_url().await;
+    wait_processed(&db.pool, first.len() as i64, Duration::from_secs(60)).await;
+    let before_names = display_names(&db).await;
+    let before = dump(&db.pool).await;
+    assert!(
+        before_names
+            .values()
+            .flatten()
+            .any(|n| *n != n.to_uppercase()),
+        "the fixtures have mixed-case names"
+    );
+
+    // Ship the new rule and reload it.
+    install_file(
+        &dir.path().join("user.wasm"),
+        &std::fs::read(test_component("user-next")).unwrap(),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{url}/projections/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        report["loaded"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("user@1.1.0+"),
+        "{report}"
+    );
+
+    // Replay the user domain while orders keep coming.
+    let replay = {
+        let (url, prefix, group, dir) = (
+            db.url.clone(),
+            topics.prefix.clone(),
+            group.clone(),
+            dir.path().to_owned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            projector(
+                &url,
+                &Topics { prefix },
+                &group,
+                &dir,
+                &["replay", "--domain", "user", "--stall-timeout", "60"],
+            )
+        })
+    };
+    let orders: Vec<serde_json::Value> = (0..30)
+        .map(|i| {
+            fixture(
+                "order.created",
+                &object_id(),
+                &format!("2026-03-01T00:00:{i:02}Z"),
+            )
+        })
+        .collect();
+    for chunk in orders.chunks(5) {
+        produce_all(&topics, chunk).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, out) = replay.await.unwrap();
+    assert!(ok, "replay failed:\n{out}");
+    assert!(out.contains("emptied users"), "{out}");
+    assert!(out.contains("replayed"), "{out}");
+    wait_processed(
+        &db.pool,
+        (first.len() + orders.len()) as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    host.stop().await;
+
+    let after_names = display_names(&db).await;
+    assert_eq!(after_names.len(), before_names.len());
+    for (id, name) in &before_names {
+        assert_eq!(
+            after_names[id],
+            name.as_ref().map(|n| n.to_uppercase()),
+            "user {id} rebuilt with the new rule"
+        );
+    }
+    let old_builds: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM processed_events WHERE event_type LIKE 'user.%' AND component NOT LIKE 'user@1.1.0+%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(old_builds, 0, "every user event was re-projected by 1.1.0");
+    let after = dump(&db.pool).await;
+    for table in ["suppliers", "products", "product_variants", "posts"] {
+        assert_eq!(
+            after[table], before[table],
+            "{table} untouched by the replay"
+        );
+    }
+    assert_eq!(
+        after["orders"].len(),
+        before["orders"].len() + orders.len(),
+        "orders flowed during the replay"
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let dir = components_copy();
+    // The user projection in force traps on a marker field.
+    std::fs::copy(test_component("chaos"), dir.path().join("user.wasm")).unwrap();
+    let mut s = settings(&db, &topics, &group);
+    s.components.dir = dir.path().to_owned();
+    let topic = topics.of("user.created");
+    let (a, b, c) = (object_id(), object_id(), object_id());
+    let good_a = fixture("user.created", &a, "2026-01-01T00:00:00Z");
+    let mut trap_b = fixture("user.created", &b, "2026-01-01T00:00:00Z");
+    trap_b["data"]["chaos"] = json!("panic");
+    let mut trap_a = fixture("user.updated", &a, "2026-01-02T00:00:00Z");
+    trap_a["data"]["chaos"] = json!("panic");
+    trap_a["data"]["profile"]["display_name"] = json!("Renamed A");
+    let mut too_long = fixture("user.created", &c, "2026-01-01T00:00:00Z");
+    too_long["data"]["profile"]["display_name"] = json!("y".repeat(300));
+    let mut huge = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    huge["data"]["profile"]["bio"] = json!("z".repeat(2 << 20));
+    let mut wrong_type = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    wrong_type["data"]["contact_info"]["primary_email"] = json!(42);
+    let mut unknown = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    unknown["event_type"] = json!("user.teleported");
+    let mut no_entity = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    no_entity.as_object_mut().unwrap().remove("entity_id");
+    let good_last = fixture("user.created", &object_id(), "2026-01-03T00:00:00Z");
+    let corpus: Vec<Vec<u8>> = vec![
+        good_a.to_string().into(),
+        b"{\"event_type\": \"user.created\", \"event_id\": ".to_vec(),
+        trap_b.to_string().into(),
+        no_entity.to_string().into(),
+        huge.to_string().into(),
+        wrong_type.to_string().into(),
+        trap_a.to_string().into(),
+        unknown.to_string().into(),
+        too_long.to_string().into(),
+        good_last.to_string().into(),
+    ];
+    let big = {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("message.max.bytes", "4194304");
+        config
+            .create::<rdkafka::producer::FutureProducer>()
+            .unwrap()
+    };
+    // One key: one partition, the bad ones between the good ones.
+    for payload in &corpus {
+        produce(&big, &topic, &a, payload).await;
+    }
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let url = host.admin_url().await;
+    let mut letters = read_topic(&format!("dlq.{topic}"), 8, Duration::from_secs(60)).await;
+    wait_processed(&db.pool, 2, Duration::from_secs(30)).await;
+    letters.sort_by_key(|(v, _)| v["offset"].as_i64());
+    let classes: Vec<&str> = letters
+        .iter()
+        .map(|(v, _)| v["error_class"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            "invalid_envelope",
+            "guest_trap",
+            "invalid_envelope",
+            "too_large",
+            "invalid_event",
+            "guest_trap",
+            "unknown_event_type",
+            "rejected_by_database",
+        ]
+    );
+    let (trap, headers) = &letters[1];
+    assert_eq!(trap["component"]["name"], "user");
+    assert_eq!(trap["component"]["version"], "1.0.0-chaos");
+    assert_eq!(trap["offset"], 2);
+    assert_eq!(trap["key"], a.as_str());
+    assert_eq!(trap["retry_count"], 0);
+    assert_eq!(headers["x-error-class"], "guest_trap");
+    let (large, _) = &letters[3];
+    assert_eq!(large["original_truncated"], true);
+    assert_eq!(
+        large["original_size"].as_u64().unwrap() as usize,
+        corpus[4].len()
+    );
+    assert_eq!(large["original"].as_str().unwrap().len(), 512 * 1024);
+    let m = metrics(&url).await;
+    assert_eq!(sum(&m, "projector_dead_letters_total{", &topic), 8.0);
+    assert_eq!(
+        m[&format!(r#"projector_dead_letters_total{{error_class="guest_trap",topic="{topic}"}}"#)],
+        2.0
+    );
+    let (_, page) = http_get(&format!("{url}/")).await;
+    assert!(page.contains("guest_trap"), "recent errors list the trap");
+
+    let cli = |args: &[&str]| projector(&db.url, &topics, &group, dir.path(), args);
+    let (ok, listing) = cli(&["dlq", "list"]);
+    assert!(ok, "{listing}");
+    assert!(listing.contains("8 dead letters"), "{listing}");
+
+    // Fix the causes: the real user component, a wider column.
+    install_file(
+        &dir.path().join("user.wasm"),
+        &std::fs::read(components_dir().join("user.wasm")).unwrap(),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{url}/projections/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    sqlx::query("ALTER TABLE users MODIFY display_name VARCHAR(512) NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
+    assert!(ok && out.contains("2 redriven"), "{out}");
+    let (ok, out) = cli(&["dlq", "redrive", "--class", "rejected_by_database"]);
+    assert!(ok && out.contains("1 redriven"), "{out}");
+    wait_processed(&db.pool, 5, Duration::from_secs(30)).await;
+    let names = display_names(&db).await;
+    assert_eq!(names[&a].as_deref(), Some("Renamed A"));
+    assert!(names.contains_key(&b));
+    assert_eq!(names[&c].as_deref().map(str::len), Some(300));
+
+    // Again: nothing is sent, and forcing it changes nothing.
+    let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
+    assert!(ok && out.contains("0 redriven, 2 skipped"), "{out}");
+    let dups_before = host
+        .stats
+        .duplicates
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap", "--again"]);
+    assert!(ok && out.contains("2 redriven"), "{out}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while host
+        .stats
+        .duplicates
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < dups_before + 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the resent events never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_each_event_once(&db, 5).await;
+
+    // An unfixed letter goes back to the DLQ with its retry count; the
+    // truncated original is taken from the source topic.
+    let (ok, listing) = cli(&["dlq", "list", "--class", "too_large"]);
+    assert!(ok && listing.contains("1 dead letters"), "{listing}");
+    let large_id = listing
+        .lines()
+        .find(|l| l.contains("too_large"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let (ok, shown) = cli(&["dlq", "show", &large_id]);
+    assert!(
+        ok && shown.contains("\"error_class\": \"too_large\""),
+        "{shown}"
+    );
+    let (ok, out) = cli(&["dlq", "redrive", &large_id]);
+    assert!(ok && out.contains("1 redriven"), "{out}");
+    let again = read_topic(&format!("dlq.{topic}"), 9, Duration::from_secs(30)).await;
+    let resent = again
+        .iter()
+        .find(|(v, _)| v["error_class"] == "too_large" && v["retry_count"] == 1)
+        .expect("the oversized event is dead-lettered again with retry_count 1");
+    assert_eq!(resent.0["original_size"], large["original_size"]);
+    host.stop().await;
+    db.drop_db().await;
+}
