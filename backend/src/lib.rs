@@ -126,6 +126,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     relay: relay::Relay,
+    relay_enabled: bool,
 }
 
 impl Application {
@@ -155,6 +156,7 @@ impl Application {
                 topic_prefix: settings.topic_prefix.clone(),
                 wake,
             },
+            relay_enabled: settings.relay,
         })
     }
 
@@ -170,12 +172,20 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let relay = tokio::spawn(self.relay.run({
+        let relay_stop = {
             let mut rx = rx.clone();
             async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
-        }));
+        };
+        let relay = if self.relay_enabled {
+            tokio::spawn(self.relay.run(relay_stop))
+        } else {
+            tracing::warn!(
+                "the outbox relay is off: events stay pending until a backend with the relay on runs"
+            );
+            tokio::spawn(relay_stop)
+        };
         let mut server_rx = rx;
         let serve =
             axum::serve(self.listener, app(self.state)).with_graceful_shutdown(async move {

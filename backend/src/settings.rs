@@ -1,6 +1,6 @@
 //! Backend settings: defaults that match `scripts/stack`, overridden by the
 //! environment (`MONGODB_URI`, `MONGODB_DATABASE`, `KAFKA_BOOTSTRAP`,
-//! `BACKEND_ADDR`, `BACKEND_TOPIC_PREFIX`).
+//! `BACKEND_ADDR`, `BACKEND_TOPIC_PREFIX`, `BACKEND_RELAY` on/off).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +15,9 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Prepended to every topic (empty: the five domain topics).
     pub topic_prefix: String,
+    /// Run the outbox relay (`BACKEND_RELAY=off` only writes: for drills
+    /// that kill the backend between a write and its publication).
+    pub relay: bool,
 }
 
 impl Default for Settings {
@@ -28,6 +31,7 @@ impl Default for Settings {
                 ..KafkaSettings::default()
             },
             topic_prefix: String::new(),
+            relay: true,
         }
     }
 }
@@ -56,6 +60,13 @@ impl Settings {
         }
         if let Some(v) = get("BACKEND_TOPIC_PREFIX") {
             s.topic_prefix = v;
+        }
+        if let Some(v) = get("BACKEND_RELAY") {
+            s.relay = match v.as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => anyhow::bail!("BACKEND_RELAY={v:?}: expected on or off"),
+            };
         }
         Ok(s)
     }

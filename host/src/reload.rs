@@ -286,3 +286,30 @@ pub fn run_selftest(component: &LoadedComponent, dir: &Path) -> anyhow::Result<u
     }
     Ok(files.len())
 }
+
+/// A copy of a component with a custom section appended: the same code under
+/// another digest, as a new build of an unchanged projection would be. The
+/// drills and tests stage hot reloads with it.
+pub fn rebuilt(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"projector-build";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}

@@ -71,7 +71,6 @@ use projector_host::pipeline::{Host, Mode, Stats};
 use projector_host::settings::Settings;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::Row as _;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -214,60 +213,15 @@ pub async fn wait_until(pool: &MySqlPool, sql: &str, n: i64, timeout: Duration) 
     }
 }
 
-/// The projection tables, each as rows of column -> text (NULL as None),
-/// without surrogate `id` columns, sorted.
-pub type Dump = BTreeMap<String, Vec<BTreeMap<String, Option<String>>>>;
-
-pub const TABLES: [&str; 7] = [
-    "users",
-    "suppliers",
-    "products",
-    "product_variants",
-    "orders",
-    "order_items",
-    "posts",
-];
+#[allow(unused_imports)]
+pub use projector_host::snapshot::{Dump, TABLES};
 
 pub async fn dump(pool: &MySqlPool) -> Dump {
-    let mut out = Dump::new();
-    for table in TABLES {
-        let cols: Vec<String> = sqlx::query_scalar(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
-             AND COLUMN_NAME <> 'id' ORDER BY ORDINAL_POSITION",
-        )
-        .bind(table)
-        .fetch_all(pool)
-        .await
-        .unwrap();
-        let select: Vec<String> = cols
-            .iter()
-            .map(|c| format!("CAST(`{c}` AS CHAR)"))
-            .collect();
-        let sql = format!("SELECT {} FROM `{table}`", select.join(", "));
-        let mut rows: Vec<BTreeMap<String, Option<String>>> = sqlx::query(&sql)
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| {
-                cols.iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.clone(), r.get::<Option<String>, _>(i)))
-                    .collect()
-            })
-            .collect();
-        rows.sort_by_key(|r| format!("{r:?}"));
-        out.insert(table.to_owned(), rows);
-    }
-    out
+    projector_host::snapshot::dump(pool).await.unwrap()
 }
 
-/// A checksum over every projection table's content.
 pub async fn checksum(pool: &MySqlPool) -> String {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
-    format!("{:?}", dump(pool).await).hash(&mut h);
-    format!("{:016x}", h.finish())
+    projector_host::snapshot::checksum(pool).await.unwrap()
 }
 
 /// A fixture envelope re-targeted at another entity, with a new event id
@@ -567,31 +521,8 @@ pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// The component bytes with a custom section appended: the same projection
-/// with another digest (a "new build").
-pub fn rebuilt(component: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"projector-test-build";
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(tag.as_bytes());
-    let mut out = component.to_vec();
-    out.push(0); // custom section
-    leb(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
+#[allow(unused_imports)]
+pub use projector_host::reload::rebuilt;
 
 /// Writes a file the way a deployment should: to a temporary name, then
 /// renamed into place.

@@ -1,0 +1,86 @@
+//! The projection's content as comparable data: every table's rows as text,
+//! for the tests, the drills and the benchmark (which must end with equal
+//! tables whatever the mode).
+
+use std::collections::BTreeMap;
+
+use sqlx::{MySqlPool, Row as _};
+
+/// The projection tables, each as rows of column -> text (NULL as None),
+/// without surrogate `id` columns, sorted.
+pub type Dump = BTreeMap<String, Vec<BTreeMap<String, Option<String>>>>;
+
+pub const TABLES: [&str; 7] = [
+    "users",
+    "suppliers",
+    "products",
+    "product_variants",
+    "orders",
+    "order_items",
+    "posts",
+];
+
+async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+         AND COLUMN_NAME <> 'id' ORDER BY ORDINAL_POSITION",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every projection table (without surrogate `id` columns), rows sorted.
+/// For small tables (tests, drills); see [`checksum`] for large ones.
+pub async fn dump(pool: &MySqlPool) -> Result<Dump, sqlx::Error> {
+    let mut out = Dump::new();
+    for table in TABLES {
+        let cols = columns(pool, table).await?;
+        let select: Vec<String> = cols
+            .iter()
+            .map(|c| format!("CAST(`{c}` AS CHAR)"))
+            .collect();
+        let sql = format!("SELECT {} FROM `{table}`", select.join(", "));
+        let mut rows: Vec<BTreeMap<String, Option<String>>> = sqlx::query(&sql)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                cols.iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.clone(), r.get::<Option<String>, _>(i)))
+                    .collect()
+            })
+            .collect();
+        rows.sort_by_key(|r| format!("{r:?}"));
+        out.insert(table.to_owned(), rows);
+    }
+    Ok(out)
+}
+
+/// A checksum of every projection table's content (without surrogate `id`
+/// columns), computed in the database so it scales to millions of rows:
+/// per table the row count, and the sum and XOR of each row's CRC32.
+pub async fn checksum(pool: &MySqlPool) -> Result<String, sqlx::Error> {
+    let mut parts = Vec::new();
+    for table in TABLES {
+        let cols = columns(pool, table).await?;
+        let row: Vec<String> = cols
+            .iter()
+            .map(|c| format!("IFNULL(CAST(`{c}` AS CHAR), '\\N')"))
+            .collect();
+        let sql = format!(
+            "SELECT COUNT(*), CAST(IFNULL(SUM(CRC32(CONCAT_WS('|', {cols}))), 0) AS CHAR), \
+             CAST(IFNULL(BIT_XOR(CRC32(CONCAT_WS('|', {cols}))), 0) AS CHAR) FROM `{table}`",
+            cols = row.join(", ")
+        );
+        let r = sqlx::query(&sql).fetch_one(pool).await?;
+        parts.push(format!(
+            "{table}:{}:{}:{}",
+            r.try_get::<i64, _>(0)?,
+            r.try_get::<String, _>(1)?,
+            r.try_get::<String, _>(2)?
+        ));
+    }
+    Ok(parts.join(" "))
+}
