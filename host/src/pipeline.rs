@@ -460,7 +460,7 @@ impl Host {
     async fn align_positions(
         &mut self,
         batch: Vec<OwnedMessage>,
-    ) -> anyhow::Result<(Vec<OwnedMessage>, BTreeMap<(String, i32), Option<i64>>)> {
+    ) -> anyhow::Result<(Vec<OwnedMessage>, Expected)> {
         self.drain_rebalances();
         let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch {
@@ -537,7 +537,7 @@ impl Host {
     ) -> anyhow::Result<bool> {
         let mut backoff = Duration::from_millis(100);
         let mut batch = Some(batch);
-        let mut aligned: Option<(Vec<OwnedMessage>, BTreeMap<(String, i32), Option<i64>>)> = None;
+        let mut aligned: Option<(Vec<OwnedMessage>, Expected)> = None;
         let mut paused = false;
         loop {
             let attempt = async {
@@ -943,6 +943,10 @@ impl Host {
         Ok(())
     }
 }
+
+/// Per partition of a batch, the stored position it starts from (`None`:
+/// no row yet), checked by `executor::fence`.
+type Expected = BTreeMap<(String, i32), Option<i64>>;
 
 /// Why a batch attempt did not commit.
 enum Attempt {

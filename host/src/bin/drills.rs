@@ -1,0 +1,936 @@
+//! `drills`: repeatable fault drills against the real stack (`scripts/drills`).
+//!
+//! Each drill streams generated events (or API calls) through real processes
+//! while it breaks something, then prints one line: events produced, events
+//! applied, lost, duplicated effects. Lost counts produced events missing from
+//! `processed_events` plus rows missing against a clean reference run of the
+//! same events; duplicated counts extra or different rows against that
+//! reference. The run fails unless both are 0 for every drill.
+//!
+//! The drills restart the shared Kafka and MariaDB of `scripts/stack`: run
+//! them alone, not beside the test suite.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use projector_host::generate::{Generated, Generator};
+use rand::{Rng as _, SeedableRng as _};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions as _, MySqlPool};
+
+#[derive(Parser)]
+#[command(
+    about = "Fault drills: kill -9, broker restart, MariaDB outage, backend kill, hot reload"
+)]
+struct Args {
+    /// Fewer events per drill (the form scripts/test runs).
+    #[arg(long)]
+    short: bool,
+    /// Run only these drills (kill9, broker, mariadb, backend, reload).
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Seed of the generated streams and the random kill points.
+    #[arg(long, default_value_t = 20261126)]
+    seed: u64,
+    /// How long MariaDB stays down in the outage drill (seconds).
+    #[arg(long, default_value_t = 20)]
+    outage_secs: u64,
+}
+
+struct Ctx {
+    root: PathBuf,
+    bin_dir: PathBuf,
+    kafka: String,
+    mysql_url: String,
+    mongo: String,
+    scratch: tempfile::TempDir,
+    short: bool,
+    rng: rand::rngs::StdRng,
+    seed: u64,
+}
+
+fn env_or(k: &str, default: &str) -> String {
+    std::env::var(k)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn say(msg: impl std::fmt::Display) {
+    eprintln!("[drills] {msg}");
+}
+
+struct Db {
+    name: String,
+    url: String,
+    pool: MySqlPool,
+}
+
+impl Ctx {
+    fn unique(&self, what: &str) -> String {
+        format!("drill_{what}_{}", uuid::Uuid::new_v4().simple())
+    }
+
+    async fn fresh_db(&self) -> anyhow::Result<Db> {
+        let admin: MySqlConnectOptions = self.mysql_url.parse()?;
+        let name = self.unique("db");
+        let mut conn = admin.clone().connect().await.context("MariaDB is up")?;
+        sqlx::query(&format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        ))
+        .execute(&mut conn)
+        .await?;
+        let options = admin.database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Db { name, url, pool })
+    }
+
+    async fn drop_db(&self, db: Db) {
+        let _ = sqlx::query(&format!("DROP DATABASE `{}`", db.name))
+            .execute(&db.pool)
+            .await;
+        db.pool.close().await;
+    }
+
+    fn topics(prefix: &str) -> String {
+        ["user", "supplier", "product", "order", "post"]
+            .iter()
+            .map(|d| format!("{prefix}.{d}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn_host(&self, h: &HostSpec<'_>, log_name: &str) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join(log_name))?;
+        let mut cmd = Command::new(self.bin_dir.join("projector"));
+        cmd.arg("run");
+        if h.native {
+            cmd.arg("--native");
+        }
+        cmd.env("MYSQL_URL", h.db_url)
+            .env("KAFKA_BOOTSTRAP", &self.kafka)
+            .env("PROJECTOR_GROUP_ID", h.group)
+            .env("PROJECTOR_TOPICS", Ctx::topics(h.prefix))
+            .env("PROJECTOR_COMPONENTS_DIR", h.components)
+            .env(
+                "PROJECTOR_ADMIN_ADDR",
+                format!("127.0.0.1:{}", h.admin_port),
+            )
+            .env("PROJECTOR_LAG_INTERVAL_MS", "500")
+            .env(
+                "PROJECTOR_WATCH_COMPONENTS",
+                if h.watch { "true" } else { "false" },
+            )
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd.spawn()
+            .context("the projector binary starts (cargo build first)")
+    }
+
+    fn components(&self) -> PathBuf {
+        std::env::var_os("PROJECTOR_COMPONENTS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("build/projections"))
+    }
+
+    fn stack(&self, args: &[&str]) -> anyhow::Result<()> {
+        say(format!("scripts/stack {}", args.join(" ")));
+        let out = Command::new(self.root.join("scripts/stack"))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "scripts/stack {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn producer(&self) -> anyhow::Result<FutureProducer> {
+        let mut config = ClientConfig::new();
+        let kafka = events::KafkaSettings {
+            bootstrap_servers: self.kafka.clone(),
+            ..Default::default()
+        };
+        for (k, v) in kafka.producer_config() {
+            config.set(k, v);
+        }
+        Ok(config.create()?)
+    }
+
+    fn stream(&mut self, full: usize) -> Vec<Generated> {
+        let n = if self.short { full / 4 } else { full };
+        self.seed += 1;
+        Generator::stream(self.seed, n)
+    }
+}
+
+struct HostSpec<'a> {
+    db_url: &'a str,
+    prefix: &'a str,
+    group: &'a str,
+    components: &'a Path,
+    admin_port: u16,
+    native: bool,
+    watch: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Produces the events to `<prefix>.<domain>` over about `over`, returning
+/// once every one is acknowledged.
+async fn produce(
+    producer: &FutureProducer,
+    prefix: &str,
+    events: &[Generated],
+    over: Duration,
+) -> anyhow::Result<usize> {
+    let chunks = (over.as_millis() / 50).max(1) as usize;
+    let per = events.len().div_ceil(chunks).max(1);
+    let mut pending = Vec::new();
+    for chunk in events.chunks(per) {
+        for e in chunk {
+            let topic = format!("{prefix}.{}", e.domain);
+            pending.push(
+                producer
+                    .send_result(
+                        FutureRecord::to(&topic)
+                            .key(&e.entity_id)
+                            .payload(&e.payload),
+                    )
+                    .map_err(|(e, _)| e)?,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut acked = 0;
+    for p in pending {
+        if p.await?.is_ok() {
+            acked += 1;
+        }
+    }
+    Ok(acked)
+}
+
+async fn count(pool: &MySqlPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(-1)
+}
+
+async fn wait_count(pool: &MySqlPool, sql: &str, n: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = count(pool, sql).await;
+        if got >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{sql} is {got}, expected {n} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Rows as comparable strings, per table.
+fn rows(d: &projector_host::snapshot::Dump) -> Vec<String> {
+    d.iter()
+        .flat_map(|(t, rows)| rows.iter().map(move |r| format!("{t}:{r:?}")))
+        .collect()
+}
+
+/// (missing, extra) rows of `got` against `want`, as multisets.
+fn diff(
+    got: &projector_host::snapshot::Dump,
+    want: &projector_host::snapshot::Dump,
+) -> (usize, usize) {
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for r in rows(want) {
+        *counts.entry(r).or_insert(0) += 1;
+    }
+    for r in rows(got) {
+        *counts.entry(r).or_insert(0) -= 1;
+    }
+    let missing = counts
+        .values()
+        .filter(|v| **v > 0)
+        .map(|v| *v as usize)
+        .sum();
+    let extra = counts
+        .values()
+        .filter(|v| **v < 0)
+        .map(|v| (-*v) as usize)
+        .sum();
+    (missing, extra)
+}
+
+/// The tables a clean native run of the topics produces.
+async fn reference(
+    ctx: &Ctx,
+    prefix: &str,
+    n: i64,
+) -> anyhow::Result<projector_host::snapshot::Dump> {
+    let db = ctx.fresh_db().await?;
+    let group = ctx.unique("ref");
+    let components = ctx.components();
+    let mut host = ctx.spawn_host(
+        &HostSpec {
+            db_url: &db.url,
+            prefix,
+            group: &group,
+            components: &components,
+            admin_port: 0,
+            native: true,
+            watch: false,
+        },
+        "reference.log",
+    )?;
+    let r = wait_count(
+        &db.pool,
+        "SELECT COUNT(*) FROM processed_events",
+        n,
+        Duration::from_secs(300),
+    )
+    .await;
+    sigterm(&mut host);
+    r?;
+    let d = projector_host::snapshot::dump(&db.pool).await?;
+    ctx.drop_db(db).await;
+    Ok(d)
+}
+
+struct Verdict {
+    name: &'static str,
+    produced: usize,
+    applied: i64,
+    lost: usize,
+    duplicated: usize,
+    note: String,
+}
+
+impl Verdict {
+    fn print(&self) {
+        println!(
+            "drill {:<8} produced {:>6}  applied {:>6}  lost {}  duplicated {}  {}",
+            self.name, self.produced, self.applied, self.lost, self.duplicated, self.note
+        );
+    }
+}
+
+/// Compares a drill's database with the events produced and the reference.
+async fn judge(
+    ctx: &Ctx,
+    name: &'static str,
+    db: &Db,
+    prefix: &str,
+    events: &[Generated],
+    note: String,
+) -> anyhow::Result<Verdict> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM processed_events")
+        .fetch_all(&db.pool)
+        .await?;
+    let applied_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let lost_events = events
+        .iter()
+        .filter(|e| !applied_ids.contains(e.event_id.as_str()))
+        .count();
+    let twice = ids.len() - applied_ids.len();
+    let want = reference(ctx, prefix, events.len() as i64).await?;
+    let got = projector_host::snapshot::dump(&db.pool).await?;
+    let (missing, extra) = diff(&got, &want);
+    Ok(Verdict {
+        name,
+        produced: events.len(),
+        applied: applied_ids.len() as i64,
+        lost: lost_events + missing,
+        duplicated: twice + extra,
+        note,
+    })
+}
+
+async fn drill_kill9(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
+    let events = ctx.stream(12_000);
+    let db = ctx.fresh_db().await?;
+    let prefix = ctx.unique("t");
+    let group = ctx.unique("g");
+    let components = ctx.components();
+    let spec = HostSpec {
+        db_url: &db.url,
+        prefix: &prefix,
+        group: &group,
+        components: &components,
+        admin_port: 0,
+        native: false,
+        watch: false,
+    };
+    let producer = ctx.producer()?;
+    let over = Duration::from_secs(if ctx.short { 6 } else { 15 });
+    let producing = {
+        let (events, prefix) = (events.clone(), prefix.clone());
+        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
+    };
+    let mut host = ctx.spawn_host(&spec, "kill9.log")?;
+    let mut kills = 0;
+    for _ in 0..5 {
+        let wait = ctx.rng.random_range(400..1600);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        kill9(&mut host);
+        kills += 1;
+        let pause = ctx.rng.random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        host = ctx.spawn_host(&spec, "kill9.log")?;
+    }
+    let produced = producing.await??;
+    anyhow::ensure!(
+        produced == events.len(),
+        "only {produced} events acknowledged"
+    );
+    wait_count(
+        &db.pool,
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    sigterm(&mut host);
+    let v = judge(
+        ctx,
+        "kill9",
+        &db,
+        &prefix,
+        &events,
+        format!("({kills} kills with SIGKILL)"),
+    )
+    .await?;
+    ctx.drop_db(db).await;
+    Ok(v)
+}
+
+async fn http_status(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+async fn wait_http(
+    url: &str,
+    want: u16,
+    contains: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let (code, body) = http_status(url).await;
+        if code == want && body.contains(contains) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{url} answered {code} {body:.300} instead of {want} with {contains:?} within {timeout:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metric(url: &str, prefix: &str) -> f64 {
+    let (_, text) = http_status(&format!("{url}/metrics")).await;
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn drill_broker(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
+    let events = ctx.stream(12_000);
+    let db = ctx.fresh_db().await?;
+    let prefix = ctx.unique("t");
+    let group = ctx.unique("g");
+    let components = ctx.components();
+    let port = free_port();
+    let spec = HostSpec {
+        db_url: &db.url,
+        prefix: &prefix,
+        group: &group,
+        components: &components,
+        admin_port: port,
+        native: false,
+        watch: false,
+    };
+    let mut host = ctx.spawn_host(&spec, "broker.log")?;
+    let producer = ctx.producer()?;
+    let over = Duration::from_secs(if ctx.short { 8 } else { 15 });
+    let producing = {
+        let (events, prefix) = (events.clone(), prefix.clone());
+        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    ctx.stack(&["restart", "kafka"])?;
+    let restart = started.elapsed();
+    let produced = producing.await??;
+    anyhow::ensure!(
+        produced == events.len(),
+        "only {produced} events acknowledged"
+    );
+    wait_count(
+        &db.pool,
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let url = format!("http://127.0.0.1:{port}");
+    let dead = metric(&url, "projector_dead_letters_total").await;
+    anyhow::ensure!(
+        host.try_wait()?.is_none(),
+        "the host exited during the broker restart"
+    );
+    sigterm(&mut host);
+    anyhow::ensure!(dead == 0.0, "{dead} events were dead-lettered");
+    let v = judge(
+        ctx,
+        "broker",
+        &db,
+        &prefix,
+        &events,
+        format!(
+            "(broker down and back in {:.1} s, 0 dead letters)",
+            restart.as_secs_f64()
+        ),
+    )
+    .await?;
+    ctx.drop_db(db).await;
+    Ok(v)
+}
+
+async fn drill_mariadb(ctx: &mut Ctx, outage: Duration) -> anyhow::Result<Verdict> {
+    let events = ctx.stream(12_000);
+    let db = ctx.fresh_db().await?;
+    let prefix = ctx.unique("t");
+    let group = ctx.unique("g");
+    let components = ctx.components();
+    let port = free_port();
+    let spec = HostSpec {
+        db_url: &db.url,
+        prefix: &prefix,
+        group: &group,
+        components: &components,
+        admin_port: port,
+        native: false,
+        watch: false,
+    };
+    let mut host = ctx.spawn_host(&spec, "mariadb.log")?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_http(
+        &format!("{url}/health/ready"),
+        200,
+        "ready",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let producer = ctx.producer()?;
+    let over = outage + Duration::from_secs(6);
+    let producing = {
+        let (events, prefix) = (events.clone(), prefix.clone());
+        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ctx.stack(&["stop", "mariadb"])?;
+    let down = Instant::now();
+    let degraded = wait_http(
+        &format!("{url}/health/ready"),
+        503,
+        "mysql",
+        Duration::from_secs(20),
+    )
+    .await?;
+    tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
+    ctx.stack(&["start", "mariadb"])?;
+    let ready = wait_http(
+        &format!("{url}/health/ready"),
+        200,
+        "ready",
+        Duration::from_secs(90),
+    )
+    .await?;
+    let produced = producing.await??;
+    anyhow::ensure!(
+        produced == events.len(),
+        "only {produced} events acknowledged"
+    );
+    wait_count(
+        &db.pool,
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let dead = metric(&url, "projector_dead_letters_total").await;
+    let retried = metric(&url, "projector_transient_errors_total").await;
+    anyhow::ensure!(
+        host.try_wait()?.is_none(),
+        "the host exited during the outage"
+    );
+    sigterm(&mut host);
+    anyhow::ensure!(
+        dead == 0.0,
+        "{dead} events were dead-lettered during the outage"
+    );
+    let v = judge(
+        ctx,
+        "mariadb",
+        &db,
+        &prefix,
+        &events,
+        format!(
+            "(down {:.0} s; degraded after {:.1} s, ready {:.1} s after restart; {retried} retried batches, 0 dead letters)",
+            outage.as_secs_f64(),
+            degraded.as_secs_f64(),
+            ready.as_secs_f64()
+        ),
+    )
+    .await?;
+    ctx.drop_db(db).await;
+    Ok(v)
+}
+
+fn spawn_backend(
+    ctx: &Ctx,
+    port: u16,
+    database: &str,
+    prefix: &str,
+    relay: bool,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ctx.scratch.path().join("backend.log"))?;
+    Command::new(ctx.bin_dir.join("projector-backend"))
+        .env("MONGODB_URI", &ctx.mongo)
+        .env("MONGODB_DATABASE", database)
+        .env("KAFKA_BOOTSTRAP", &ctx.kafka)
+        .env("BACKEND_ADDR", format!("127.0.0.1:{port}"))
+        .env("BACKEND_TOPIC_PREFIX", format!("{prefix}."))
+        .env("BACKEND_RELAY", if relay { "on" } else { "off" })
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("the projector-backend binary starts (cargo build first)")
+}
+
+/// Creates users through the API; returns the ids the API acknowledged.
+async fn create_users(api: &str, n: usize, tag: &str) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let body = serde_json::json!({"email": format!("{tag}{i}@example.com"), "display_name": format!("{tag} {i}")});
+        if let Ok(r) = client.post(format!("{api}/users")).json(&body).send().await
+            && r.status().is_success()
+            && let Ok(v) = r.json::<serde_json::Value>().await
+            && let Some(id) = v["id"].as_str()
+        {
+            acked.push(id.to_owned());
+        }
+    }
+    acked
+}
+
+async fn drill_backend(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
+    let n = if ctx.short { 60 } else { 300 };
+    let db = ctx.fresh_db().await?;
+    let prefix = ctx.unique("t");
+    let group = ctx.unique("g");
+    let database = ctx.unique("mongo");
+    let components = ctx.components();
+    let mut host = ctx.spawn_host(
+        &HostSpec {
+            db_url: &db.url,
+            prefix: &prefix,
+            group: &group,
+            components: &components,
+            admin_port: 0,
+            native: false,
+            watch: false,
+        },
+        "backend-host.log",
+    )?;
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    // 1. Written, never published: the relay is off, then the backend dies.
+    let mut backend = spawn_backend(ctx, port, &database, &prefix, false)?;
+    wait_http(&format!("{api}/health"), 200, "", Duration::from_secs(30)).await?;
+    let mut acked = create_users(&api, n, "unpublished").await;
+    kill9(&mut backend);
+    // 2. With the relay on, killed at random points while writing.
+    let mut kills = 1;
+    for round in 0..3 {
+        backend = spawn_backend(ctx, port, &database, &prefix, true)?;
+        wait_http(&format!("{api}/health"), 200, "", Duration::from_secs(30)).await?;
+        let writer = {
+            let api = api.clone();
+            tokio::spawn(async move { create_users(&api, n, &format!("round{round}-")).await })
+        };
+        let wait = ctx.rng.random_range(100..800);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if round < 2 {
+            kill9(&mut backend);
+            kills += 1;
+        }
+        acked.extend(writer.await?);
+    }
+    let expected = acked.len() as i64;
+    let found = wait_count(
+        &db.pool,
+        "SELECT COUNT(*) FROM users",
+        expected,
+        Duration::from_secs(120),
+    )
+    .await;
+    sigterm(&mut backend);
+    sigterm(&mut host);
+    let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM users")
+        .fetch_all(&db.pool)
+        .await?;
+    let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let lost = acked
+        .iter()
+        .filter(|id| !present.contains(id.as_str()))
+        .count();
+    let (total, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM processed_events")
+            .fetch_one(&db.pool)
+            .await?;
+    let created: i64 = count(
+        &db.pool,
+        "SELECT COUNT(*) FROM processed_events WHERE event_type = 'user.created'",
+    )
+    .await;
+    if let Err(e) = found
+        && lost == 0
+    {
+        return Err(e);
+    }
+    let v = Verdict {
+        name: "backend",
+        produced: acked.len(),
+        applied: created,
+        lost,
+        // An entity created twice, or one event applied twice.
+        duplicated: (created - present.len() as i64).max(0) as usize + (total - distinct) as usize,
+        note: format!(
+            "({kills} backend kills, {n} users written with the relay off before the first; unacknowledged writes that landed: {})",
+            present.len().saturating_sub(acked.len())
+        ),
+    };
+    ctx.drop_db(db).await;
+    Ok(v)
+}
+
+async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
+    let events = ctx.stream(12_000);
+    let db = ctx.fresh_db().await?;
+    let prefix = ctx.unique("t");
+    let group = ctx.unique("g");
+    let dir = ctx.scratch.path().join(ctx.unique("components"));
+    std::fs::create_dir_all(&dir)?;
+    for d in ["user", "supplier", "product", "order", "post"] {
+        std::fs::copy(
+            ctx.components().join(format!("{d}.wasm")),
+            dir.join(format!("{d}.wasm")),
+        )?;
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut host = ctx.spawn_host(
+        &HostSpec {
+            db_url: &db.url,
+            prefix: &prefix,
+            group: &group,
+            components: &dir,
+            admin_port: port,
+            native: false,
+            watch: true,
+        },
+        "reload.log",
+    )?;
+    wait_http(
+        &format!("{url}/health/ready"),
+        200,
+        "ready",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let producer = ctx.producer()?;
+    let over = Duration::from_secs(if ctx.short { 8 } else { 15 });
+    let producing = {
+        let (events, prefix) = (events.clone(), prefix.clone());
+        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
+    };
+    let user = dir.join("user.wasm");
+    let original = std::fs::read(&user)?;
+    let install = |bytes: &[u8]| -> anyhow::Result<()> {
+        let tmp = dir.join(".user.wasm.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &user)?;
+        Ok(())
+    };
+    let mut swaps = 0;
+    for i in 0..10 {
+        if i == 5 {
+            install(&original[..original.len() / 3])?;
+            wait_http(
+                &format!("{url}/metrics"),
+                200,
+                "projector_component_reloads_total{domain=\"user\",outcome=\"refused\"} 1",
+                Duration::from_secs(20),
+            )
+            .await?;
+            continue;
+        }
+        let build = projector_host::reload::rebuilt(&original, &format!("drill build {i}"));
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&build))
+        };
+        install(&build)?;
+        wait_http(
+            &format!("{url}/status.json"),
+            200,
+            &digest,
+            Duration::from_secs(20),
+        )
+        .await?;
+        swaps += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let produced = producing.await??;
+    anyhow::ensure!(
+        produced == events.len(),
+        "only {produced} events acknowledged"
+    );
+    wait_count(
+        &db.pool,
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let builds = count(
+        &db.pool,
+        "SELECT COUNT(DISTINCT component) FROM processed_events WHERE event_type LIKE 'user.%'",
+    )
+    .await;
+    sigterm(&mut host);
+    let v = judge(
+        ctx,
+        "reload",
+        &db,
+        &prefix,
+        &events,
+        format!(
+            "({swaps} swaps and 1 broken build refused; user events projected by {builds} builds)"
+        ),
+    )
+    .await?;
+    ctx.drop_db(db).await;
+    Ok(v)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut ctx = Ctx {
+        root,
+        bin_dir,
+        kafka: env_or("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        mysql_url: env_or(
+            "MYSQL_URL",
+            "mysql://projector:projector@127.0.0.1:3306/projector",
+        ),
+        mongo: env_or("MONGODB_URI", "mongodb://127.0.0.1:27017/"),
+        scratch: tempfile::Builder::new()
+            .prefix("projector-drills-")
+            .tempdir()
+            .expect("a scratch folder"),
+        short: args.short,
+        rng: rand::rngs::StdRng::seed_from_u64(args.seed),
+        seed: args.seed,
+    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut failed = 0;
+    let outage = Duration::from_secs(args.outage_secs);
+    for name in ["kill9", "broker", "mariadb", "backend", "reload"] {
+        if !wanted(name) {
+            continue;
+        }
+        say(format!("running drill {name}"));
+        let result = match name {
+            "kill9" => drill_kill9(&mut ctx).await,
+            "broker" => drill_broker(&mut ctx).await,
+            "mariadb" => drill_mariadb(&mut ctx, outage).await,
+            "backend" => drill_backend(&mut ctx).await,
+            _ => drill_reload(&mut ctx).await,
+        };
+        match result {
+            Ok(v) => {
+                v.print();
+                if v.lost != 0 || v.duplicated != 0 {
+                    failed += 1;
+                }
+            }
+            Err(e) => {
+                println!("drill {name:<8} FAILED: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        let kept = ctx.scratch.keep();
+        say(format!(
+            "{failed} drill(s) failed; process logs kept in {}",
+            kept.display()
+        ));
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
