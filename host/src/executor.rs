@@ -518,7 +518,10 @@ struct Stamp<'a> {
     ts: NaiveDateTime,
 }
 
-async fn write_ops(
+/// Writes the row operations of `events` with the guarded multi-row
+/// statements, and nothing else (no `processed_events`, no offsets): the
+/// part of [`apply_batch`] that the benchmark's MySQL ceiling measures alone.
+pub async fn write_ops(
     conn: &mut MySqlConnection,
     schema: &Schema,
     events: &[&Applied],

@@ -163,10 +163,10 @@ pub struct Host {
     pub schema: Arc<Schema>,
     pub stats: Arc<Stats>,
     pub shared: Arc<Shared>,
+    writer: Arc<Writer>,
     registry: Arc<watch::Sender<Arc<Registry>>>,
     runtime: Option<Arc<Runtime>>,
     consumer: StreamConsumer<RebalanceLog>,
-    dlq: FutureProducer,
     positions: HashMap<(String, i32), Position>,
     /// Messages received while paused for a transient failure, to be
     /// processed before anything newer.
@@ -256,7 +256,16 @@ impl Host {
         let (registry, registry_rx) = watch::channel(Arc::new(registry));
         let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared::new(&settings, stats.clone(), registry_rx));
+        let writer = Arc::new(Writer {
+            pool: pool.clone(),
+            schema: schema.clone(),
+            group: settings.kafka.group_id.clone(),
+            dlq,
+            shared: shared.clone(),
+            stats: stats.clone(),
+        });
         Ok(Host {
+            writer,
             settings,
             pool,
             schema,
@@ -265,7 +274,6 @@ impl Host {
             registry: Arc::new(registry),
             runtime,
             consumer,
-            dlq,
             positions: HashMap::new(),
             held: Vec::new(),
             last_offsets: BTreeMap::new(),
@@ -324,10 +332,16 @@ impl Host {
 
     /// Consumes until `shutdown` resolves, then finishes the batch in hand and
     /// returns.
+    ///
+    /// Batches are pipelined: while one is written to MySQL (by the
+    /// [`Writer`], in the background), the next is fetched and projected.
+    /// Commits stay strictly in order: a batch is written only after the one
+    /// before it committed.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let _services = self.start_services().await?;
         let mut last_check = Instant::now();
+        let mut inflight: Option<Inflight> = None;
         loop {
             // `next_batch` is not cancelled by anything but shutdown (a
             // cancelled batch would drop the messages it gathered).
@@ -336,18 +350,51 @@ impl Host {
                 () = &mut shutdown => break,
                 batch = self.next_batch() => batch?,
             };
+            let prepared = if batch.is_empty() {
+                None
+            } else {
+                self.prepare(batch, &mut shutdown).await?
+            };
+            if let Some(previous) = inflight.take() {
+                match self.finish(previous, &mut shutdown).await? {
+                    Finished::Committed => {}
+                    Finished::Shutdown => return self.stopped(),
+                    Finished::Moved(mut keys) => {
+                        // The batch after it is dropped too: it continues
+                        // from positions that are no longer valid.
+                        if let Some(p) = &prepared {
+                            keys.extend(p.offsets.keys().cloned());
+                        }
+                        self.restart_from_stored(keys).await;
+                        continue;
+                    }
+                }
+            }
+            // Nothing in flight now: follow positions moved by a replay.
             if last_check.elapsed() >= Duration::from_secs(1) {
-                self.follow_moved_positions().await;
                 last_check = Instant::now();
+                let moved = self.follow_moved_positions().await;
+                if let Some(p) = &prepared
+                    && p.offsets.keys().any(|k| moved.contains(k))
+                {
+                    self.restart_from_stored(p.offsets.keys().cloned().collect())
+                        .await;
+                    continue;
+                }
             }
-            if batch.is_empty() {
-                continue;
-            }
-            let done = self.process(batch, &mut shutdown).await?;
-            if !done {
-                break;
+            if let Some(p) = prepared {
+                inflight = Some(self.spawn_write(p));
             }
         }
+        if let Some(last) = inflight.take() {
+            // Finish the batch in hand; on a second signal or a failure that
+            // outlasts the shutdown it is left for the next start.
+            let _ = self.finish(last, &mut shutdown).await?;
+        }
+        self.stopped()
+    }
+
+    fn stopped(&self) -> anyhow::Result<()> {
         self.commit_kafka(&self.last_offsets, CommitMode::Sync);
         tracing::info!("projector host stopped");
         Ok(())
@@ -430,14 +477,14 @@ impl Host {
 
     /// Between batches: follows stored positions that moved under this host
     /// (a replay reset them) on partitions that are otherwise quiet.
-    async fn follow_moved_positions(&mut self) {
+    async fn follow_moved_positions(&mut self) -> Vec<(String, i32)> {
         self.drain_rebalances();
         if self.positions.is_empty() {
-            return;
+            return Vec::new();
         }
         let Ok(stored) = executor::stored_offsets(&self.pool, &self.settings.kafka.group_id).await
         else {
-            return; // MySQL is down: the batches will say so
+            return Vec::new(); // MySQL is down: the batches will say so
         };
         let moved: Vec<(String, i32)> = self
             .positions
@@ -452,6 +499,7 @@ impl Host {
         {
             tracing::warn!(error = %format!("{e:#}"), "could not follow moved positions");
         }
+        moved
     }
 
     /// Drops what is below each partition's stored position, seeking where
@@ -460,7 +508,7 @@ impl Host {
     async fn align_positions(
         &mut self,
         batch: Vec<OwnedMessage>,
-    ) -> anyhow::Result<(Vec<OwnedMessage>, Expected)> {
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
         self.drain_rebalances();
         let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch {
@@ -509,7 +557,6 @@ impl Host {
             }
         }
         let mut kept = Vec::with_capacity(batch.len());
-        let mut expected = BTreeMap::new();
         for m in batch {
             let key = (m.topic().to_owned(), m.partition());
             if sought.contains(&key) {
@@ -522,115 +569,195 @@ impl Host {
                 continue; // already applied
             }
             pos.next = m.offset() + 1;
-            expected.entry(key).or_insert(pos.committed);
             kept.push(m);
         }
-        Ok((kept, expected))
+        Ok(kept)
     }
 
-    /// Projects and commits one batch. Returns false if shutdown was asked
-    /// while waiting out a transient failure (nothing of the batch committed).
-    async fn process(
+    /// Aligns a batch and projects it. Transient failures (MySQL down while
+    /// reading positions) are waited out; `None` if nothing is left to do or
+    /// shutdown was asked meanwhile.
+    async fn prepare(
         &mut self,
         batch: Vec<OwnedMessage>,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> anyhow::Result<bool> {
-        let mut backoff = Duration::from_millis(100);
-        let mut batch = Some(batch);
-        let mut aligned: Option<(Vec<OwnedMessage>, Expected)> = None;
-        let mut paused = false;
-        loop {
-            let attempt = async {
-                if aligned.is_none() {
-                    // A failure before alignment (MySQL down) keeps the raw batch.
-                    let raw = batch.take().unwrap_or_default();
-                    match self.align_positions(raw.clone()).await {
-                        Ok(a) => aligned = Some(a),
-                        Err(e) => {
-                            batch = Some(raw);
-                            return Err(Attempt::Transient(e));
-                        }
+    ) -> anyhow::Result<Option<Arc<Prepared>>> {
+        let mut retry = Retry::default();
+        let messages = loop {
+            match self.align_positions(batch.clone()).await {
+                Ok(m) => break m,
+                Err(e) => {
+                    if !self.wait_out(&mut retry, e, shutdown).await {
+                        return Ok(None);
                     }
                 }
-                let (messages, expected) = aligned.as_ref().expect("aligned above");
-                self.project_and_commit(messages, expected).await
-            };
-            let outcome = attempt.await;
-            match outcome {
-                Ok(offsets) => {
-                    for (key, next) in &offsets {
+            }
+        };
+        self.recovered(&mut retry);
+        if messages.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in &messages {
+            let e = offsets
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        // Guest calls are CPU work and may call WASI host functions that block
+        // on an async runtime of their own: run them on a blocking thread.
+        let registry = self.registry();
+        let schema = self.schema.clone();
+        let shared = self.shared.clone();
+        let limit = self.settings.batch.max_event_bytes;
+        let (messages, applied, failed) = tokio::task::spawn_blocking(move || {
+            let (applied, failed) =
+                project_all_observed(&registry, &schema, &messages, limit, Some(&shared));
+            (messages, applied, failed)
+        })
+        .await
+        .context("projection thread failed")?;
+        Ok(Some(Arc::new(Prepared {
+            messages,
+            applied,
+            failed,
+            offsets,
+            started,
+            projected_us: started.elapsed().as_micros() as u64,
+            dead_lettered: std::sync::atomic::AtomicBool::new(false),
+        })))
+    }
+
+    /// The stored position each partition of `p` should have before it
+    /// commits: where this host left it.
+    fn expected(&self, p: &Prepared) -> Expected {
+        p.offsets
+            .keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    self.positions.get(k).and_then(|pos| pos.committed),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts writing a prepared batch in the background.
+    fn spawn_write(&self, p: Arc<Prepared>) -> Inflight {
+        let expected = self.expected(&p);
+        let writer = self.writer.clone();
+        let task = tokio::spawn({
+            let p = p.clone();
+            async move { writer.write(&p, &expected).await }
+        });
+        Inflight { prepared: p, task }
+    }
+
+    /// Waits for a batch being written, retrying it while failures are
+    /// transient.
+    async fn finish(
+        &mut self,
+        inflight: Inflight,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> anyhow::Result<Finished> {
+        let Inflight { prepared, task } = inflight;
+        let mut result = task.await.context("batch writer failed")?;
+        let mut retry = Retry::default();
+        loop {
+            match result {
+                Ok(()) => {
+                    for (key, next) in &prepared.offsets {
                         if let Some(pos) = self.positions.get_mut(key) {
                             pos.committed = Some(*next);
                         }
                         self.last_offsets.insert(key.clone(), *next);
                     }
-                    if paused {
-                        self.pause(false);
-                    }
-                    if backoff > Duration::from_millis(100) {
-                        tracing::info!("batch committed after transient failures; resuming");
-                        self.shared.set_retrying(None);
-                    }
-                    return Ok(true);
+                    self.commit_kafka(&prepared.offsets, CommitMode::Async);
+                    self.recovered(&mut retry);
+                    return Ok(Finished::Committed);
                 }
                 Err(Attempt::Moved(keys)) => {
-                    // Nothing was written: go back to the stored positions
-                    // and let the consumer deliver again from there.
-                    let mut all: Vec<(String, i32)> = aligned
-                        .as_ref()
-                        .map(|(m, _)| {
-                            m.iter()
-                                .map(|m| (m.topic().to_owned(), m.partition()))
-                                .collect::<std::collections::BTreeSet<_>>()
-                                .into_iter()
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    self.recovered(&mut retry);
+                    let mut all: Vec<(String, i32)> = prepared.offsets.keys().cloned().collect();
                     all.extend(keys);
-                    all.sort();
-                    all.dedup();
-                    tracing::info!(partitions = ?all, "stored positions moved under this batch; re-reading them");
-                    self.held.clear();
-                    if paused {
-                        self.pause(false);
-                    }
-                    self.resync(&all).await.ok();
-                    return Ok(true);
+                    return Ok(Finished::Moved(all));
                 }
                 Err(Attempt::Transient(e)) => {
-                    bump(&self.stats.transient_errors, 1);
-                    self.shared.metrics.transient_errors.inc();
-                    let reason = format!("{e:#}");
-                    tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
-                    self.shared.record_error("transient", reason.clone());
-                    self.shared.set_retrying(Some(reason));
-                    // Pause fetching but keep polling, so the group keeps
-                    // this member while the failure lasts.
-                    self.pause(true);
-                    paused = true;
-                    let until = tokio::time::Instant::now() + backoff;
-                    loop {
-                        tokio::select! {
-                            biased;
-                            () = &mut *shutdown => {
-                                tracing::info!("shutdown while retrying: the batch is left for the next start");
-                                return Ok(false);
-                            }
-                            polled = tokio::time::timeout_at(until, self.consumer.recv()) => match polled {
-                                Err(_) => break,
-                                Ok(Ok(m)) => self.held.push(m.detach()),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "Kafka consumer error while paused");
-                                    tokio::time::sleep(Duration::from_millis(100).min(until - tokio::time::Instant::now())).await;
-                                }
-                            }
-                        }
-                        // Partitions assigned meanwhile are paused too.
-                        self.pause(true);
+                    if !self.wait_out(&mut retry, e, shutdown).await {
+                        return Ok(Finished::Shutdown);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let expected = self.expected(&prepared);
+                    result = self.writer.write(&prepared, &expected).await;
                 }
             }
+        }
+    }
+
+    /// Goes back to the stored positions of these partitions; the consumer
+    /// delivers again from there (nothing of the dropped batches was written).
+    async fn restart_from_stored(&mut self, mut keys: Vec<(String, i32)>) {
+        keys.sort();
+        keys.dedup();
+        tracing::info!(partitions = ?keys, "stored positions moved; re-reading them");
+        self.held.clear();
+        if let Err(e) = self.resync(&keys).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not re-read the stored positions");
+            for k in &keys {
+                self.positions.remove(k);
+            }
+        }
+    }
+
+    /// Records a transient failure and waits out the backoff with the
+    /// assigned partitions paused, still polling so the group keeps this
+    /// member. False if shutdown was asked meanwhile.
+    async fn wait_out(
+        &mut self,
+        retry: &mut Retry,
+        e: anyhow::Error,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        bump(&self.stats.transient_errors, 1);
+        self.shared.metrics.transient_errors.inc();
+        let backoff = retry.next();
+        let reason = format!("{e:#}");
+        tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
+        self.shared.record_error("transient", reason.clone());
+        self.shared.set_retrying(Some(reason));
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            // Partitions assigned meanwhile are paused too.
+            self.pause(true);
+            tokio::select! {
+                biased;
+                () = &mut *shutdown => {
+                    tracing::info!("shutdown while retrying: the batch is left for the next start");
+                    return false;
+                }
+                polled = tokio::time::timeout_at(until, self.consumer.recv()) => match polled {
+                    Err(_) => return true,
+                    Ok(Ok(m)) => self.held.push(m.detach()),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "Kafka consumer error while paused");
+                        tokio::time::sleep(Duration::from_millis(100).min(until - tokio::time::Instant::now())).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a success that followed transient failures: resume fetching and
+    /// clear the degraded state.
+    fn recovered(&mut self, retry: &mut Retry) {
+        if retry.attempts > 0 {
+            tracing::info!(
+                attempts = retry.attempts,
+                "recovered from transient failures; resuming"
+            );
+            self.pause(false);
+            self.shared.set_retrying(None);
+            *retry = Retry::default();
         }
     }
 
@@ -649,47 +776,94 @@ impl Host {
         }
     }
 
-    /// Projects every message, dead-letters the permanent failures and
-    /// commits the rest with the offsets. Returns the committed offsets.
-    async fn project_and_commit(
-        &self,
-        messages: &[OwnedMessage],
-        expected: &BTreeMap<(String, i32), Option<i64>>,
-    ) -> Result<BTreeMap<(String, i32), i64>, Attempt> {
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        if messages.is_empty() {
-            return Ok(offsets);
+    fn commit_kafka(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
+        if offsets.is_empty() {
+            return;
         }
-        let started = Instant::now();
-        let registry = self.registry();
-        for m in messages {
-            let e = offsets
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
         }
-        // Guest calls are CPU work and may call WASI host functions that block
-        // on an async runtime of their own: run them on a blocking thread.
-        let (applied, failed) = {
-            let schema = self.schema.clone();
-            let owned = messages.to_vec();
-            let shared = self.shared.clone();
-            let limit = self.settings.batch.max_event_bytes;
-            tokio::task::spawn_blocking(move || {
-                project_all_observed(&registry, &schema, &owned, limit, Some(&shared))
-            })
-            .await
-            .context("projection thread failed")?
-        };
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            // Advisory only: MySQL holds the real position.
+            tracing::debug!(error = %e, "advisory Kafka offset commit failed");
+        }
+    }
+}
+
+/// Backoff of a batch retried after transient failures.
+#[derive(Default)]
+struct Retry {
+    attempts: u32,
+}
+
+impl Retry {
+    fn next(&mut self) -> Duration {
+        self.attempts += 1;
+        (Duration::from_millis(100) * 2u32.saturating_pow(self.attempts - 1).min(64))
+            .min(Duration::from_secs(5))
+    }
+}
+
+/// A batch aligned and projected, ready to write.
+pub struct Prepared {
+    messages: Vec<OwnedMessage>,
+    applied: Vec<Projected>,
+    failed: Vec<(usize, Failure)>,
+    offsets: BTreeMap<(String, i32), i64>,
+    started: Instant,
+    projected_us: u64,
+    /// Its dead letters were acknowledged (a retry does not send them again).
+    dead_lettered: std::sync::atomic::AtomicBool,
+}
+
+struct Inflight {
+    prepared: Arc<Prepared>,
+    task: tokio::task::JoinHandle<Result<(), Attempt>>,
+}
+
+enum Finished {
+    Committed,
+    /// Nothing written; these partitions must go back to their stored positions.
+    Moved(Vec<(String, i32)>),
+    Shutdown,
+}
+
+/// Writes prepared batches: dead letters, then one MySQL transaction. Runs
+/// beside the consuming loop, so the next batch is fetched and projected
+/// while this one commits.
+pub struct Writer {
+    pool: MySqlPool,
+    schema: Arc<Schema>,
+    group: String,
+    dlq: FutureProducer,
+    shared: Arc<Shared>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    /// Dead-letters the permanent failures and commits the rest with the
+    /// offsets. Any error is transient or a moved position.
+    async fn write(&self, p: &Prepared, expected: &Expected) -> Result<(), Attempt> {
+        use std::sync::atomic::Ordering;
         // Dead letters are acknowledged before the offsets move past them.
-        self.dead_letter(messages, &failed).await?;
-        let mut dead_lettered = failed.len();
-        let outcome = match self.commit(&applied, &offsets, expected).await {
+        if !p.dead_lettered.load(Ordering::Acquire) {
+            self.dead_letter(&p.messages, &p.failed).await?;
+            p.dead_lettered.store(true, Ordering::Release);
+        }
+        let mut dead_lettered = p.failed.len();
+        let commit_started = Instant::now();
+        let outcome = match self.commit(&p.applied, &p.offsets, expected).await {
             Ok(o) => o,
             Err(ExecError::Data(reason)) => {
-                tracing::warn!(%reason, events = applied.len(), "the database refused a batch; retrying it event by event");
+                tracing::warn!(%reason, events = p.applied.len(), "the database refused a batch; retrying it event by event");
                 let (outcome, refused) = self
-                    .commit_isolated(&applied, &offsets, expected, messages)
+                    .commit_isolated(&p.applied, &p.offsets, expected, &p.messages)
                     .await?;
                 dead_lettered += refused;
                 outcome
@@ -704,17 +878,18 @@ impl Host {
         bump(&self.stats.applied, outcome.applied as u64);
         bump(&self.stats.duplicates, outcome.duplicates as u64);
         bump(&self.stats.batches, 1);
-        self.observe_batch(&applied, &outcome, started);
-        self.commit_kafka(&offsets, CommitMode::Async);
+        self.observe_batch(&p.applied, &outcome, p.started);
         tracing::debug!(
-            messages = messages.len(),
+            messages = p.messages.len(),
             applied = outcome.applied,
             duplicates = outcome.duplicates,
             dead_lettered,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            project_us = p.projected_us,
+            commit_us = commit_started.elapsed().as_micros() as u64,
+            elapsed_us = p.started.elapsed().as_micros() as u64,
             "batch committed"
         );
-        Ok(offsets)
+        Ok(())
     }
 
     /// Metrics of a committed batch.
@@ -761,7 +936,7 @@ impl Host {
         expected: &BTreeMap<(String, i32), Option<i64>>,
     ) -> Result<BatchOutcome, ExecError> {
         let events: Vec<Applied> = applied.iter().map(|a| a.inner.clone()).collect();
-        let group = &self.settings.kafka.group_id;
+        let group = &self.group;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         executor::fence(&mut tx, group, expected).await?;
@@ -779,7 +954,7 @@ impl Host {
         expected: &BTreeMap<(String, i32), Option<i64>>,
         messages: &[OwnedMessage],
     ) -> Result<(BatchOutcome, usize), Attempt> {
-        let group = &self.settings.kafka.group_id;
+        let group = &self.group;
         let transient = |e: sqlx::Error| {
             Attempt::from(anyhow::Error::new(e).context("MySQL failed during isolation"))
         };
@@ -846,25 +1021,6 @@ impl Host {
             .map_err(|e| anyhow::anyhow!("recording offsets failed: {e}"))?;
         tx.commit().await.map_err(transient)?;
         Ok((outcome, refused.len()))
-    }
-
-    fn commit_kafka(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
-        if offsets.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in offsets {
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .is_err()
-            {
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&tpl, mode) {
-            // Advisory only: MySQL holds the real position.
-            tracing::debug!(error = %e, "advisory Kafka offset commit failed");
-        }
     }
 
     /// Publishes dead letters and waits for the broker's acknowledgement.
