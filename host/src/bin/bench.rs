@@ -12,6 +12,7 @@
 //!    - the host (`projector run`, a child process) per-event (batch 1, on
 //!      the M backlog), batched with the WASM components (the default), and
 //!      batched with the flattening compiled in (`--native`).
+//!
 //!    Host throughput is events / (last - first `processed_at`) of its
 //!    backlog; then each host gets a stream at a fixed rate and the p50/p99
 //!    of commit time minus send time are taken; peak RSS is the host's
