@@ -61,6 +61,11 @@ impl KafkaSettings {
             ("heartbeat.interval.ms", "1000"),
             ("max.poll.interval.ms", "300000"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            // Bounds the prefetch buffer (librdkafka's defaults let it hold
+            // up to 100k messages per partition, hundreds of MB on a deep
+            // backlog); a batch of 500 never waits for more than this.
+            ("queued.min.messages", "20000"),
+            ("queued.max.messages.kbytes", "32768"),
         ]);
         config.insert("group.id".to_owned(), self.group_id.clone());
         // `extra` wins over the defaults above, group id included.

@@ -235,15 +235,7 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
         println!("table                 rows");
-        for table in [
-            "users",
-            "suppliers",
-            "products",
-            "product_variants",
-            "orders",
-            "order_items",
-            "posts",
-        ] {
+        for table in crate::snapshot::TABLES {
             let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))
                 .fetch_one(&pool)
                 .await?;

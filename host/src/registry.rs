@@ -109,12 +109,7 @@ impl Registry {
 
     /// Loads every `*.wasm` file of `dir` (sorted by name).
     pub fn load_dir(runtime: &Runtime, dir: &Path, schema: &Schema) -> anyhow::Result<Registry> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read the components folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
-            .collect();
-        files.sort();
+        let files = wasm_files(dir)?;
         if files.is_empty() {
             anyhow::bail!("no .wasm component in {}", dir.display());
         }
@@ -166,6 +161,17 @@ impl Registry {
         next.insert(p, schema)?;
         Ok(next)
     }
+}
+
+/// The `*.wasm` files of a components folder, sorted by name.
+pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the components folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::monitor::Shared;
-use crate::registry::{Projection, Registry};
+use crate::registry::{Projection, Registry, wasm_files};
 use crate::runtime::{LoadedComponent, Runtime};
 use crate::schema::Schema;
 
@@ -215,16 +215,6 @@ impl Reloader {
         drop(watcher);
         Ok(())
     }
-}
-
-fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the components folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 /// `<stem>.selftest/` beside a component file, if it exists.

@@ -181,6 +181,80 @@ impl Ctx {
     }
 }
 
+/// One drill's world: a generated stream, a fresh database, fresh topics
+/// and group, a free admin port.
+struct Run {
+    events: Vec<Generated>,
+    db: Db,
+    prefix: String,
+    group: String,
+    port: u16,
+    components: PathBuf,
+}
+
+impl Run {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spec(&self, watch: bool) -> HostSpec<'_> {
+        HostSpec {
+            db_url: &self.db.url,
+            prefix: &self.prefix,
+            group: &self.group,
+            components: &self.components,
+            admin_port: self.port,
+            native: false,
+            watch,
+        }
+    }
+
+    /// Waits for the producer, then until every event is applied.
+    async fn all_applied(
+        &self,
+        producing: tokio::task::JoinHandle<anyhow::Result<usize>>,
+    ) -> anyhow::Result<()> {
+        let produced = producing.await??;
+        anyhow::ensure!(
+            produced == self.events.len(),
+            "only {produced} events acknowledged"
+        );
+        wait_count(
+            &self.db.pool,
+            "SELECT COUNT(*) FROM processed_events",
+            self.events.len() as i64,
+            Duration::from_secs(300),
+        )
+        .await
+    }
+}
+
+impl Ctx {
+    async fn begin(&mut self, components: PathBuf) -> anyhow::Result<Run> {
+        Ok(Run {
+            events: self.stream(12_000),
+            db: self.fresh_db().await?,
+            prefix: self.unique("t"),
+            group: self.unique("g"),
+            port: free_port(),
+            components,
+        })
+    }
+
+    /// Produces the run's events over about `over`, in the background.
+    fn start_producing(
+        &self,
+        run: &Run,
+        over: Duration,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<usize>>> {
+        let producer = self.producer()?;
+        let (events, prefix) = (run.events.clone(), run.prefix.clone());
+        Ok(tokio::spawn(async move {
+            produce(&producer, &prefix, &events, over).await
+        }))
+    }
+}
+
 struct HostSpec<'a> {
     db_url: &'a str,
     prefix: &'a str,
@@ -349,15 +423,10 @@ impl Verdict {
     }
 }
 
-/// Compares a drill's database with the events produced and the reference.
-async fn judge(
-    ctx: &Ctx,
-    name: &'static str,
-    db: &Db,
-    prefix: &str,
-    events: &[Generated],
-    note: String,
-) -> anyhow::Result<Verdict> {
+/// Compares a drill's database with the events produced and a clean
+/// reference run, then drops the database.
+async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow::Result<Verdict> {
+    let (db, prefix, events) = (&run.db, run.prefix.as_str(), run.events.as_slice());
     let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM processed_events")
         .fetch_all(&db.pool)
         .await?;
@@ -370,72 +439,16 @@ async fn judge(
     let want = reference(ctx, prefix, events.len() as i64).await?;
     let got = projector_host::snapshot::dump(&db.pool).await?;
     let (missing, extra) = diff(&got, &want);
-    Ok(Verdict {
+    let verdict = Verdict {
         name,
         produced: events.len(),
         applied: applied_ids.len() as i64,
         lost: lost_events + missing,
         duplicated: twice + extra,
         note,
-    })
-}
-
-async fn drill_kill9(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
-    let events = ctx.stream(12_000);
-    let db = ctx.fresh_db().await?;
-    let prefix = ctx.unique("t");
-    let group = ctx.unique("g");
-    let components = ctx.components();
-    let spec = HostSpec {
-        db_url: &db.url,
-        prefix: &prefix,
-        group: &group,
-        components: &components,
-        admin_port: 0,
-        native: false,
-        watch: false,
     };
-    let producer = ctx.producer()?;
-    let over = Duration::from_secs(if ctx.short { 6 } else { 15 });
-    let producing = {
-        let (events, prefix) = (events.clone(), prefix.clone());
-        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
-    };
-    let mut host = ctx.spawn_host(&spec, "kill9.log")?;
-    let mut kills = 0;
-    for _ in 0..5 {
-        let wait = ctx.rng.random_range(400..1600);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        kill9(&mut host);
-        kills += 1;
-        let pause = ctx.rng.random_range(0..400);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        host = ctx.spawn_host(&spec, "kill9.log")?;
-    }
-    let produced = producing.await??;
-    anyhow::ensure!(
-        produced == events.len(),
-        "only {produced} events acknowledged"
-    );
-    wait_count(
-        &db.pool,
-        "SELECT COUNT(*) FROM processed_events",
-        events.len() as i64,
-        Duration::from_secs(300),
-    )
-    .await?;
-    sigterm(&mut host);
-    let v = judge(
-        ctx,
-        "kill9",
-        &db,
-        &prefix,
-        &events,
-        format!("({kills} kills with SIGKILL)"),
-    )
-    .await?;
-    ctx.drop_db(db).await;
-    Ok(v)
+    ctx.drop_db(run.db).await;
+    Ok(verdict)
 }
 
 async fn http_status(url: &str) -> (u16, String) {
@@ -474,133 +487,66 @@ async fn metric(url: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+async fn drill_kill9(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
+    let run = ctx.begin(ctx.components()).await?;
+    let over = Duration::from_secs(if ctx.short { 6 } else { 15 });
+    let producing = ctx.start_producing(&run, over)?;
+    let mut host = ctx.spawn_host(&run.spec(false), "kill9.log")?;
+    let mut kills = 0;
+    for _ in 0..5 {
+        let wait = ctx.rng.random_range(400..1600);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        kill9(&mut host);
+        kills += 1;
+        let pause = ctx.rng.random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        host = ctx.spawn_host(&run.spec(false), "kill9.log")?;
+    }
+    run.all_applied(producing).await?;
+    sigterm(&mut host);
+    judge(ctx, "kill9", run, format!("({kills} kills with SIGKILL)")).await
+}
+
 async fn drill_broker(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
-    let events = ctx.stream(12_000);
-    let db = ctx.fresh_db().await?;
-    let prefix = ctx.unique("t");
-    let group = ctx.unique("g");
-    let components = ctx.components();
-    let port = free_port();
-    let spec = HostSpec {
-        db_url: &db.url,
-        prefix: &prefix,
-        group: &group,
-        components: &components,
-        admin_port: port,
-        native: false,
-        watch: false,
-    };
-    let mut host = ctx.spawn_host(&spec, "broker.log")?;
-    let producer = ctx.producer()?;
+    let run = ctx.begin(ctx.components()).await?;
+    let mut host = ctx.spawn_host(&run.spec(false), "broker.log")?;
     let over = Duration::from_secs(if ctx.short { 8 } else { 15 });
-    let producing = {
-        let (events, prefix) = (events.clone(), prefix.clone());
-        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
-    };
+    let producing = ctx.start_producing(&run, over)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     ctx.stack(&["restart", "kafka"])?;
     let restart = started.elapsed();
-    let produced = producing.await??;
-    anyhow::ensure!(
-        produced == events.len(),
-        "only {produced} events acknowledged"
-    );
-    wait_count(
-        &db.pool,
-        "SELECT COUNT(*) FROM processed_events",
-        events.len() as i64,
-        Duration::from_secs(300),
-    )
-    .await?;
-    let url = format!("http://127.0.0.1:{port}");
-    let dead = metric(&url, "projector_dead_letters_total").await;
+    run.all_applied(producing).await?;
+    let dead = metric(&run.url(), "projector_dead_letters_total").await;
     anyhow::ensure!(
         host.try_wait()?.is_none(),
         "the host exited during the broker restart"
     );
     sigterm(&mut host);
     anyhow::ensure!(dead == 0.0, "{dead} events were dead-lettered");
-    let v = judge(
-        ctx,
-        "broker",
-        &db,
-        &prefix,
-        &events,
-        format!(
-            "(broker down and back in {:.1} s, 0 dead letters)",
-            restart.as_secs_f64()
-        ),
-    )
-    .await?;
-    ctx.drop_db(db).await;
-    Ok(v)
+    let note = format!(
+        "(broker down and back in {:.1} s, 0 dead letters)",
+        restart.as_secs_f64()
+    );
+    judge(ctx, "broker", run, note).await
 }
 
 async fn drill_mariadb(ctx: &mut Ctx, outage: Duration) -> anyhow::Result<Verdict> {
-    let events = ctx.stream(12_000);
-    let db = ctx.fresh_db().await?;
-    let prefix = ctx.unique("t");
-    let group = ctx.unique("g");
-    let components = ctx.components();
-    let port = free_port();
-    let spec = HostSpec {
-        db_url: &db.url,
-        prefix: &prefix,
-        group: &group,
-        components: &components,
-        admin_port: port,
-        native: false,
-        watch: false,
-    };
-    let mut host = ctx.spawn_host(&spec, "mariadb.log")?;
-    let url = format!("http://127.0.0.1:{port}");
-    wait_http(
-        &format!("{url}/health/ready"),
-        200,
-        "ready",
-        Duration::from_secs(30),
-    )
-    .await?;
-    let producer = ctx.producer()?;
-    let over = outage + Duration::from_secs(6);
-    let producing = {
-        let (events, prefix) = (events.clone(), prefix.clone());
-        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
-    };
+    let run = ctx.begin(ctx.components()).await?;
+    let mut host = ctx.spawn_host(&run.spec(false), "mariadb.log")?;
+    let ready_url = format!("{}/health/ready", run.url());
+    wait_http(&ready_url, 200, "ready", Duration::from_secs(30)).await?;
+    let producing = ctx.start_producing(&run, outage + Duration::from_secs(6))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     ctx.stack(&["stop", "mariadb"])?;
     let down = Instant::now();
-    let degraded = wait_http(
-        &format!("{url}/health/ready"),
-        503,
-        "mysql",
-        Duration::from_secs(20),
-    )
-    .await?;
+    let degraded = wait_http(&ready_url, 503, "mysql", Duration::from_secs(20)).await?;
     tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     ctx.stack(&["start", "mariadb"])?;
-    let ready = wait_http(
-        &format!("{url}/health/ready"),
-        200,
-        "ready",
-        Duration::from_secs(90),
-    )
-    .await?;
-    let produced = producing.await??;
-    anyhow::ensure!(
-        produced == events.len(),
-        "only {produced} events acknowledged"
-    );
-    wait_count(
-        &db.pool,
-        "SELECT COUNT(*) FROM processed_events",
-        events.len() as i64,
-        Duration::from_secs(300),
-    )
-    .await?;
-    let dead = metric(&url, "projector_dead_letters_total").await;
-    let retried = metric(&url, "projector_transient_errors_total").await;
+    let ready = wait_http(&ready_url, 200, "ready", Duration::from_secs(90)).await?;
+    run.all_applied(producing).await?;
+    let dead = metric(&run.url(), "projector_dead_letters_total").await;
+    let retried = metric(&run.url(), "projector_transient_errors_total").await;
     anyhow::ensure!(
         host.try_wait()?.is_none(),
         "the host exited during the outage"
@@ -610,22 +556,13 @@ async fn drill_mariadb(ctx: &mut Ctx, outage: Duration) -> anyhow::Result<Verdic
         dead == 0.0,
         "{dead} events were dead-lettered during the outage"
     );
-    let v = judge(
-        ctx,
-        "mariadb",
-        &db,
-        &prefix,
-        &events,
-        format!(
-            "(down {:.0} s; degraded after {:.1} s, ready {:.1} s after restart; {retried} retried batches, 0 dead letters)",
-            outage.as_secs_f64(),
-            degraded.as_secs_f64(),
-            ready.as_secs_f64()
-        ),
-    )
-    .await?;
-    ctx.drop_db(db).await;
-    Ok(v)
+    let note = format!(
+        "(down {:.0} s; degraded after {:.1} s, ready {:.1} s after restart; {retried} retried batches, 0 dead letters)",
+        outage.as_secs_f64(),
+        degraded.as_secs_f64(),
+        ready.as_secs_f64()
+    );
+    judge(ctx, "mariadb", run, note).await
 }
 
 fn spawn_backend(
@@ -761,10 +698,6 @@ async fn drill_backend(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
 }
 
 async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
-    let events = ctx.stream(12_000);
-    let db = ctx.fresh_db().await?;
-    let prefix = ctx.unique("t");
-    let group = ctx.unique("g");
     let dir = ctx.scratch.path().join(ctx.unique("components"));
     std::fs::create_dir_all(&dir)?;
     for d in ["user", "supplier", "product", "order", "post"] {
@@ -773,20 +706,9 @@ async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
             dir.join(format!("{d}.wasm")),
         )?;
     }
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut host = ctx.spawn_host(
-        &HostSpec {
-            db_url: &db.url,
-            prefix: &prefix,
-            group: &group,
-            components: &dir,
-            admin_port: port,
-            native: false,
-            watch: true,
-        },
-        "reload.log",
-    )?;
+    let run = ctx.begin(dir.clone()).await?;
+    let url = run.url();
+    let mut host = ctx.spawn_host(&run.spec(true), "reload.log")?;
     wait_http(
         &format!("{url}/health/ready"),
         200,
@@ -794,12 +716,8 @@ async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
         Duration::from_secs(30),
     )
     .await?;
-    let producer = ctx.producer()?;
     let over = Duration::from_secs(if ctx.short { 8 } else { 15 });
-    let producing = {
-        let (events, prefix) = (events.clone(), prefix.clone());
-        tokio::spawn(async move { produce(&producer, &prefix, &events, over).await })
-    };
+    let producing = ctx.start_producing(&run, over)?;
     let user = dir.join("user.wasm");
     let original = std::fs::read(&user)?;
     let install = |bytes: &[u8]| -> anyhow::Result<()> {
@@ -837,37 +755,17 @@ async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
         swaps += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let produced = producing.await??;
-    anyhow::ensure!(
-        produced == events.len(),
-        "only {produced} events acknowledged"
-    );
-    wait_count(
-        &db.pool,
-        "SELECT COUNT(*) FROM processed_events",
-        events.len() as i64,
-        Duration::from_secs(300),
-    )
-    .await?;
+    run.all_applied(producing).await?;
     let builds = count(
-        &db.pool,
+        &run.db.pool,
         "SELECT COUNT(DISTINCT component) FROM processed_events WHERE event_type LIKE 'user.%'",
     )
     .await;
     sigterm(&mut host);
-    let v = judge(
-        ctx,
-        "reload",
-        &db,
-        &prefix,
-        &events,
-        format!(
-            "({swaps} swaps and 1 broken build refused; user events projected by {builds} builds)"
-        ),
-    )
-    .await?;
-    ctx.drop_db(db).await;
-    Ok(v)
+    let note = format!(
+        "({swaps} swaps and 1 broken build refused; user events projected by {builds} builds)"
+    );
+    judge(ctx, "reload", run, note).await
 }
 
 #[tokio::main]
