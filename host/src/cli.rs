@@ -103,22 +103,13 @@ pub fn project(
             components.insert(domain.clone(), loaded);
         }
         let component = &components[&domain];
-        let timestamp = envelope.timestamp_string();
-        let event_id = envelope.event_id.to_string();
-        let env = flatten::Envelope {
-            event_type: &envelope.event_type,
-            event_id: &event_id,
-            timestamp: &timestamp,
-            entity_id: &envelope.entity_id,
-            data: envelope.data.get(),
-        };
         println!(
             "{} {} -> {}",
             envelope.event_type,
             envelope.entity_id,
             component.label()
         );
-        match component.session().project(&env) {
+        match crate::with_flat_envelope(&envelope, |env| component.session().project(env)) {
             Ok(ops) => {
                 for op in &ops {
                     print_op(op);

@@ -583,19 +583,11 @@ mod tests {
         let mut types = std::collections::BTreeSet::new();
         for e in &a {
             let env: events::RawEnvelope = events::Envelope::from_slice(&e.payload).unwrap();
-            let event_id = env.event_id.to_string();
-            let ts = env.timestamp_string();
             let domain = flatten::DOMAINS
                 .into_iter()
                 .find(|d| d.name == e.domain)
                 .unwrap();
-            let ops = (domain.project)(&flatten::Envelope {
-                event_type: &env.event_type,
-                event_id: &event_id,
-                timestamp: &ts,
-                entity_id: &env.entity_id,
-                data: env.data.get(),
-            });
+            let ops = crate::with_flat_envelope(&env, |flat| (domain.project)(flat));
             assert!(ops.is_ok(), "{}: {:?}", e.event_type, ops);
             types.insert(e.event_type);
         }

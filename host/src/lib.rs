@@ -17,3 +17,20 @@ pub mod runtime;
 pub mod schema;
 pub mod settings;
 pub mod snapshot;
+
+/// Calls `f` with the projection contract's view of a decoded envelope (the
+/// strings a component receives).
+pub fn with_flat_envelope<R>(
+    envelope: &events::RawEnvelope,
+    f: impl FnOnce(&flatten::Envelope<'_>) -> R,
+) -> R {
+    let event_id = envelope.event_id.to_string();
+    let timestamp = envelope.timestamp_string();
+    f(&flatten::Envelope {
+        event_type: &envelope.event_type,
+        event_id: &event_id,
+        timestamp: &timestamp,
+        entity_id: &envelope.entity_id,
+        data: envelope.data.get(),
+    })
+}

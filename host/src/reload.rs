@@ -241,18 +241,7 @@ pub fn run_selftest(component: &LoadedComponent, dir: &Path) -> anyhow::Result<u
         let bytes = std::fs::read(file).with_context(|| format!("self-test {name}"))?;
         let envelope: events::RawEnvelope = events::Envelope::from_slice(&bytes)
             .with_context(|| format!("self-test {name} is not an envelope"))?;
-        let event_id = envelope.event_id.to_string();
-        let timestamp = envelope.timestamp_string();
-        let env = flatten::Envelope {
-            event_type: &envelope.event_type,
-            event_id: &event_id,
-            timestamp: &timestamp,
-            entity_id: &envelope.entity_id,
-            data: envelope.data.get(),
-        };
-        let ops = component
-            .session()
-            .project(&env)
+        let ops = crate::with_flat_envelope(&envelope, |env| component.session().project(env))
             .map_err(|e| anyhow::anyhow!("self-test {name} failed: {e}"))?;
         let golden = file.with_extension("ops.json");
         if golden.exists() {

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{MySqlPool, Row as _};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions as _, MySqlPool, Row as _};
 
 /// The projection tables, each as rows of column -> text (NULL as None),
 /// without surrogate `id` columns, sorted.
@@ -83,4 +84,29 @@ pub async fn checksum(pool: &MySqlPool) -> Result<String, sqlx::Error> {
         ));
     }
     Ok(parts.join(" "))
+}
+
+/// Creates an empty database `name` (dropped first if it exists) on the
+/// server of `mysql_url`; returns its URL and a small pool. For the drills
+/// and the benchmark, which each work in a fresh database.
+pub async fn create_database(mysql_url: &str, name: &str) -> anyhow::Result<(String, MySqlPool)> {
+    use anyhow::Context as _;
+    let admin: MySqlConnectOptions = mysql_url.parse()?;
+    let mut conn = admin.clone().connect().await.context("MariaDB is up")?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))
+    .execute(&mut conn)
+    .await?;
+    let options = admin.database(name);
+    let url = options.to_url_lossy().to_string();
+    let pool = MySqlPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    Ok((url, pool))
 }

@@ -33,8 +33,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::json;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{ConnectOptions as _, Connection as _, MySqlPool, Row as _};
+use sqlx::{Connection as _, MySqlPool, Row as _};
 
 #[derive(Parser)]
 #[command(about = "Benchmark the projection modes against the raw ceilings")]
@@ -113,23 +112,8 @@ impl Ctx {
     }
 
     async fn fresh_db(&self, tag: &str) -> anyhow::Result<(String, String, MySqlPool)> {
-        let admin: MySqlConnectOptions = self.mysql_url.parse()?;
         let name = format!("bench_{}_{tag}", self.run);
-        let mut conn = admin.clone().connect().await.context("MariaDB is up")?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-            .execute(&mut conn)
-            .await?;
-        sqlx::query(&format!(
-            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-        ))
-        .execute(&mut conn)
-        .await?;
-        let options = admin.database(&name);
-        let url = options.to_url_lossy().to_string();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await?;
+        let (url, pool) = projector_host::snapshot::create_database(&self.mysql_url, &name).await?;
         Ok((name, url, pool))
     }
 
@@ -274,15 +258,8 @@ async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Res
             let env: events::RawEnvelope = events::Envelope::from_slice(&e.payload)?;
             let (domain, info) = &infos[e.domain];
             let event_id = env.event_id.to_string();
-            let ts = env.timestamp_string();
-            let ops = (domain.project)(&flatten::Envelope {
-                event_type: &env.event_type,
-                event_id: &event_id,
-                timestamp: &ts,
-                entity_id: &env.entity_id,
-                data: env.data.get(),
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ops = projector_host::with_flat_envelope(&env, |flat| (domain.project)(flat))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let ops = ops
                 .iter()
                 .map(|op| projector_host::executor::validate(op, info, &schema))

@@ -21,8 +21,7 @@ use projector_host::generate::{Generated, Generator};
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{ConnectOptions as _, MySqlPool};
+use sqlx::MySqlPool;
 
 #[derive(Parser)]
 #[command(
@@ -78,21 +77,8 @@ impl Ctx {
     }
 
     async fn fresh_db(&self) -> anyhow::Result<Db> {
-        let admin: MySqlConnectOptions = self.mysql_url.parse()?;
         let name = self.unique("db");
-        let mut conn = admin.clone().connect().await.context("MariaDB is up")?;
-        sqlx::query(&format!(
-            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-        ))
-        .execute(&mut conn)
-        .await?;
-        let options = admin.database(&name);
-        let url = options.to_url_lossy().to_string();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+        let (url, pool) = projector_host::snapshot::create_database(&self.mysql_url, &name).await?;
         Ok(Db { name, url, pool })
     }
 
