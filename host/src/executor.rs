@@ -316,12 +316,13 @@ pub async fn apply_batch(
     conn: &mut MySqlConnection,
     schema: &Schema,
     group: &str,
-    events: &[Applied],
+    events: &[&Applied],
     offsets: &BTreeMap<(String, i32), i64>,
 ) -> Result<BatchOutcome, ExecError> {
     let already = already_processed(conn, events).await?;
     let fresh: Vec<&Applied> = events
         .iter()
+        .copied()
         .filter(|e| !already.contains(&e.event_id))
         .collect();
     // One event id twice in one batch (a producer retry that slipped
@@ -390,7 +391,7 @@ pub async fn fence(
 
 async fn already_processed(
     conn: &mut MySqlConnection,
-    events: &[Applied],
+    events: &[&Applied],
 ) -> Result<HashSet<String>, ExecError> {
     let mut found = HashSet::new();
     for chunk in events.chunks(1000) {

@@ -935,7 +935,7 @@ impl Writer {
         offsets: &BTreeMap<(String, i32), i64>,
         expected: &BTreeMap<(String, i32), Option<i64>>,
     ) -> Result<BatchOutcome, ExecError> {
-        let events: Vec<Applied> = applied.iter().map(|a| a.inner.clone()).collect();
+        let events: Vec<&Applied> = applied.iter().map(|a| &a.inner).collect();
         let group = &self.group;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
@@ -972,14 +972,8 @@ impl Writer {
                 .execute(&mut *tx)
                 .await
                 .map_err(transient)?;
-            match executor::apply_batch(
-                &mut tx,
-                &self.schema,
-                group,
-                std::slice::from_ref(&a.inner),
-                &BTreeMap::new(),
-            )
-            .await
+            match executor::apply_batch(&mut tx, &self.schema, group, &[&a.inner], &BTreeMap::new())
+                .await
             {
                 Ok(o) => {
                     outcome.applied += o.applied;
