@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use projector_host::runtime::{Runtime, SandboxLimits};
+use projector_host::sandbox::Runtime;
+use projector_host::settings::SandboxLimits;
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

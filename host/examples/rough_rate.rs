@@ -105,10 +105,8 @@ async fn main() -> anyhow::Result<()> {
         s.admin.listen = "127.0.0.1:0".parse()?;
         let host = Host::build(s, Mode::Wasm).await?;
         let pool = host.pool.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(host.run(async move {
-            let _ = stopped.await;
-        }));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(host.run(stop.clone()));
         let t0 = Instant::now();
         let mut first: Option<Instant> = None;
         loop {
@@ -124,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let elapsed = first.map_or(t0.elapsed(), |f| f.elapsed());
-        let _ = stop.send(());
+        stop.cancel();
         task.await??;
         let rate = n as f64 / elapsed.as_secs_f64();
         println!(

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use std::process::ExitCode;
 
-use crate::pipeline::{Host, Mode, connect_mysql, shutdown_signal};
-use crate::runtime::Runtime;
+use crate::pipeline::{Host, Mode};
+use crate::sandbox::{Runtime, envelope_view};
 use crate::settings::Settings;
+use crate::sink::connect_mysql;
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -21,8 +22,9 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(settings: Settings, native: bool) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let mode = if native { Mode::Native } else { Mode::Wasm };
+        let shutdown = crate::shutdown::on_signals();
         let host = Host::build(settings, mode).await?;
-        host.run(shutdown_signal()).await?;
+        host.run(shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -31,8 +33,8 @@ pub fn run(settings: Settings, native: bool) -> anyhow::Result<ExitCode> {
 pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
-        crate::schema::migrate(&pool).await?;
-        for m in crate::schema::MIGRATOR.iter() {
+        crate::sink::migrate(&pool).await?;
+        for m in crate::sink::schema::MIGRATOR.iter() {
             println!("migration {:>4} {}", m.version, m.description);
         }
         println!("schema is up to date");
@@ -109,7 +111,7 @@ pub fn project(
             envelope.entity_id,
             component.label()
         );
-        match crate::with_flat_envelope(&envelope, |env| component.session().project(env)) {
+        match envelope_view(&envelope, |env| component.session().project(env)) {
             Ok(ops) => {
                 for op in &ops {
                     print_op(op);
@@ -226,7 +228,7 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
         println!("table                 rows");
-        for table in crate::snapshot::TABLES {
+        for table in crate::sink::schema::PROJECTION_TABLES {
             let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))
                 .fetch_one(&pool)
                 .await?;
@@ -236,7 +238,7 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
             .fetch_one(&pool)
             .await?;
         println!("events applied       {applied:>6}");
-        let stored = crate::executor::stored_offsets(&pool, &settings.kafka.group_id).await?;
+        let stored = crate::sink::stored_offsets(&pool, &settings.kafka.group_id).await?;
         let mut config = rdkafka::ClientConfig::new();
         for (k, v) in settings.kafka.consumer_config() {
             config.set(k, v);
@@ -285,7 +287,7 @@ pub fn replay(
 ) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 2).await?;
-        let reset = crate::replay::reset(&pool, settings, domain).await?;
+        let reset = crate::ops::replay::reset(&pool, settings, domain).await?;
         for (table, n) in &reset.tables {
             println!("emptied {table:<18} {n:>8} rows");
         }
@@ -300,7 +302,7 @@ pub fn replay(
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let applied = crate::replay::follow(
+        let applied = crate::ops::replay::follow(
             &pool,
             settings,
             &reset,
@@ -332,11 +334,11 @@ fn clip(s: &str, n: usize) -> String {
 
 /// `projector dlq list`.
 pub fn dlq_list(settings: &Settings, class: Option<&str>) -> anyhow::Result<ExitCode> {
-    let letters = crate::dlq::read_letters(settings)?;
+    let letters = crate::dlq::redrive::read_letters(settings)?;
     let done = tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
-        crate::schema::migrate(&pool).await?;
-        crate::dlq::redriven(&pool).await
+        crate::sink::migrate(&pool).await?;
+        crate::dlq::redrive::redriven(&pool).await
     })?;
     let mut shown = 0;
     println!(
@@ -353,9 +355,9 @@ pub fn dlq_list(settings: &Settings, class: Option<&str>) -> anyhow::Result<Exit
             l.id(),
             format!("{topic}[{partition}]@{offset}"),
             l.error_class(),
-            l.retry_count(),
+            l.letter.retry_count,
             if done.contains(&l.id()) { "yes" } else { "no" },
-            clip(l.value["error"].as_str().unwrap_or(""), 80)
+            clip(&l.letter.error, 80)
         );
         shown += 1;
     }
@@ -365,12 +367,12 @@ pub fn dlq_list(settings: &Settings, class: Option<&str>) -> anyhow::Result<Exit
 
 /// `projector dlq show ID`.
 pub fn dlq_show(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
-    let letters = crate::dlq::read_letters(settings)?;
+    let letters = crate::dlq::redrive::read_letters(settings)?;
     let Some(letter) = letters.iter().find(|l| l.id() == id) else {
         eprintln!("no dead letter {id} (see `projector dlq list`)");
         return Ok(ExitCode::FAILURE);
     };
-    let mut value = letter.value.clone();
+    let mut value = serde_json::to_value(&letter.letter)?;
     if let Some(original) = value.get("original").and_then(|o| o.as_str())
         && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(original)
     {
@@ -383,7 +385,7 @@ pub fn dlq_show(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
 /// `projector dlq redrive`.
 pub fn dlq_redrive(
     settings: &Settings,
-    selection: crate::dlq::Selection,
+    selection: crate::dlq::redrive::Selection,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
     if !selection.all && selection.class.is_none() && selection.ids.is_empty() {
@@ -391,7 +393,7 @@ pub fn dlq_redrive(
     }
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
-        let report = crate::dlq::redrive(settings, &pool, &selection, dry_run).await?;
+        let report = crate::dlq::redrive::redrive(settings, &pool, &selection, dry_run).await?;
         let verb = if dry_run { "would redrive" } else { "redriven" };
         for id in &report.sent {
             println!("{verb} {id}");

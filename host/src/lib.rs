@@ -1,36 +1,26 @@
 //! The projector host: consumes the domain topics, runs each event through
 //! the WebAssembly projection component of its domain, and writes the
 //! resulting row operations to MySQL with exactly-once effect.
+//!
+//! The modules follow the data flow:
+//!
+//! | module      | step                                                          |
+//! |-------------|---------------------------------------------------------------|
+//! | `consume`   | Kafka client, batches, pause, positions                       |
+//! | `pipeline`  | the loop: route and project a batch, then the writer commits  |
+//! | `sandbox`   | wasmtime runtime, WIT contract, registry, hot reload          |
+//! | `sink`      | validation, row SQL, bookkeeping, error classes, schema       |
+//! | `dlq`       | the dead-letter wire type, publishing, redrive                |
+//! | `ops`       | shared state, metrics, lag monitor, admin server, replay      |
+//! | `settings`  | typed settings (depends on nothing)                           |
+//! | `cli`       | the subcommands behind `projector`                            |
 
-pub mod admin;
 pub mod cli;
+pub mod consume;
 pub mod dlq;
-pub mod executor;
-pub mod generate;
-pub mod metrics;
-pub mod monitor;
+pub mod ops;
 pub mod pipeline;
-pub mod registry;
-pub mod reload;
-pub mod replay;
-pub mod runtime;
-pub mod schema;
+pub mod sandbox;
 pub mod settings;
-pub mod snapshot;
-
-/// Calls `f` with the projection contract's view of a decoded envelope (the
-/// strings a component receives).
-pub fn with_flat_envelope<R>(
-    envelope: &events::RawEnvelope,
-    f: impl FnOnce(&flatten::Envelope<'_>) -> R,
-) -> R {
-    let event_id = envelope.event_id.to_string();
-    let timestamp = envelope.timestamp_string();
-    f(&flatten::Envelope {
-        event_type: &envelope.event_type,
-        event_id: &event_id,
-        timestamp: &timestamp,
-        entity_id: &envelope.entity_id,
-        data: envelope.data.get(),
-    })
-}
+pub mod shutdown;
+pub mod sink;

@@ -147,7 +147,7 @@ fn main() -> ExitCode {
                 ids,
             } => cli::dlq_redrive(
                 &settings,
-                projector_host::dlq::Selection {
+                projector_host::dlq::redrive::Selection {
                     all,
                     class,
                     ids,

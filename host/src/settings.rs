@@ -1,5 +1,6 @@
 //! Typed settings: defaults that match `scripts/stack`, then an optional TOML
-//! file, then environment variables (which win).
+//! file, then environment variables (which win), layered with figment. The
+//! settings depend on nothing else in the host.
 //!
 //! | variable                     | setting                    |
 //! |------------------------------|----------------------------|
@@ -16,24 +17,24 @@
 //! | `PROJECTOR_WATCH_COMPONENTS` | `components.watch` (true/false) |
 //! | `PROJECTOR_MAX_EVENT_BYTES`  | `batch.max_event_bytes`    |
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
-//! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_bytes`     |
+//! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_mb`        |
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use events::{KafkaSettings, Topic};
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-
-use crate::runtime::SandboxLimits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub kafka: KafkaSettings,
-    /// The topics to consume (the five domain topics by default).
+    /// The topics to consume (the five domain topics by default); from the
+    /// environment, comma-separated.
+    #[serde(deserialize_with = "list::deserialize")]
     pub topics: Vec<String>,
     pub mysql: MysqlSettings,
     pub components: ComponentSettings,
@@ -139,85 +140,99 @@ impl Default for AdminSettings {
     }
 }
 
+/// Environment variables and the setting each one sets.
+const ENV: [(&str, &str); 14] = [
+    ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
+    ("PROJECTOR_GROUP_ID", "kafka.group_id"),
+    ("PROJECTOR_TOPICS", "topics"),
+    ("MYSQL_URL", "mysql.url"),
+    ("PROJECTOR_COMPONENTS_DIR", "components.dir"),
+    ("PROJECTOR_BATCH_SIZE", "batch.max_events"),
+    ("PROJECTOR_BATCH_WAIT_MS", "batch.max_wait"),
+    ("PROJECTOR_ADMIN_ADDR", "admin.listen"),
+    ("PROJECTOR_LAG_INTERVAL_MS", "admin.lag_interval"),
+    ("PROJECTOR_LAG_ERROR_THRESHOLD", "admin.lag_error_threshold"),
+    ("PROJECTOR_WATCH_COMPONENTS", "components.watch"),
+    ("PROJECTOR_MAX_EVENT_BYTES", "batch.max_event_bytes"),
+    ("PROJECTOR_CALL_DEADLINE_MS", "sandbox.call_deadline"),
+    ("PROJECTOR_GUEST_MEMORY_MB", "sandbox.memory_mb"),
+];
+
 impl Settings {
     /// Defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
-        let mut settings = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("failed to read settings file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("invalid settings file {}", path.display()))?
-            }
-            None => Settings::default(),
-        };
-        settings.apply_env(&std::env::vars().collect())?;
-        Ok(settings)
+        Settings::figment(file).extract_checked()
     }
 
-    /// Applies environment overrides from `vars`.
-    pub fn apply_env(&mut self, vars: &HashMap<String, String>) -> anyhow::Result<()> {
-        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty());
-        fn num<T: std::str::FromStr>(k: &str, v: &str) -> anyhow::Result<T>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.parse().map_err(|e| anyhow::anyhow!("{k}={v:?}: {e}"))
+    /// The layers: defaults < settings file < environment.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
         }
-        if let Some(v) = get("KAFKA_BOOTSTRAP") {
-            self.kafka.bootstrap_servers = v.clone();
-        }
-        if let Some(v) = get("PROJECTOR_GROUP_ID") {
-            self.kafka.group_id = v.clone();
-        }
-        if let Some(v) = get("PROJECTOR_TOPICS") {
-            self.topics = v
-                .split(',')
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-                .collect();
-        }
-        if let Some(v) = get("MYSQL_URL") {
-            self.mysql.url = v.clone();
-        }
-        if let Some(v) = get("PROJECTOR_COMPONENTS_DIR") {
-            self.components.dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("PROJECTOR_BATCH_SIZE") {
-            self.batch.max_events = num("PROJECTOR_BATCH_SIZE", v)?;
-        }
-        if let Some(v) = get("PROJECTOR_BATCH_WAIT_MS") {
-            self.batch.max_wait = Duration::from_millis(num("PROJECTOR_BATCH_WAIT_MS", v)?);
-        }
-        if let Some(v) = get("PROJECTOR_ADMIN_ADDR") {
-            self.admin.listen = num("PROJECTOR_ADMIN_ADDR", v)?;
-        }
-        if let Some(v) = get("PROJECTOR_LAG_INTERVAL_MS") {
-            self.admin.lag_interval = Duration::from_millis(num("PROJECTOR_LAG_INTERVAL_MS", v)?);
-        }
-        if let Some(v) = get("PROJECTOR_LAG_ERROR_THRESHOLD") {
-            self.admin.lag_error_threshold = num("PROJECTOR_LAG_ERROR_THRESHOLD", v)?;
-        }
-        if let Some(v) = get("PROJECTOR_WATCH_COMPONENTS") {
-            self.components.watch = num("PROJECTOR_WATCH_COMPONENTS", v)?;
-        }
-        if let Some(v) = get("PROJECTOR_MAX_EVENT_BYTES") {
-            self.batch.max_event_bytes = num("PROJECTOR_MAX_EVENT_BYTES", v)?;
-        }
-        if let Some(v) = get("PROJECTOR_CALL_DEADLINE_MS") {
-            self.sandbox.call_deadline =
-                Duration::from_millis(num("PROJECTOR_CALL_DEADLINE_MS", v)?);
-        }
-        if let Some(v) = get("PROJECTOR_GUEST_MEMORY_MB") {
-            self.sandbox.memory_bytes = num::<usize>("PROJECTOR_GUEST_MEMORY_MB", v)? << 20;
-        }
-        if self.admin.lag_interval.is_zero() {
+        let env = Env::raw()
+            .filter_map(|key| {
+                ENV.iter()
+                    .find(|(var, _)| key == *var)
+                    .map(|(_, setting)| (*setting).into())
+            })
+            .split(".")
+            .lowercase(false);
+        figment.merge(env)
+    }
+}
+
+/// Extraction with errors that name the environment variable or file, and
+/// the checks serde cannot express.
+trait ExtractChecked {
+    fn extract_checked(&self) -> anyhow::Result<Settings>;
+}
+
+impl ExtractChecked for Figment {
+    fn extract_checked(&self) -> anyhow::Result<Settings> {
+        let settings: Settings = self.extract().map_err(|e| {
+            let key = e.path.join(".");
+            match ENV.iter().find(|(_, setting)| *setting == key) {
+                Some((var, _)) if std::env::var_os(var).is_some() => {
+                    anyhow::anyhow!("{var}: {e}")
+                }
+                _ => anyhow::anyhow!("invalid settings: {e}"),
+            }
+        })?;
+        if settings.admin.lag_interval.is_zero() {
             anyhow::bail!("admin.lag_interval must be above zero");
         }
-        if self.batch.max_events == 0 {
+        if settings.batch.max_events == 0 {
             anyhow::bail!("batch.max_events must be at least 1");
         }
-        Ok(())
+        Ok(settings)
+    }
+}
+
+/// Resource limits for every guest call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxLimits {
+    /// Wall time one `project` or `describe` call may take.
+    #[serde(with = "crate::settings::millis")]
+    pub call_deadline: Duration,
+    /// Linear memory one instance may grow to, in MiB.
+    pub memory_mb: usize,
+}
+
+impl SandboxLimits {
+    /// [`SandboxLimits::memory_mb`] in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_mb << 20
+    }
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            call_deadline: Duration::from_millis(200),
+            memory_mb: 64,
+        }
     }
 }
 
@@ -236,6 +251,29 @@ pub mod millis {
     }
 }
 
+/// A list of strings from a sequence or from comma-separated text.
+mod list {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Seq(Vec<String>),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match List::deserialize(d)? {
+            List::Seq(v) => v,
+            List::Text(t) => t
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        })
+    }
+}
+
 /// The MySQL URL with its password replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -251,6 +289,8 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures return its (large) error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -268,35 +308,48 @@ mod tests {
 
     #[test]
     fn a_file_then_the_environment_override_the_defaults() {
-        let file: Settings = toml::from_str(
-            "[batch]\nmax_events = 7\nmax_wait = 5\n[mysql]\nurl = \"mysql://a:b@h/db\"\n",
-        )
-        .unwrap();
-        let mut s = file;
-        assert_eq!(s.batch.max_events, 7);
-        assert_eq!(s.batch.max_wait, Duration::from_millis(5));
-        let vars = HashMap::from([
-            ("MYSQL_URL".to_owned(), "mysql://x:y@z/w".to_owned()),
-            ("PROJECTOR_BATCH_SIZE".to_owned(), "1".to_owned()),
-            ("PROJECTOR_TOPICS".to_owned(), "t1, t2".to_owned()),
-        ]);
-        s.apply_env(&vars).unwrap();
-        assert_eq!(s.mysql.url, "mysql://x:y@z/w");
-        assert_eq!(s.batch.max_events, 1);
-        assert_eq!(s.topics, ["t1", "t2"]);
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "projector.toml",
+                "topics = [\"a\"]\n[batch]\nmax_events = 7\nmax_wait = 5\n[mysql]\nurl = \"mysql://a:b@h/db\"\n[sandbox]\nmemory_mb = 32\n",
+            )?;
+            let file = Path::new("projector.toml");
+            let s = Settings::load(Some(file)).unwrap();
+            assert_eq!(s.batch.max_events, 7);
+            assert_eq!(s.batch.max_wait, Duration::from_millis(5));
+            assert_eq!(s.topics, ["a"]);
+            assert_eq!(s.sandbox.memory_bytes(), 32 << 20);
+            jail.set_env("MYSQL_URL", "mysql://x:y@z/w");
+            jail.set_env("PROJECTOR_BATCH_SIZE", "1");
+            jail.set_env("PROJECTOR_TOPICS", "t1, t2");
+            jail.set_env("PROJECTOR_GUEST_MEMORY_MB", "16");
+            jail.set_env("PROJECTOR_WATCH_COMPONENTS", "false");
+            jail.set_env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0");
+            let s = Settings::load(Some(file)).unwrap();
+            assert_eq!(s.mysql.url, "mysql://x:y@z/w");
+            assert_eq!(s.batch.max_events, 1);
+            assert_eq!(s.batch.max_wait, Duration::from_millis(5));
+            assert_eq!(s.topics, ["t1", "t2"]);
+            assert_eq!(s.sandbox.memory_bytes(), 16 << 20);
+            assert!(!s.components.watch);
+            assert_eq!(s.admin.listen.port(), 0);
+            Ok(())
+        });
     }
 
     #[test]
     fn bad_values_are_clear_errors() {
-        let mut s = Settings::default();
-        let err = s
-            .apply_env(&HashMap::from([(
-                "PROJECTOR_BATCH_SIZE".to_owned(),
-                "many".to_owned(),
-            )]))
-            .unwrap_err();
-        assert!(err.to_string().contains("PROJECTOR_BATCH_SIZE"));
-        assert!(toml::from_str::<Settings>("[batch]\nmax_evnts = 1\n").is_err());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PROJECTOR_BATCH_SIZE", "many");
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("PROJECTOR_BATCH_SIZE"), "{err}");
+            jail.set_env("PROJECTOR_BATCH_SIZE", "0");
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("at least 1"), "{err}");
+            Ok(())
+        });
+        let typo = Settings::figment(None).merge(Toml::string("[batch]\nmax_evnts = 1\n"));
+        assert!(typo.extract_checked().is_err());
     }
 
     #[test]

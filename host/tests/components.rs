@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flatten::{DOMAINS, Envelope, ProjectionError, RowOp};
-use projector_host::runtime::{GuestFailure, LoadError, Runtime, SandboxLimits};
+use projector_host::sandbox::{GuestFailure, LoadError, Runtime};
+use projector_host::settings::SandboxLimits;
 use proptest::prelude::*;
 
 fn repo() -> PathBuf {
@@ -43,7 +44,7 @@ fn chaos_path() -> PathBuf {
 fn runtime() -> Runtime {
     Runtime::new(SandboxLimits {
         call_deadline: Duration::from_millis(100),
-        memory_bytes: 32 << 20,
+        memory_mb: 32,
     })
     .unwrap()
 }
@@ -225,7 +226,7 @@ proptest! {
     #[test]
     fn arbitrary_json_never_traps_a_component_nor_leaves_its_tables(data in arb_data(), domain in 0usize..5, ty in 0usize..7) {
         thread_local! {
-            static LOADED: Vec<projector_host::runtime::LoadedComponent> = {
+            static LOADED: Vec<projector_host::sandbox::LoadedComponent> = {
                 let rt = Box::leak(Box::new(runtime()));
                 DOMAINS.iter().map(|d| rt.load_file(&component_path(d.name)).unwrap()).collect()
             };

@@ -144,21 +144,17 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
     let second = events(7);
     produce_all(&topics, &second).await;
     let s = settings(&db, &topics, &group);
-    let pool = projector_host::pipeline::connect_mysql(&db.url, 1)
+    let pool = projector_host::sink::connect_mysql(&db.url, 1)
         .await
         .unwrap();
     let (_tx, rx) =
-        tokio::sync::watch::channel(Arc::new(projector_host::registry::Registry::default()));
-    let shared = Arc::new(projector_host::monitor::Shared::new(
-        &s,
-        Arc::new(Default::default()),
-        rx,
-    ));
-    let monitor = projector_host::monitor::Monitor::new(&s, pool, shared.clone()).unwrap();
+        tokio::sync::watch::channel(Arc::new(projector_host::sandbox::Registry::default()));
+    let shared = Arc::new(projector_host::ops::Shared::new(&s, rx));
+    let monitor = projector_host::ops::Monitor::new(&s, pool, shared.clone()).unwrap();
     monitor.sample().await;
-    let (addr, _server) = projector_host::admin::serve(
+    let (addr, _server) = projector_host::ops::admin::serve(
         "127.0.0.1:0".parse().unwrap(),
-        projector_host::admin::Admin {
+        projector_host::ops::Admin {
             shared: shared.clone(),
             reloader: None,
         },
@@ -224,7 +220,7 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
     };
     let user_wasm = dir.path().join("user.wasm");
     let original = std::fs::read(&user_wasm).unwrap();
-    let user_digest = |shared: &projector_host::monitor::Shared| {
+    let user_digest = |shared: &projector_host::ops::Shared| {
         shared
             .components()
             .into_iter()
@@ -566,19 +562,11 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
     // Again: nothing is sent, and forcing it changes nothing.
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
     assert!(ok && out.contains("0 redriven, 2 skipped"), "{out}");
-    let dups_before = host
-        .stats
-        .duplicates
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let dups_before = host.shared.metrics.duplicates_total();
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap", "--again"]);
     assert!(ok && out.contains("2 redriven"), "{out}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while host
-        .stats
-        .duplicates
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < dups_before + 2
-    {
+    while host.shared.metrics.duplicates_total() < dups_before + 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the resent events never arrived"

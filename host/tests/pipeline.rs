@@ -361,11 +361,11 @@ async fn duplicates_and_a_full_replay_leave_every_table_identical() {
         Duration::from_secs(60),
     )
     .await;
-    let stats = host.stats.clone();
+    let metrics = host.shared.clone();
     host.stop().await;
-    assert_eq!(stats.applied.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(metrics.metrics.applied_total(), 0);
     assert_eq!(
-        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        metrics.metrics.duplicates_total(),
         (events.len() + 20) as u64
     );
     assert_eq!(checksum(&db.pool).await, before);

@@ -44,7 +44,7 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
     wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
     let mut letters = read_topic(&format!("dlq.{user_topic}"), 5, Duration::from_secs(60)).await;
     letters.sort_by_key(|(v, _)| v["offset"].as_i64());
-    let stats = host.stats.clone();
+    let shared = host.shared.clone();
     host.stop().await;
 
     let users = dump(&db.pool).await["users"].clone();
@@ -100,12 +100,7 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
             .unwrap()
             .contains("entity_id")
     );
-    assert_eq!(
-        stats
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        5
-    );
+    assert_eq!(shared.metrics.dead_lettered_total(), 5);
     // The partition kept flowing: its stored position is past every message.
     let next: i64 =
         sqlx::query_scalar("SELECT CAST(SUM(next_offset) AS SIGNED) FROM consumer_offsets")
@@ -137,7 +132,7 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
     let mut s = settings(&db, &topics, &unique("g"));
     s.components.dir = dir.clone();
     s.sandbox.call_deadline = Duration::from_millis(100);
-    s.sandbox.memory_bytes = 32 << 20;
+    s.sandbox.memory_mb = 32;
 
     let producer = producer();
     let topic = topics.of("user.created");

@@ -67,7 +67,7 @@ impl TestDb {
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use projector_host::pipeline::{Host, Mode, Stats};
+use projector_host::pipeline::{Host, Mode};
 use projector_host::settings::Settings;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -153,27 +153,18 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
 
 /// A host running in this process until [`RunningHost::stop`].
 pub struct RunningHost {
-    pub stats: std::sync::Arc<Stats>,
-    pub shared: std::sync::Arc<projector_host::monitor::Shared>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    pub shared: std::sync::Arc<projector_host::ops::Shared>,
+    stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningHost {
     pub async fn start(settings: Settings, mode: Mode) -> RunningHost {
         let host = Host::build(settings, mode).await.expect("host builds");
-        let stats = host.stats.clone();
         let shared = host.shared.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(host.run(async move {
-            let _ = stopped.await;
-        }));
-        RunningHost {
-            stats,
-            shared,
-            stop,
-            task,
-        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(host.run(stop.clone()));
+        RunningHost { shared, stop, task }
     }
 
     /// `http://127.0.0.1:<port>` of the host's admin server, once it listens.
@@ -188,7 +179,7 @@ impl RunningHost {
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         self.task.await.unwrap().unwrap();
     }
 }
@@ -214,14 +205,14 @@ pub async fn wait_until(pool: &MySqlPool, sql: &str, n: i64, timeout: Duration) 
 }
 
 #[allow(unused_imports)]
-pub use projector_host::snapshot::{Dump, TABLES};
+pub use projector_tools::snapshot::{Dump, TABLES};
 
 pub async fn dump(pool: &MySqlPool) -> Dump {
-    projector_host::snapshot::dump(pool).await.unwrap()
+    projector_tools::snapshot::dump(pool).await.unwrap()
 }
 
 pub async fn checksum(pool: &MySqlPool) -> String {
-    projector_host::snapshot::checksum(pool).await.unwrap()
+    projector_tools::snapshot::checksum(pool).await.unwrap()
 }
 
 /// A fixture envelope re-targeted at another entity, with a new event id
@@ -522,7 +513,7 @@ pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
 }
 
 #[allow(unused_imports)]
-pub use projector_host::reload::rebuilt;
+pub use projector_tools::rebuilt;
 
 /// Writes a file the way a deployment should: to a temporary name, then
 /// renamed into place.

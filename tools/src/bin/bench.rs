@@ -1,7 +1,7 @@
 //! `bench`: projection throughput, latency and memory against the raw
 //! ceilings and the per-event design, in one run (`scripts/bench`).
 //!
-//! 1. Generates N events (seeded, `projector_host::generate`) into fresh
+//! 1. Generates N events (seeded, `projector_tools::generate`) into fresh
 //!    topics, plus a smaller backlog of the first M events for the slow
 //!    per-event mode, and a latency stream.
 //! 2. Measures, on this machine in this run:
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use projector_host::generate::{Generated, Generator};
+use projector_tools::generate::{Generated, Generator};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -113,7 +113,8 @@ impl Ctx {
 
     async fn fresh_db(&self, tag: &str) -> anyhow::Result<(String, String, MySqlPool)> {
         let name = format!("bench_{}_{tag}", self.run);
-        let (url, pool) = projector_host::snapshot::create_database(&self.mysql_url, &name).await?;
+        let (url, pool) =
+            projector_tools::snapshot::create_database(&self.mysql_url, &name).await?;
         Ok((name, url, pool))
     }
 
@@ -239,8 +240,8 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize) -> anyhow::Result<ModeResult> {
 /// bookkeeping, in 5,000-event transactions.
 async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Result<ModeResult> {
     let (name, _url, pool) = ctx.fresh_db(tag).await?;
-    projector_host::schema::migrate(&pool).await?;
-    let schema = projector_host::schema::Schema::load(&pool).await?;
+    projector_host::sink::migrate(&pool).await?;
+    let schema = projector_host::sink::Schema::load(&pool).await?;
     let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
         .into_iter()
         .map(|d| (d.name, (d, (d.info)())))
@@ -258,14 +259,14 @@ async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Res
             let env: events::RawEnvelope = events::Envelope::from_slice(&e.payload)?;
             let (domain, info) = &infos[e.domain];
             let event_id = env.event_id.to_string();
-            let ops = projector_host::with_flat_envelope(&env, |flat| (domain.project)(flat))
+            let ops = projector_host::sandbox::envelope_view(&env, |flat| (domain.project)(flat))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let ops = ops
                 .iter()
-                .map(|op| projector_host::executor::validate(op, info, &schema))
+                .map(|op| projector_host::sink::validate(op, info, &schema))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| anyhow::anyhow!(e))?;
-            applied.push(projector_host::executor::Applied {
+            applied.push(projector_host::sink::Applied {
                 event_id,
                 event_type: env.event_type.clone(),
                 timestamp: env.timestamp.naive_utc(),
@@ -276,10 +277,10 @@ async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Res
                 ops,
             });
         }
-        let refs: Vec<&projector_host::executor::Applied> = applied.iter().collect();
+        let refs: Vec<&projector_host::sink::Applied> = applied.iter().collect();
         let started = Instant::now();
         let mut tx = conn.begin().await?;
-        projector_host::executor::write_ops(&mut tx, &schema, &refs)
+        projector_host::sink::write_ops(&mut tx, &schema, &refs)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         tx.commit().await?;
@@ -287,7 +288,7 @@ async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Res
         done += chunk;
     }
     drop(conn);
-    let checksum = projector_host::snapshot::checksum(&pool).await?;
+    let checksum = projector_tools::snapshot::checksum(&pool).await?;
     let secs = timed.as_secs_f64();
     say(format!(
         "MySQL ceiling ({tag}): {n} events in {secs:.2} s of SQL"
@@ -387,7 +388,7 @@ async fn host_mode(ctx: &Ctx, run: &HostRun<'_>, args: &Args) -> anyhow::Result<
         .await?
         .try_get::<i64, _>(0)? as f64
             / 1e6;
-        let checksum = projector_host::snapshot::checksum(&pool).await?;
+        let checksum = projector_tools::snapshot::checksum(&pool).await?;
         say(format!("{}: {} events in {secs:.2} s", run.mode, run.n));
         // Latency at a fixed rate, against the caught-up host.
         let total = (args.latency_rate as u64 * args.latency_secs) as usize;

@@ -1,6 +1,5 @@
-//! The sandbox: loads projection components and calls them under limits.
-//!
-//! Every wasmtime detail of the host lives in this module.
+//! The sandbox runtime: loads projection components and calls them under
+//! limits. Every wasmtime detail of the host lives in this file.
 //!
 //! - One [`Engine`] and one [`Linker`] for the process; each component is
 //!   compiled once into a [`ProjectionPre`] (an `InstancePre`), so making an
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flatten::{Column, Info, Keyed, ProjectionError, Replace, RowOp, TableUse, Upsert, Value};
+use flatten::{Info, ProjectionError, RowOp};
 use rand_wasi::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -35,8 +34,11 @@ mod bindings {
     });
 }
 
-use bindings::projector::projection::types as wit;
+pub(super) use bindings::projector::projection::types as wit;
 use bindings::{Projection, ProjectionPre};
+
+use super::contract::{check_info, check_version, error_from_wit, info_from_wit, op_from_wit};
+use crate::settings::SandboxLimits;
 
 /// The WIT package and the major version this host implements.
 pub const WIT_PACKAGE: &str = "projector:projection";
@@ -45,25 +47,6 @@ pub const WIT_VERSION: &str = "1.0.0";
 
 /// How often the epoch advances; deadlines are whole multiples of it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// Resource limits for every guest call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SandboxLimits {
-    /// Wall time one `project` or `describe` call may take.
-    #[serde(with = "crate::settings::millis")]
-    pub call_deadline: Duration,
-    /// Linear memory one instance may grow to, in bytes.
-    pub memory_bytes: usize,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits {
-            call_deadline: Duration::from_millis(200),
-            memory_bytes: 64 << 20,
-        }
-    }
-}
 
 /// Why a component file is refused.
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +273,7 @@ impl LoadedComponent {
             .allow_udp(false)
             .build();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
+            .memory_size(self.limits.memory_bytes())
             .instances(16)
             .tables(16)
             .memories(4)
@@ -385,197 +368,5 @@ fn describe_trap(e: &wasmtime::Error) -> String {
             "memory limit exceeded".to_owned()
         }
         None => format!("{e:#}"),
-    }
-}
-
-/// Refuses a component that names the projection package with another major
-/// version, or a minor version newer than this host knows.
-fn check_version(component: &Component, engine: &Engine) -> Result<(), LoadError> {
-    let ty = component.component_type();
-    let names = ty
-        .imports(engine)
-        .map(|(n, _)| n.to_owned())
-        .chain(ty.exports(engine).map(|(n, _)| n.to_owned()));
-    for name in names {
-        let Some(rest) = name
-            .strip_prefix(WIT_PACKAGE)
-            .and_then(|r| r.strip_prefix('/'))
-        else {
-            continue;
-        };
-        let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
-        if !version_compatible(version) {
-            return Err(LoadError::Version { found: name });
-        }
-    }
-    Ok(())
-}
-
-/// Same major version and a minor version not newer than ours.
-pub fn version_compatible(version: &str) -> bool {
-    let parse = |v: &str| -> Option<(u64, u64)> {
-        let mut parts = v.split(['.', '-', '+']);
-        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-    };
-    match (parse(version), parse(WIT_VERSION)) {
-        (Some((major, minor)), Some((our_major, our_minor))) => {
-            major == our_major && minor <= our_minor
-        }
-        _ => false,
-    }
-}
-
-/// Checks a component's self-description for what the host relies on.
-fn check_info(info: &Info) -> Result<(), String> {
-    if info.domain.is_empty()
-        || !info
-            .domain
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '_')
-    {
-        return Err(format!(
-            "domain {:?} must be a lower-case topic name",
-            info.domain
-        ));
-    }
-    if info.handles.is_empty() {
-        return Err("handles no event type".to_owned());
-    }
-    for handle in &info.handles {
-        if handle.split_once('.').map(|(topic, _)| topic) != Some(info.domain.as_str()) {
-            return Err(format!(
-                "handles {handle:?}, which is not a {}.* event type",
-                info.domain
-            ));
-        }
-    }
-    if info.writes.is_empty() {
-        return Err("declares no table".to_owned());
-    }
-    for table in &info.writes {
-        for column in &table.columns {
-            if flatten::HOST_COLUMNS.contains(&column.as_str()) {
-                return Err(format!(
-                    "declares {}.{column}, which only the host writes",
-                    table.table
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn info_from_wit(info: wit::Info) -> Info {
-    Info {
-        domain: info.domain,
-        version: info.version,
-        handles: info.handles,
-        writes: info
-            .writes
-            .into_iter()
-            .map(|t| TableUse {
-                table: t.table,
-                columns: t.columns,
-            })
-            .collect(),
-    }
-}
-
-fn value_from_wit(v: wit::Value) -> Value {
-    match v {
-        wit::Value::Null => Value::Null,
-        wit::Value::Text(s) => Value::Text(s),
-        wit::Value::Int(i) => Value::Int(i),
-        wit::Value::Float(f) => Value::Float(f),
-        wit::Value::Boolean(b) => Value::Boolean(b),
-        wit::Value::Timestamp(s) => Value::Timestamp(s),
-        wit::Value::Json(s) => Value::Json(s),
-    }
-}
-
-fn columns_from_wit(cols: Vec<wit::Column>) -> Vec<Column> {
-    cols.into_iter()
-        .map(|c| Column {
-            name: c.name,
-            value: value_from_wit(c.value),
-        })
-        .collect()
-}
-
-fn upsert_from_wit(u: wit::Upsert) -> Upsert {
-    Upsert {
-        table: u.table,
-        key: columns_from_wit(u.key),
-        values: columns_from_wit(u.values),
-    }
-}
-
-fn keyed_from_wit(k: wit::Keyed) -> Keyed {
-    Keyed {
-        table: k.table,
-        key: columns_from_wit(k.key),
-    }
-}
-
-fn op_from_wit(op: wit::RowOp) -> RowOp {
-    match op {
-        wit::RowOp::Upsert(u) => RowOp::Upsert(upsert_from_wit(u)),
-        wit::RowOp::Update(u) => RowOp::Update(upsert_from_wit(u)),
-        wit::RowOp::Replace(r) => RowOp::Replace(Replace {
-            table: r.table,
-            parent: columns_from_wit(r.parent),
-            rows: r.rows.into_iter().map(columns_from_wit).collect(),
-        }),
-        wit::RowOp::SoftDelete(k) => RowOp::SoftDelete(keyed_from_wit(k)),
-        wit::RowOp::Delete(k) => RowOp::Delete(keyed_from_wit(k)),
-    }
-}
-
-fn error_from_wit(e: wit::ProjectionError) -> ProjectionError {
-    match e {
-        wit::ProjectionError::InvalidEvent(m) => ProjectionError::InvalidEvent(m),
-        wit::ProjectionError::Unsupported(m) => ProjectionError::Unsupported(m),
-        wit::ProjectionError::Internal(m) => ProjectionError::Internal(m),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_of_the_same_major_and_no_newer_minor_are_compatible() {
-        assert!(version_compatible("1.0.0"));
-        assert!(!version_compatible("2.0.0"));
-        assert!(!version_compatible("1.1.0"));
-        assert!(!version_compatible("0.9.0"));
-        assert!(!version_compatible(""));
-    }
-
-    #[test]
-    fn a_self_description_must_match_its_domain_and_leave_host_columns_alone() {
-        let good = Info {
-            domain: "user".into(),
-            version: "1.0.0".into(),
-            handles: vec!["user.created".into()],
-            writes: vec![TableUse {
-                table: "users".into(),
-                columns: vec!["user_id".into()],
-            }],
-        };
-        assert_eq!(check_info(&good), Ok(()));
-        let mut foreign = good.clone();
-        foreign.handles.push("order.created".into());
-        assert!(check_info(&foreign).unwrap_err().contains("order.created"));
-        let mut stamps = good.clone();
-        stamps.writes[0].columns.push("event_timestamp".into());
-        assert!(
-            check_info(&stamps)
-                .unwrap_err()
-                .contains("only the host writes")
-        );
-        let mut empty = good;
-        empty.writes.clear();
-        assert!(check_info(&empty).is_err());
     }
 }

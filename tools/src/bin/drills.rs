@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use projector_host::generate::{Generated, Generator};
+use projector_tools::generate::{Generated, Generator};
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,13 +25,13 @@ use sqlx::MySqlPool;
 
 #[derive(Parser)]
 #[command(
-    about = "Fault drills: kill -9, broker restart, MariaDB outage, backend kill, hot reload"
+    about = "Fault drills: kill -9, broker restart, MariaDB outage, SIGTERM during it, backend kill, hot reload"
 )]
 struct Args {
     /// Fewer events per drill (the form scripts/test runs).
     #[arg(long)]
     short: bool,
-    /// Run only these drills (kill9, broker, mariadb, backend, reload).
+    /// Run only these drills (kill9, broker, mariadb, sigterm, backend, reload).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Seed of the generated streams and the random kill points.
@@ -78,7 +78,8 @@ impl Ctx {
 
     async fn fresh_db(&self) -> anyhow::Result<Db> {
         let name = self.unique("db");
-        let (url, pool) = projector_host::snapshot::create_database(&self.mysql_url, &name).await?;
+        let (url, pool) =
+            projector_tools::snapshot::create_database(&self.mysql_url, &name).await?;
         Ok(Db { name, url, pool })
     }
 
@@ -325,7 +326,7 @@ fn kill9(child: &mut Child) {
 }
 
 /// Rows as comparable strings, per table.
-fn rows(d: &projector_host::snapshot::Dump) -> Vec<String> {
+fn rows(d: &projector_tools::snapshot::Dump) -> Vec<String> {
     d.iter()
         .flat_map(|(t, rows)| rows.iter().map(move |r| format!("{t}:{r:?}")))
         .collect()
@@ -333,8 +334,8 @@ fn rows(d: &projector_host::snapshot::Dump) -> Vec<String> {
 
 /// (missing, extra) rows of `got` against `want`, as multisets.
 fn diff(
-    got: &projector_host::snapshot::Dump,
-    want: &projector_host::snapshot::Dump,
+    got: &projector_tools::snapshot::Dump,
+    want: &projector_tools::snapshot::Dump,
 ) -> (usize, usize) {
     let mut counts: BTreeMap<String, i64> = BTreeMap::new();
     for r in rows(want) {
@@ -361,7 +362,7 @@ async fn reference(
     ctx: &Ctx,
     prefix: &str,
     n: i64,
-) -> anyhow::Result<projector_host::snapshot::Dump> {
+) -> anyhow::Result<projector_tools::snapshot::Dump> {
     let db = ctx.fresh_db().await?;
     let group = ctx.unique("ref");
     let components = ctx.components();
@@ -386,7 +387,7 @@ async fn reference(
     .await;
     sigterm(&mut host);
     r?;
-    let d = projector_host::snapshot::dump(&db.pool).await?;
+    let d = projector_tools::snapshot::dump(&db.pool).await?;
     ctx.drop_db(db).await;
     Ok(d)
 }
@@ -423,7 +424,7 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         .count();
     let twice = ids.len() - applied_ids.len();
     let want = reference(ctx, prefix, events.len() as i64).await?;
-    let got = projector_host::snapshot::dump(&db.pool).await?;
+    let got = projector_tools::snapshot::dump(&db.pool).await?;
     let (missing, extra) = diff(&got, &want);
     let verdict = Verdict {
         name,
@@ -549,6 +550,55 @@ async fn drill_mariadb(ctx: &mut Ctx, outage: Duration) -> anyhow::Result<Verdic
         ready.as_secs_f64()
     );
     judge(ctx, "mariadb", run, note).await
+}
+
+/// SIGTERM while the host retries a batch against a stopped MariaDB: it must
+/// exit cleanly at once (no panic, exit status 0), and a new host must then
+/// apply everything exactly once.
+async fn drill_sigterm(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
+    let run = ctx.begin(ctx.components()).await?;
+    let mut host = ctx.spawn_host(&run.spec(false), "sigterm.log")?;
+    let ready_url = format!("{}/health/ready", run.url());
+    wait_http(&ready_url, 200, "ready", Duration::from_secs(30)).await?;
+    let producing = ctx.start_producing(&run, Duration::from_secs(6))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ctx.stack(&["stop", "mariadb"])?;
+    // The loop is waiting out a transient failure when readiness says so.
+    let stopped = async {
+        wait_http(&ready_url, 503, "retrying", Duration::from_secs(30)).await?;
+        let asked = Instant::now();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(host.id().to_string())
+            .status()?;
+        loop {
+            if let Some(status) = host.try_wait()? {
+                break anyhow::Ok((status, asked.elapsed()));
+            }
+            if asked.elapsed() > Duration::from_secs(30) {
+                kill9(&mut host);
+                bail!("the host did not exit within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    .await;
+    ctx.stack(&["start", "mariadb"])?;
+    let (status, took) = stopped?;
+    let log = std::fs::read_to_string(ctx.scratch.path().join("sigterm.log"))?;
+    anyhow::ensure!(
+        status.success() && !log.contains("panicked"),
+        "the host exited with {status} after SIGTERM during the outage; its log ends: {}",
+        log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    );
+    let mut host = ctx.spawn_host(&run.spec(false), "sigterm.log")?;
+    run.all_applied(producing).await?;
+    sigterm(&mut host);
+    let note = format!(
+        "(SIGTERM while retrying against a stopped MariaDB: exit 0 in {:.2} s)",
+        took.as_secs_f64()
+    );
+    judge(ctx, "sigterm", run, note).await
 }
 
 fn spawn_backend(
@@ -725,7 +775,7 @@ async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
             .await?;
             continue;
         }
-        let build = projector_host::reload::rebuilt(&original, &format!("drill build {i}"));
+        let build = projector_tools::rebuilt(&original, &format!("drill build {i}"));
         let digest = {
             use sha2::Digest as _;
             hex::encode(sha2::Sha256::digest(&build))
@@ -782,7 +832,7 @@ async fn main() -> std::process::ExitCode {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut failed = 0;
     let outage = Duration::from_secs(args.outage_secs);
-    for name in ["kill9", "broker", "mariadb", "backend", "reload"] {
+    for name in ["kill9", "broker", "mariadb", "sigterm", "backend", "reload"] {
         if !wanted(name) {
             continue;
         }
@@ -791,6 +841,7 @@ async fn main() -> std::process::ExitCode {
             "kill9" => drill_kill9(&mut ctx).await,
             "broker" => drill_broker(&mut ctx).await,
             "mariadb" => drill_mariadb(&mut ctx, outage).await,
+            "sigterm" => drill_sigterm(&mut ctx).await,
             "backend" => drill_backend(&mut ctx).await,
             _ => drill_reload(&mut ctx).await,
         };

@@ -1,5 +1,13 @@
 //! The host's Prometheus metrics (served as text at `/metrics` of the admin
 //! port). Every name is prefixed `projector_`.
+//!
+//! They are the one record of what the host counted: the status page, the
+//! per-domain rates and the tests read the same counters through the
+//! accessors below.
+
+use std::collections::BTreeMap;
+
+use prometheus::core::Collector as _;
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -170,6 +178,62 @@ impl Metrics {
             )),
             registry,
         }
+    }
+
+    /// Events applied now (not skipped as duplicates).
+    pub fn applied_total(&self) -> u64 {
+        self.events_by_outcome("applied").values().sum()
+    }
+
+    /// Events skipped because `processed_events` already held them.
+    pub fn duplicates_total(&self) -> u64 {
+        self.events_by_outcome("duplicate").values().sum()
+    }
+
+    /// Events sent to a dead-letter topic.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_letters
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// Batches committed.
+    pub fn batches_total(&self) -> u64 {
+        self.batch_events.get_sample_count()
+    }
+
+    /// Events applied per domain (the event type's topic part).
+    pub fn applied_by_domain(&self) -> BTreeMap<String, u64> {
+        let mut by_domain = BTreeMap::new();
+        for (event_type, n) in self.events_by_outcome("applied") {
+            let domain = event_type.split('.').next().unwrap_or_default().to_owned();
+            *by_domain.entry(domain).or_insert(0) += n;
+        }
+        by_domain
+    }
+
+    /// `projector_events_total` of one outcome, by event type.
+    fn events_by_outcome(&self, outcome: &str) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for family in self.events.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                if label("outcome") == outcome {
+                    *out.entry(label("event_type")).or_insert(0) +=
+                        m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition of every metric.

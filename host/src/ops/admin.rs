@@ -21,8 +21,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::monitor::{LagStatus, Shared};
-use crate::reload::Reloader;
+use super::lag::LagStatus;
+use super::state::{Check, Shared};
+use crate::sandbox::Reloader;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -236,7 +237,7 @@ async fn page(State(admin): State<Admin>) -> Html<String> {
     Html(h)
 }
 
-fn check(c: &crate::monitor::Check) -> String {
+fn check(c: &Check) -> String {
     if c.ok {
         "<span class=b style=\"background:#2e7d32\">up</span>".to_owned()
     } else {

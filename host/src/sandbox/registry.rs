@@ -11,8 +11,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use flatten::{Domain, Info};
 
-use crate::runtime::{LoadedComponent, Runtime};
-use crate::schema::Schema;
+use super::runtime::{LoadedComponent, Runtime};
+
+/// Whether a projection's declaration may be admitted: the host checks it
+/// against the live schema (the sandbox itself never reads the database).
+pub type Admission = Arc<dyn Fn(&Info) -> Result<(), String> + Send + Sync>;
 
 /// One domain's projection: a sandboxed component, or the same flattening
 /// compiled into the host (no sandbox; for benchmarks and comparisons).
@@ -71,19 +74,24 @@ pub struct Registry {
 impl Registry {
     /// Builds a registry from projections, refusing two that claim one event
     /// type or one domain, and any whose declared writes the schema lacks.
-    pub fn new(projections: Vec<Projection>, schema: &Schema) -> anyhow::Result<Registry> {
+    pub fn new(
+        projections: Vec<Projection>,
+        admit: &dyn Fn(&Info) -> Result<(), String>,
+    ) -> anyhow::Result<Registry> {
         let mut registry = Registry::default();
         for p in projections {
-            registry.insert(p, schema)?;
+            registry.insert(p, admit)?;
         }
         Ok(registry)
     }
 
-    fn insert(&mut self, p: Projection, schema: &Schema) -> anyhow::Result<()> {
+    fn insert(
+        &mut self,
+        p: Projection,
+        admit: &dyn Fn(&Info) -> Result<(), String>,
+    ) -> anyhow::Result<()> {
         let info = p.info().clone();
-        schema
-            .check_declaration(&info)
-            .map_err(|e| anyhow::anyhow!("projection {} refused: {e}", p.label()))?;
+        admit(&info).map_err(|e| anyhow::anyhow!("projection {} refused: {e}", p.label()))?;
         if let Some(existing) = self.by_domain.get(&info.domain) {
             anyhow::bail!(
                 "two projections for domain {:?}: {} and {}",
@@ -108,7 +116,11 @@ impl Registry {
     }
 
     /// Loads every `*.wasm` file of `dir` (sorted by name).
-    pub fn load_dir(runtime: &Runtime, dir: &Path, schema: &Schema) -> anyhow::Result<Registry> {
+    pub fn load_dir(
+        runtime: &Runtime,
+        dir: &Path,
+        admit: &dyn Fn(&Info) -> Result<(), String>,
+    ) -> anyhow::Result<Registry> {
         let files = wasm_files(dir)?;
         if files.is_empty() {
             anyhow::bail!("no .wasm component in {}", dir.display());
@@ -121,11 +133,11 @@ impl Registry {
             tracing::info!(component = %loaded.label(), file = %file.display(), digest = %&loaded.digest[..12], "loaded projection component");
             projections.push(Projection::Wasm(Arc::new(loaded)));
         }
-        Registry::new(projections, schema)
+        Registry::new(projections, admit)
     }
 
     /// The built-in flattening compiled into the host, for every domain.
-    pub fn native(schema: &Schema) -> anyhow::Result<Registry> {
+    pub fn native(admit: &dyn Fn(&Info) -> Result<(), String>) -> anyhow::Result<Registry> {
         let projections = flatten::DOMAINS
             .into_iter()
             .map(|domain| {
@@ -135,7 +147,7 @@ impl Registry {
                 })
             })
             .collect();
-        Registry::new(projections, schema)
+        Registry::new(projections, admit)
     }
 
     /// The projection of an event type.
@@ -150,15 +162,19 @@ impl Registry {
     }
 
     /// A copy with one domain's projection replaced (hot reload).
-    pub fn with(&self, p: Projection, schema: &Schema) -> anyhow::Result<Registry> {
+    pub fn with(
+        &self,
+        p: Projection,
+        admit: &dyn Fn(&Info) -> Result<(), String>,
+    ) -> anyhow::Result<Registry> {
         let mut next = Registry::default();
         let domain = p.info().domain.clone();
         for (d, existing) in &self.by_domain {
             if *d != domain {
-                next.insert(existing.clone(), schema)?;
+                next.insert(existing.clone(), admit)?;
             }
         }
-        next.insert(p, schema)?;
+        next.insert(p, admit)?;
         Ok(next)
     }
 }
@@ -179,7 +195,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::schema::{Ident, TableInfo};
+    use crate::sink::schema::{Ident, Schema, TableInfo};
+
+    fn admit(schema: &Schema) -> impl Fn(&Info) -> Result<(), String> + '_ {
+        move |info| schema.check_declaration(info)
+    }
 
     fn schema_with(tables: &[(&str, &[&str])]) -> Schema {
         let mut schema = Schema::default();
@@ -216,7 +236,7 @@ mod tests {
 
     #[test]
     fn routes_every_declared_event_type_to_its_projection() {
-        let registry = Registry::new(vec![native(flatten::USER)], &user_schema()).unwrap();
+        let registry = Registry::new(vec![native(flatten::USER)], &admit(&user_schema())).unwrap();
         assert_eq!(
             registry.route("user.deleted").unwrap().info().domain,
             "user"
@@ -228,7 +248,7 @@ mod tests {
     fn two_projections_claiming_one_event_type_is_an_error() {
         let err = Registry::new(
             vec![native(flatten::USER), native(flatten::USER)],
-            &user_schema(),
+            &admit(&user_schema()),
         )
         .unwrap_err();
         assert!(
@@ -246,7 +266,7 @@ mod tests {
                     info: impostor,
                 }),
             ],
-            &user_schema(),
+            &admit(&user_schema()),
         )
         .unwrap_err();
         assert!(err.to_string().contains("claimed by both"), "{err}");
@@ -255,9 +275,9 @@ mod tests {
     #[test]
     fn a_projection_declaring_what_the_schema_lacks_is_refused() {
         let schema = schema_with(&[("users", &["user_id", "email"])]);
-        let err = Registry::new(vec![native(flatten::USER)], &schema).unwrap_err();
+        let err = Registry::new(vec![native(flatten::USER)], &admit(&schema)).unwrap_err();
         assert!(err.to_string().contains("users.phone"), "{err}");
-        let err = Registry::new(vec![native(flatten::ORDER)], &schema).unwrap_err();
+        let err = Registry::new(vec![native(flatten::ORDER)], &admit(&schema)).unwrap_err();
         assert!(err.to_string().contains("\"orders\""), "{err}");
     }
 }

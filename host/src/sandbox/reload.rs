@@ -8,16 +8,11 @@
 //! its self-test fixtures if it ships any. Only then is it swapped into the
 //! registry, which the pipeline reads once per batch: the swap happens between
 //! batches and a batch never mixes two versions of a domain. A refused
-//! component is logged, counted (`projector_component_reloads_total{outcome=
-//! "refused"}`) and listed in the status page's recent errors; the old one
-//! keeps serving.
+//! component is logged and reported to the [`ReloadObserver`] (the host counts
+//! it in `projector_component_reloads_total{outcome="refused"}` and lists it
+//! in the status page's recent errors); the old one keeps serving.
 //!
-//! # Self-test fixtures
-//!
-//! A folder `<stem>.selftest/` beside `<stem>.wasm` may hold envelope files
-//! (`*.json`). Each must project without error; where `<name>.ops.json` sits
-//! beside `<name>.json`, the operations must equal it (the golden format of
-//! `guest-projections/fixtures`).
+//! Self-test fixtures are described in `selftest`.
 //!
 //! Write components by renaming a finished file into the folder (as
 //! `scripts/build-projections` does): a half-written file is refused and
@@ -33,10 +28,9 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use crate::monitor::Shared;
-use crate::registry::{Projection, Registry, wasm_files};
-use crate::runtime::{LoadedComponent, Runtime};
-use crate::schema::Schema;
+use super::registry::{Admission, Projection, Registry, wasm_files};
+use super::runtime::{LoadedComponent, Runtime};
+use super::selftest::{run_selftest, selftest_dir};
 
 /// What one reload did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,31 +49,49 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// What a reload did to one component, as the host's observer sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum ReloadEvent<'a> {
+    /// `label` of `domain` is now in force.
+    Loaded { domain: &'a str, label: &'a str },
+    /// `file` was refused; the previous component of `domain` keeps serving.
+    Refused {
+        domain: &'a str,
+        file: &'a Path,
+        reason: &'a str,
+    },
+}
+
+/// Told about every component a reload swaps in or refuses.
+pub type ReloadObserver = Arc<dyn Fn(ReloadEvent<'_>) + Send + Sync>;
+
 /// Reloads components from a folder into a live registry.
 pub struct Reloader {
     runtime: Arc<Runtime>,
-    schema: Arc<Schema>,
+    admission: Admission,
     dir: PathBuf,
     registry: Arc<watch::Sender<Arc<Registry>>>,
-    shared: Arc<Shared>,
+    observer: ReloadObserver,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
+    /// A reloader of `dir` into `registry`; `admission` decides whether a
+    /// declaration fits the schema, `observer` hears of every outcome.
     pub fn new(
         runtime: Arc<Runtime>,
-        schema: Arc<Schema>,
+        admission: Admission,
         dir: PathBuf,
         registry: Arc<watch::Sender<Arc<Registry>>>,
-        shared: Arc<Shared>,
+        observer: ReloadObserver,
     ) -> Reloader {
         Reloader {
             runtime,
-            schema,
+            admission,
             dir,
             registry,
-            shared,
+            observer,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -140,15 +152,13 @@ impl Reloader {
             let domain = loaded.info.domain.clone();
             let projection = Projection::Wasm(Arc::new(loaded));
             let label = projection.label();
-            match current.with(projection, &self.schema) {
+            match current.with(projection, &*self.admission) {
                 Ok(next) => {
                     self.registry.send_replace(Arc::new(next));
-                    self.shared.components_changed();
-                    self.shared
-                        .metrics
-                        .reloads
-                        .with_label_values(&[&domain, "loaded"])
-                        .inc();
+                    (self.observer)(ReloadEvent::Loaded {
+                        domain: &domain,
+                        label: &label,
+                    });
                     tracing::info!(component = %label, file = %file.display(), "hot-reloaded projection component");
                     report.loaded.push(label);
                 }
@@ -164,13 +174,11 @@ impl Reloader {
             .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_default();
         tracing::error!(file = %file.display(), %reason, "component refused; the previous one keeps serving");
-        self.shared
-            .metrics
-            .reloads
-            .with_label_values(&[&domain, "refused"])
-            .inc();
-        self.shared
-            .record_error("component_refused", format!("{}: {reason}", file.display()));
+        (self.observer)(ReloadEvent::Refused {
+            domain: &domain,
+            file,
+            reason: &reason,
+        });
         report.refused.push(Refused {
             file: file.display().to_string(),
             reason,
@@ -215,80 +223,4 @@ impl Reloader {
         drop(watcher);
         Ok(())
     }
-}
-
-/// `<stem>.selftest/` beside a component file, if it exists.
-pub fn selftest_dir(file: &Path) -> Option<PathBuf> {
-    let stem = file.file_stem()?.to_string_lossy().into_owned();
-    let dir = file.with_file_name(format!("{stem}.selftest"));
-    dir.is_dir().then_some(dir)
-}
-
-/// Projects every envelope of a self-test folder through `component`; each
-/// must succeed and equal its `.ops.json` where one exists.
-pub fn run_selftest(component: &LoadedComponent, dir: &Path) -> anyhow::Result<usize> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.to_string_lossy().ends_with(".ops.json")
-        })
-        .collect();
-    files.sort();
-    for file in &files {
-        let name = file.display();
-        let bytes = std::fs::read(file).with_context(|| format!("self-test {name}"))?;
-        let envelope: events::RawEnvelope = events::Envelope::from_slice(&bytes)
-            .with_context(|| format!("self-test {name} is not an envelope"))?;
-        let ops = crate::with_flat_envelope(&envelope, |env| component.session().project(env))
-            .map_err(|e| anyhow::anyhow!("self-test {name} failed: {e}"))?;
-        let golden = file.with_extension("ops.json");
-        if golden.exists() {
-            let expected: Vec<flatten::RowOp> = serde_json::from_slice(
-                &std::fs::read(&golden)
-                    .with_context(|| format!("self-test {}", golden.display()))?,
-            )
-            .with_context(|| {
-                format!(
-                    "self-test {} is not a list of row operations",
-                    golden.display()
-                )
-            })?;
-            if ops != expected {
-                anyhow::bail!(
-                    "self-test {name}: the operations differ from {}",
-                    golden.display()
-                );
-            }
-        }
-    }
-    Ok(files.len())
-}
-
-/// A copy of a component with a custom section appended: the same code under
-/// another digest, as a new build of an unchanged projection would be. The
-/// drills and tests stage hot reloads with it.
-pub fn rebuilt(component: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"projector-build";
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(tag.as_bytes());
-    let mut out = component.to_vec();
-    out.push(0); // custom section id
-    leb(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
 }

@@ -14,6 +14,17 @@ use sqlx::{MySqlPool, Row as _};
 /// The migrations in `host/migrations`, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The seven projection tables, parents before children.
+pub const PROJECTION_TABLES: [&str; 7] = [
+    "users",
+    "suppliers",
+    "products",
+    "product_variants",
+    "orders",
+    "order_items",
+    "posts",
+];
+
 /// Tables the host keeps for itself; no component may write them.
 pub const BOOKKEEPING_TABLES: [&str; 4] = [
     "processed_events",

@@ -587,7 +587,7 @@ mod tests {
                 .into_iter()
                 .find(|d| d.name == e.domain)
                 .unwrap();
-            let ops = crate::with_flat_envelope(&env, |flat| (domain.project)(flat));
+            let ops = projector_host::sandbox::envelope_view(&env, |flat| (domain.project)(flat));
             assert!(ops.is_ok(), "{}: {:?}", e.event_type, ops);
             types.insert(e.event_type);
         }

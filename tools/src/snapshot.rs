@@ -11,15 +11,8 @@ use sqlx::{ConnectOptions as _, MySqlPool, Row as _};
 /// without surrogate `id` columns, sorted.
 pub type Dump = BTreeMap<String, Vec<BTreeMap<String, Option<String>>>>;
 
-pub const TABLES: [&str; 7] = [
-    "users",
-    "suppliers",
-    "products",
-    "product_variants",
-    "orders",
-    "order_items",
-    "posts",
-];
+/// The projection tables, parents before children.
+pub use projector_host::sink::schema::PROJECTION_TABLES as TABLES;
 
 async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(

@@ -24,10 +24,9 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use sqlx::{Connection as _, MySqlPool, Row as _};
 
-use crate::registry::Registry;
-use crate::runtime::Runtime;
-use crate::schema::Schema;
+use crate::sandbox::{Registry, Runtime};
 use crate::settings::Settings;
+use crate::sink::Schema;
 
 /// What a reset did.
 #[derive(Debug)]
@@ -62,7 +61,9 @@ pub fn tables_of(
     domain: &str,
 ) -> anyhow::Result<Vec<String>> {
     let runtime = Runtime::new(settings.sandbox)?;
-    let registry = Registry::load_dir(&runtime, &settings.components.dir, schema)?;
+    let registry = Registry::load_dir(&runtime, &settings.components.dir, &|info| {
+        schema.check_declaration(info)
+    })?;
     let (_, projection) = registry
         .domains()
         .find(|(d, _)| d.as_str() == domain)
@@ -114,7 +115,7 @@ fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32, i64,
 
 /// Empties the domain's tables and resets its topic's positions to 0.
 pub async fn reset(pool: &MySqlPool, settings: &Settings, domain: &str) -> anyhow::Result<Reset> {
-    crate::schema::migrate(pool).await?;
+    crate::sink::migrate(pool).await?;
     let schema = Schema::load(pool).await?;
     let topic = topic_of(settings, domain)?;
     let tables = tables_of(settings, &schema, domain)?;
@@ -137,7 +138,8 @@ pub async fn reset(pool: &MySqlPool, settings: &Settings, domain: &str) -> anyho
     .await?;
     let mut deleted = Vec::new();
     for table in &tables {
-        let ident = crate::schema::Ident::parse(table).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let ident =
+            crate::sink::schema::Ident::parse(table).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let n = sqlx::query(&format!("DELETE FROM `{}`", ident.as_str()))
             .execute(&mut *tx)
             .await
@@ -183,7 +185,7 @@ pub async fn follow(
     let mut last_done = -1;
     let mut last_move = Instant::now();
     loop {
-        let stored = crate::executor::stored_offsets(pool, &settings.kafka.group_id).await?;
+        let stored = crate::sink::stored_offsets(pool, &settings.kafka.group_id).await?;
         let positions: BTreeMap<i32, i64> = stored
             .into_iter()
             .filter(|((t, _), _)| *t == reset.topic)

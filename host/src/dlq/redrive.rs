@@ -1,4 +1,4 @@
-//! `projector dlq list | show | redrive`: the dead-letter topics for people.
+//! `projector dlq list | show | redrive`: the dead-letter topics read back.
 //!
 //! A dead letter is addressed as `<dlq topic>:<partition>:<offset>`, e.g.
 //! `dlq.user:0:12`. Redrive sends the original bytes back to the source topic
@@ -19,9 +19,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use serde_json::Value;
 use sqlx::{MySqlPool, Row as _};
 
+use super::{DeadLetter, RETRY_COUNT_HEADER};
 use crate::settings::Settings;
 
 /// One dead letter as read back from its topic.
@@ -30,7 +30,7 @@ pub struct Letter {
     pub dlq_topic: String,
     pub partition: i32,
     pub offset: i64,
-    pub value: Value,
+    pub letter: DeadLetter,
 }
 
 impl Letter {
@@ -38,35 +38,23 @@ impl Letter {
         format!("{}:{}:{}", self.dlq_topic, self.partition, self.offset)
     }
 
-    fn str(&self, field: &str) -> &str {
-        self.value[field].as_str().unwrap_or("")
-    }
-
     pub fn error_class(&self) -> &str {
-        self.str("error_class")
+        &self.letter.error_class
     }
 
     pub fn source(&self) -> (String, i32, i64) {
         (
-            self.str("topic").to_owned(),
-            self.value["partition"].as_i64().unwrap_or(-1) as i32,
-            self.value["offset"].as_i64().unwrap_or(-1),
+            self.letter.topic.clone(),
+            self.letter.partition,
+            self.letter.offset,
         )
-    }
-
-    pub fn retry_count(&self) -> u64 {
-        self.value["retry_count"].as_u64().unwrap_or(0)
     }
 
     /// The original message bytes, from the letter or (if it was truncated)
     /// from the source topic.
     pub fn original(&self, settings: &Settings) -> anyhow::Result<Vec<u8>> {
-        if !self.value["original_truncated"].as_bool().unwrap_or(false) {
-            let text = self.str("original");
-            return match self.str("original_encoding") {
-                "hex" => hex::decode(text).context("the letter's hex original is corrupt"),
-                _ => Ok(text.as_bytes().to_vec()),
-            };
+        if let Some(inline) = self.letter.inline_original() {
+            return inline;
         }
         let (topic, partition, offset) = self.source();
         let consumer = client(settings)?;
@@ -87,6 +75,26 @@ impl Letter {
             "the original of {} ({topic}[{partition}]@{offset}) was truncated in the letter and is no longer in its source topic",
             self.id()
         )
+    }
+}
+
+/// What a message on a dead-letter topic that does not parse as a
+/// [`DeadLetter`] is listed as.
+fn foreign_letter(m: &impl rdkafka::Message, error: String) -> DeadLetter {
+    DeadLetter {
+        original: String::new(),
+        original_encoding: super::Encoding::Utf8,
+        original_truncated: true,
+        original_size: m.payload().map_or(0, <[u8]>::len),
+        key: None,
+        topic: String::new(),
+        partition: -1,
+        offset: -1,
+        error_class: "not_a_dead_letter".to_owned(),
+        error: format!("not a dead letter written by projector: {error}"),
+        component: None,
+        failed_at: chrono::DateTime::UNIX_EPOCH,
+        retry_count: 0,
     }
 }
 
@@ -144,17 +152,13 @@ pub fn read_letters(settings: &Settings) -> anyhow::Result<Vec<Letter>> {
         if m.offset() + 1 >= ends[&key] {
             remaining.remove(&key);
         }
-        let value = m
-            .payload()
-            .and_then(|p| serde_json::from_slice(p).ok())
-            .unwrap_or_else(
-                || serde_json::json!({"error": "not a dead letter written by projector"}),
-            );
+        let letter = serde_json::from_slice(m.payload().unwrap_or_default())
+            .unwrap_or_else(|e| foreign_letter(&m, e.to_string()));
         letters.push(Letter {
             dlq_topic: key.0,
             partition: key.1,
             offset: m.offset(),
-            value,
+            letter,
         });
     }
     letters.sort_by(|a, b| {
@@ -216,7 +220,7 @@ pub async fn redrive(
     selection: &Selection,
     dry_run: bool,
 ) -> anyhow::Result<RedriveReport> {
-    crate::schema::migrate(pool).await?;
+    crate::sink::migrate(pool).await?;
     let letters = {
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || read_letters(&settings)).await??
@@ -257,17 +261,17 @@ pub async fn redrive(
             report.sent.push(id);
             continue;
         }
-        let retries = (letter.retry_count() + 1).to_string();
+        let retries = (letter.letter.retry_count + 1).to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
-                key: "x-retry-count",
+                key: RETRY_COUNT_HEADER,
                 value: Some(&retries),
             })
             .insert(Header {
                 key: "x-redriven-from",
                 value: Some(&id),
             });
-        let key = letter.value["key"].as_str().map(str::to_owned);
+        let key = letter.letter.key.clone();
         let mut record = FutureRecord::to(&topic).payload(&original).headers(headers);
         if let Some(k) = &key {
             record = record.key(k);

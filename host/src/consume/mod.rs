@@ -1,0 +1,200 @@
+//! Consuming: the Kafka client of the host, batches of messages, pausing
+//! during transient failures, and the positions each partition resumes from.
+//!
+//! The positions themselves are owned by MySQL (see `pipeline`); this module
+//! never reads the database: the loop hands it the stored positions when it
+//! asks for them ([`Source::needs_stored`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+
+use crate::settings::Settings;
+
+mod positions;
+mod rebalance;
+
+pub use positions::Expected;
+pub use rebalance::RebalanceLog;
+
+use positions::Position;
+
+/// A partition: (topic, partition).
+pub type PartitionKey = (String, i32);
+
+/// Stored next offsets, as the sink reads them.
+pub type Stored = HashMap<PartitionKey, i64>;
+
+/// A librdkafka configuration from key-value settings.
+pub fn client_config(map: BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in map {
+        config.set(k, v);
+    }
+    config
+}
+
+/// The producer of dead letters.
+pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    client_config(settings.kafka.producer_config())
+        .create()
+        .context("failed to create the DLQ producer")
+}
+
+/// The host's consumer of the domain topics and where each owned partition
+/// stands.
+pub struct Source {
+    consumer: StreamConsumer<RebalanceLog>,
+    max_events: usize,
+    max_wait: Duration,
+    positions: HashMap<PartitionKey, Position>,
+    /// Messages received while paused for a transient failure, to be
+    /// processed before anything newer.
+    held: Vec<OwnedMessage>,
+    /// The offsets of the last committed batch, committed to Kafka again
+    /// (synchronously) on shutdown.
+    last_offsets: BTreeMap<PartitionKey, i64>,
+}
+
+impl Source {
+    /// Creates the consumer of the group and subscribes to the topics.
+    pub fn new(settings: &Settings) -> anyhow::Result<Source> {
+        let consumer: StreamConsumer<RebalanceLog> =
+            client_config(settings.kafka.consumer_config())
+                .create_with_context(RebalanceLog::default())
+                .context("failed to create the Kafka consumer")?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).context("failed to subscribe")?;
+        Ok(Source {
+            consumer,
+            max_events: settings.batch.max_events,
+            max_wait: settings.batch.max_wait,
+            positions: HashMap::new(),
+            held: Vec::new(),
+            last_offsets: BTreeMap::new(),
+        })
+    }
+
+    /// Up to `max_events` messages: the held ones first, else waits up to a
+    /// second for the first message, then at most `max_wait` for the rest.
+    /// Cancelling it loses the messages it gathered: only shutdown may.
+    pub async fn next_batch(&mut self) -> Vec<OwnedMessage> {
+        let max = self.max_events;
+        if !self.held.is_empty() {
+            let rest = self.held.split_off(self.held.len().min(max));
+            return std::mem::replace(&mut self.held, rest);
+        }
+        let mut batch = Vec::with_capacity(max.min(4096));
+        let Ok(first) = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await
+        else {
+            return batch;
+        };
+        match first {
+            Ok(m) => batch.push(m.detach()),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return batch;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Keeps polling until `until` with every assigned partition paused (so
+    /// the group keeps this member), holding whatever still arrives for the
+    /// next batch.
+    pub async fn poll_paused(&mut self, until: tokio::time::Instant) {
+        loop {
+            // Partitions assigned meanwhile are paused too.
+            self.pause(true);
+            match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                Err(_) => return,
+                Ok(Ok(m)) => self.held.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "Kafka consumer error while paused");
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::sleep(Duration::from_millis(100).min(left)).await;
+                }
+            }
+        }
+    }
+
+    /// Pauses (or resumes) fetching of every assigned partition.
+    pub fn pause(&self, pause: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, pause, "pause/resume failed");
+        }
+    }
+
+    /// Records a batch's offsets as committed to MySQL and commits them to
+    /// Kafka as advice for lag tools.
+    pub fn committed(&mut self, offsets: &BTreeMap<PartitionKey, i64>) {
+        for (key, next) in offsets {
+            if let Some(pos) = self.positions.get_mut(key) {
+                pos.committed = Some(*next);
+            }
+            self.last_offsets.insert(key.clone(), *next);
+        }
+        self.commit_kafka(offsets, CommitMode::Async);
+    }
+
+    /// Commits the last batch's offsets to Kafka synchronously (on shutdown).
+    pub fn commit_last(&self) {
+        self.commit_kafka(&self.last_offsets, CommitMode::Sync);
+    }
+
+    fn commit_kafka(&self, offsets: &BTreeMap<PartitionKey, i64>, mode: CommitMode) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            // Advisory only: MySQL holds the real position.
+            tracing::debug!(error = %e, "advisory Kafka offset commit failed");
+        }
+    }
+
+    /// The next offset after each partition's last message of `messages`.
+    pub fn next_offsets(messages: &[OwnedMessage]) -> BTreeMap<PartitionKey, i64> {
+        let mut offsets = BTreeMap::new();
+        for m in messages {
+            let e = offsets
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        offsets
+    }
+}

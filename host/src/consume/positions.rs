@@ -1,0 +1,196 @@
+//! Where each owned partition stands, and seeking to the positions MySQL
+//! holds.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::Message as _;
+use rdkafka::Offset;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::OwnedMessage;
+
+use super::{PartitionKey, Source, Stored};
+
+/// Per partition of a batch, the stored position it starts from (`None`:
+/// no row yet), checked by the sink's fence.
+pub type Expected = BTreeMap<PartitionKey, Option<i64>>;
+
+/// Where one owned partition stands: the next offset to apply. Once the
+/// consumer delivers from there, a higher offset than `next` is a gap in the
+/// log (retention, compaction, transaction markers), not a lost message.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Position {
+    pub(super) next: i64,
+    /// What MySQL holds for the partition, as far as this host knows.
+    pub(super) committed: Option<i64>,
+}
+
+impl Source {
+    /// Forgets the positions of partitions revoked or (re)assigned since the
+    /// last call.
+    fn drain_rebalances(&mut self) {
+        for p in self.consumer.context().drain() {
+            self.positions.remove(&p);
+        }
+    }
+
+    /// Whether aligning `batch` needs the stored positions (a partition this
+    /// host has no position for).
+    pub fn needs_stored(&mut self, batch: &[OwnedMessage]) -> bool {
+        self.drain_rebalances();
+        batch.iter().any(|m| {
+            !self
+                .positions
+                .contains_key(&(m.topic().to_owned(), m.partition()))
+        })
+    }
+
+    /// Whether this host follows any partition (and so should look for
+    /// positions moved under it).
+    pub fn has_positions(&mut self) -> bool {
+        self.drain_rebalances();
+        !self.positions.is_empty()
+    }
+
+    /// Drops what is below each partition's position, seeking where the
+    /// consumer is not where MySQL says it should be (`stored`, given when
+    /// [`Source::needs_stored`] said so). Returns the messages to apply.
+    pub fn align(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+        stored: Option<&Stored>,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
+        self.drain_rebalances();
+        let mut firsts: BTreeMap<PartitionKey, i64> = BTreeMap::new();
+        for m in &batch {
+            firsts
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(m.offset());
+        }
+        // Partitions sought now: their messages in this batch came from
+        // before the seek and are dropped; the consumer delivers again from
+        // the stored position.
+        let mut sought = HashSet::new();
+        for (key, first) in &firsts {
+            if self.positions.contains_key(key) {
+                continue;
+            }
+            let stored = stored.context("the stored positions are needed to align this batch")?;
+            match stored.get(key) {
+                Some(&next) if next != *first => {
+                    tracing::info!(topic = %key.0, partition = key.1, from = *first, to = next, "seeking to the position stored in MySQL");
+                    self.consumer
+                        .seek(&key.0, key.1, Offset::Offset(next), Duration::from_secs(10))
+                        .with_context(|| {
+                            format!("failed to seek {}[{}] to {next}", key.0, key.1)
+                        })?;
+                    sought.insert(key.clone());
+                    self.positions.insert(
+                        key.clone(),
+                        Position {
+                            next,
+                            committed: Some(next),
+                        },
+                    );
+                }
+                stored_next => {
+                    self.positions.insert(
+                        key.clone(),
+                        Position {
+                            next: *first,
+                            committed: stored_next.copied(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut kept = Vec::with_capacity(batch.len());
+        for m in batch {
+            let key = (m.topic().to_owned(), m.partition());
+            if sought.contains(&key) {
+                continue;
+            }
+            let Some(pos) = self.positions.get_mut(&key) else {
+                continue;
+            };
+            if m.offset() < pos.next {
+                continue; // already applied
+            }
+            pos.next = m.offset() + 1;
+            kept.push(m);
+        }
+        Ok(kept)
+    }
+
+    /// The stored position each partition of `offsets` should have before
+    /// its batch commits: where this host left it.
+    pub fn expected<'a>(&self, partitions: impl Iterator<Item = &'a PartitionKey>) -> Expected {
+        partitions
+            .map(|k| {
+                (
+                    k.clone(),
+                    self.positions.get(k).and_then(|pos| pos.committed),
+                )
+            })
+            .collect()
+    }
+
+    /// The followed partitions whose stored position is no longer what this
+    /// host committed (a replay reset them).
+    pub fn moved(&self, stored: &Stored) -> Vec<PartitionKey> {
+        self.positions
+            .iter()
+            .filter(|(key, pos)| {
+                pos.committed.is_some() && stored.get(*key).copied() != pos.committed
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Seeks the given partitions to their stored positions (the beginning
+    /// where none is stored), dropping messages held from before.
+    pub fn seek_to_stored(&mut self, keys: &[PartitionKey], stored: &Stored) {
+        self.drop_held(keys);
+        for key in keys {
+            let committed = stored.get(key).copied();
+            let next = committed.unwrap_or(0);
+            let offset = committed.map_or(Offset::Beginning, Offset::Offset);
+            tracing::info!(topic = %key.0, partition = key.1, to = next, "stored position moved; seeking there");
+            match self
+                .consumer
+                .seek(&key.0, key.1, offset, Duration::from_secs(10))
+            {
+                Ok(()) => {
+                    self.positions
+                        .insert(key.clone(), Position { next, committed });
+                }
+                Err(e) => {
+                    // Not ours any more (or not fetching yet): the next
+                    // assignment reads the stored position afresh.
+                    tracing::debug!(topic = %key.0, partition = key.1, error = %e, "seek failed");
+                    self.positions.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Drops held messages of these partitions: the consumer delivers them
+    /// again from the position it seeks to.
+    fn drop_held(&mut self, keys: &[PartitionKey]) {
+        self.held.retain(|m| {
+            !keys
+                .iter()
+                .any(|(t, p)| m.topic() == t && m.partition() == *p)
+        });
+    }
+
+    /// Forgets these partitions' positions: the next batch reads them from
+    /// MySQL again.
+    pub fn forget(&mut self, keys: &[PartitionKey]) {
+        self.drop_held(keys);
+        for k in keys {
+            self.positions.remove(k);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Operating a running host: what it shares about itself (`state`,
+//! `metrics`), the `monitor` that samples lag and dependencies (statuses in
+//! `lag`), the `admin` HTTP server, and `replay` of one domain.
+//!
+//! Nothing here reaches into the consuming loop: the loop writes into
+//! [`state::Shared`] and [`metrics::Metrics`], and ops read them.
+
+pub mod admin;
+pub mod lag;
+pub mod metrics;
+pub mod monitor;
+pub mod replay;
+pub mod state;
+
+pub use admin::Admin;
+pub use monitor::Monitor;
+pub use state::Shared;

@@ -1,0 +1,206 @@
+//! What the host knows about itself, shared by the pipeline, the monitor,
+//! the reloader's observer and the admin server: dependency checks, lag per
+//! partition, rates per domain, the recent errors and the metrics.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::lag::{LagStatus, PartitionLag};
+use super::metrics::Metrics;
+use crate::sandbox::Registry;
+use crate::sandbox::reload::ReloadEvent;
+use crate::settings::Settings;
+
+/// Most recent errors kept for the status page.
+const RECENT_ERRORS: usize = 20;
+
+/// The result of one dependency check.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Check {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentError {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// What the host observed, as served by `/status.json`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Observed {
+    pub mysql: Check,
+    pub kafka: Check,
+    /// Set while a batch is being retried after a transient failure.
+    pub retrying: Option<String>,
+    pub partitions: Vec<PartitionLag>,
+    pub lag_status: LagStatus,
+    pub total_lag: i64,
+    /// Events applied per second per domain over the last sample interval.
+    pub rates: BTreeMap<String, f64>,
+    /// Events applied per domain since start (from the metrics).
+    pub applied: BTreeMap<String, u64>,
+    /// Events dead-lettered since start (from the metrics).
+    pub dead_lettered: u64,
+    pub recent_errors: VecDeque<RecentError>,
+    #[serde(skip)]
+    pub(super) rate_base: Option<(Instant, BTreeMap<String, u64>)>,
+}
+
+/// A loaded component, as listed by the status page and readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentView {
+    pub domain: String,
+    pub version: String,
+    pub digest: String,
+    pub handles: Vec<String>,
+}
+
+/// State shared by the pipeline, the monitor, the reloader and the admin
+/// server of one host.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub registry: watch::Receiver<Arc<Registry>>,
+    pub started_at: DateTime<Utc>,
+    /// The admin server's bound address, once it listens.
+    pub admin_addr: OnceLock<std::net::SocketAddr>,
+    observed: Mutex<Observed>,
+}
+
+impl Shared {
+    pub fn new(settings: &Settings, registry: watch::Receiver<Arc<Registry>>) -> Shared {
+        let shared = Shared {
+            metrics: Metrics::new(),
+            group: settings.kafka.group_id.clone(),
+            topics: settings.topics.clone(),
+            registry,
+            started_at: Utc::now(),
+            admin_addr: OnceLock::new(),
+            observed: Mutex::new(Observed::default()),
+        };
+        shared.components_changed();
+        shared
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of what was observed, with the counts of the metrics.
+    pub fn observed(&self) -> Observed {
+        let mut o = self.lock().clone();
+        o.applied = self.metrics.applied_by_domain();
+        o.dead_lettered = self.metrics.dead_lettered_total();
+        o
+    }
+
+    pub fn components(&self) -> Vec<ComponentView> {
+        self.registry
+            .borrow()
+            .domains()
+            .map(|(domain, p)| ComponentView {
+                domain: domain.clone(),
+                version: p.info().version.clone(),
+                digest: p.digest().to_owned(),
+                handles: p.info().handles.clone(),
+            })
+            .collect()
+    }
+
+    /// Refreshes `projector_component_info` after a (re)load.
+    pub fn components_changed(&self) {
+        self.metrics.component_info.reset();
+        for c in self.components() {
+            self.metrics
+                .component_info
+                .with_label_values(&[&c.domain, &c.version, &c.digest])
+                .set(1);
+        }
+    }
+
+    pub fn record_error(&self, kind: &str, message: impl Into<String>) {
+        let mut o = self.lock();
+        if o.recent_errors.len() == RECENT_ERRORS {
+            o.recent_errors.pop_front();
+        }
+        o.recent_errors.push_back(RecentError {
+            at: Utc::now(),
+            kind: kind.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub fn set_retrying(&self, reason: Option<String>) {
+        self.lock().retrying = reason;
+        self.update_ready();
+    }
+
+    /// Records what a reload did (the reloader's observer).
+    pub fn reloaded(&self, event: ReloadEvent<'_>) {
+        match event {
+            ReloadEvent::Loaded { domain, .. } => {
+                self.components_changed();
+                self.metrics
+                    .reloads
+                    .with_label_values(&[domain, "loaded"])
+                    .inc();
+            }
+            ReloadEvent::Refused {
+                domain,
+                file,
+                reason,
+            } => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&[domain, "refused"])
+                    .inc();
+                self.record_error("component_refused", format!("{}: {reason}", file.display()));
+            }
+        }
+    }
+
+    /// Why the host is not ready (empty when it is).
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let o = self.lock();
+        let mut reasons = Vec::new();
+        if !o.mysql.ok {
+            reasons.push(format!(
+                "mysql: {}",
+                o.mysql.error.as_deref().unwrap_or("not checked yet")
+            ));
+        }
+        if !o.kafka.ok {
+            reasons.push(format!(
+                "kafka: {}",
+                o.kafka.error.as_deref().unwrap_or("not checked yet")
+            ));
+        }
+        if self.registry.borrow().domains().next().is_none() {
+            reasons.push("components: none loaded".to_owned());
+        }
+        if let Some(r) = &o.retrying {
+            reasons.push(format!("pipeline: retrying after a transient failure: {r}"));
+        }
+        if o.lag_status == LagStatus::Err {
+            reasons.push("lag: over the error threshold".to_owned());
+        }
+        reasons
+    }
+
+    pub(super) fn update_ready(&self) {
+        let ready = self.not_ready_reasons().is_empty();
+        self.metrics.ready.set(i64::from(ready));
+    }
+}

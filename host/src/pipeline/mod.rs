@@ -1,0 +1,486 @@
+//! The consuming loop: Kafka -> projection -> MySQL.
+//!
+//! # Delivery guarantee
+//!
+//! **Exactly-once effect.** For every batch, one MySQL transaction writes the
+//! row operations of each event not yet in `processed_events`, those events'
+//! `processed_events` rows, and the next offset of every partition in the
+//! batch (`consumer_offsets`). Only after that commit are the same offsets
+//! committed to Kafka, and only as advice for lag tools: when a partition is
+//! assigned the host reads its position from MySQL and seeks there, and
+//! anything delivered below that position is dropped. A crash at any point
+//! therefore replays at most the uncommitted batch, and `processed_events`
+//! (primary key `event_id`) makes a replayed event a no-op.
+//!
+//! What would break it: writing rows outside that transaction, committing
+//! Kafka offsets before MySQL, or deleting `processed_events` rows of events
+//! still in the topics while the stored offsets point below them.
+//!
+//! **Per-partition order** is kept: a batch holds messages in partition order,
+//! and the executor's grouping preserves the effect of applying them one by
+//! one (every write is guarded by the row's event timestamp).
+//!
+//! **Bad input never stops a partition.** An event that cannot be decoded,
+//! routed, projected or validated, or whose data the database refuses, goes to
+//! the dead-letter topic `dlq.<topic>` (acknowledged before the batch commits)
+//! and its offset is committed with the batch. A batch that the database
+//! refuses is retried event by event under savepoints, so only the bad event
+//! is dead-lettered. Transient failures (database or broker unavailable,
+//! deadlock) never dead-letter anything: the batch is retried with backoff
+//! while the assigned partitions are paused and the consumer keeps polling
+//! (so the group does not evict it), and readiness reports the failure.
+//!
+//! **Replays and moved positions.** Each batch's transaction first locks the
+//! stored positions of its partitions and checks they are where this host
+//! left them (the sink's `fence`). `projector replay` resets a domain's
+//! positions to 0 in MySQL; the host sees it there (at the next batch, or
+//! within a second when the partition is quiet), seeks back and re-projects
+//! the topic through the current component.
+//!
+//! **Shutdown** is one [`CancellationToken`]: the loop stops taking batches,
+//! finishes the one in hand (unless a transient failure outlasts the
+//! shutdown: then it is left for the next start, which is safe by the
+//! guarantee above) and commits the last positions to Kafka.
+//!
+//! The loop (this file) uses `consume`, `sandbox`, `sink`, `dlq` and `ops`;
+//! none of those reaches back into it. `project` routes and projects a batch,
+//! `writer` commits one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::{self, PartitionKey, Source};
+use crate::dlq::Publisher;
+use crate::ops::{Admin, Monitor, Shared, admin};
+use crate::sandbox::{Admission, Registry, Reloader, Runtime};
+use crate::settings::{Settings, redact_url};
+use crate::sink::{self, Schema};
+
+mod project;
+mod writer;
+
+pub use project::{Projected, component_ref, project_all, project_all_observed};
+pub use writer::Writer;
+
+use writer::{Attempt, Prepared};
+
+/// How events are projected.
+pub enum Mode {
+    /// WebAssembly components from the configured folder.
+    Wasm,
+    /// The same flattening compiled into the host (no sandbox).
+    Native,
+}
+
+/// The projection host, built from settings.
+pub struct Host {
+    pub settings: Settings,
+    pub pool: sqlx::MySqlPool,
+    pub schema: Arc<Schema>,
+    pub shared: Arc<Shared>,
+    writer: Arc<Writer>,
+    registry: Arc<watch::Sender<Arc<Registry>>>,
+    runtime: Option<Arc<Runtime>>,
+    source: Source,
+}
+
+impl Host {
+    /// Connects to MySQL (running migrations), loads the projections, and
+    /// subscribes to the topics.
+    pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Host> {
+        let pool = sink::connect_mysql(&settings.mysql.url, settings.mysql.max_connections).await?;
+        sink::migrate(&pool).await?;
+        let schema = Arc::new(Schema::load(&pool).await?);
+        let admit = |info: &flatten::Info| schema.check_declaration(info);
+        let (registry, runtime) = match mode {
+            Mode::Wasm => {
+                let runtime = Arc::new(Runtime::new(settings.sandbox)?);
+                (
+                    Registry::load_dir(&runtime, &settings.components.dir, &admit)?,
+                    Some(runtime),
+                )
+            }
+            Mode::Native => (Registry::native(&admit)?, None),
+        };
+        let source = Source::new(&settings)?;
+        let dlq = Publisher::new(consume::producer(&settings)?);
+        tracing::info!(
+            topics = ?settings.topics,
+            group = %settings.kafka.group_id,
+            mysql = %redact_url(&settings.mysql.url),
+            batch = settings.batch.max_events,
+            "projector host ready"
+        );
+        let (registry, registry_rx) = watch::channel(Arc::new(registry));
+        let shared = Arc::new(Shared::new(&settings, registry_rx));
+        let writer = Arc::new(Writer {
+            pool: pool.clone(),
+            schema: schema.clone(),
+            group: settings.kafka.group_id.clone(),
+            dlq,
+            shared: shared.clone(),
+        });
+        Ok(Host {
+            writer,
+            settings,
+            pool,
+            schema,
+            shared,
+            registry: Arc::new(registry),
+            runtime,
+            source,
+        })
+    }
+
+    /// The hot reloader of this host's components folder (none in native mode).
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.runtime.as_ref().map(|runtime| {
+            let schema = self.schema.clone();
+            let admission: Admission = Arc::new(move |info| schema.check_declaration(info));
+            let shared = self.shared.clone();
+            Arc::new(Reloader::new(
+                runtime.clone(),
+                admission,
+                self.settings.components.dir.clone(),
+                self.registry.clone(),
+                Arc::new(move |event| shared.reloaded(event)),
+            ))
+        })
+    }
+
+    /// Starts the admin server, the lag monitor and (in WASM mode, if
+    /// enabled) the components folder watcher; they stop when the returned
+    /// guard drops.
+    async fn start_services(&self) -> anyhow::Result<Services> {
+        let reloader = self.reloader();
+        let mut tasks = Vec::new();
+        let (_, server) = admin::serve(
+            self.settings.admin.listen,
+            Admin {
+                shared: self.shared.clone(),
+                reloader: reloader.clone(),
+            },
+        )
+        .await?;
+        tasks.push(server);
+        let monitor = Monitor::new(&self.settings, self.pool.clone(), self.shared.clone())?;
+        tasks.push(tokio::spawn(monitor.run()));
+        if let Some(reloader) = reloader.filter(|_| self.settings.components.watch) {
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = reloader.watch().await {
+                    tracing::error!(error = %format!("{e:#}"), "components folder watcher stopped; use POST /projections/reload");
+                }
+            }));
+        }
+        Ok(Services(tasks))
+    }
+
+    /// The projections in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.borrow().clone()
+    }
+
+    /// The sandbox runtime (none in native mode).
+    pub fn runtime(&self) -> Option<&Arc<Runtime>> {
+        self.runtime.as_ref()
+    }
+
+    /// Consumes until `shutdown` is cancelled, then finishes the batch in
+    /// hand and returns.
+    ///
+    /// Batches are pipelined: while one is written to MySQL (by the
+    /// [`Writer`], in the background), the next is fetched and projected.
+    /// Commits stay strictly in order: a batch is written only after the one
+    /// before it committed.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let _services = self.start_services().await?;
+        let mut last_check = Instant::now();
+        let mut inflight: Option<Inflight> = None;
+        loop {
+            // `next_batch` is not cancelled by anything but shutdown (a
+            // cancelled batch would drop the messages it gathered).
+            let batch = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                batch = self.source.next_batch() => batch,
+            };
+            let prepared = if batch.is_empty() {
+                None
+            } else {
+                self.prepare(batch, &shutdown).await?
+            };
+            if let Some(previous) = inflight.take() {
+                match self.finish(previous, &shutdown).await? {
+                    Finished::Committed => {}
+                    Finished::Shutdown => break,
+                    Finished::Moved(mut keys) => {
+                        // The batch after it is dropped too: it continues
+                        // from positions that are no longer valid.
+                        if let Some(p) = &prepared {
+                            keys.extend(p.offsets.keys().cloned());
+                        }
+                        self.restart_from_stored(keys).await;
+                        continue;
+                    }
+                }
+            }
+            // Nothing in flight now: follow positions moved by a replay.
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                let moved = self.follow_moved_positions().await;
+                if let Some(p) = &prepared
+                    && p.offsets.keys().any(|k| moved.contains(k))
+                {
+                    self.restart_from_stored(p.offsets.keys().cloned().collect())
+                        .await;
+                    continue;
+                }
+            }
+            if let Some(p) = prepared {
+                inflight = Some(self.spawn_write(p));
+            }
+        }
+        if let Some(last) = inflight.take() {
+            // Finish the batch in hand; if a transient failure outlasts the
+            // shutdown it is left for the next start.
+            let _ = self.finish(last, &shutdown).await?;
+        }
+        self.source.commit_last();
+        tracing::info!("projector host stopped");
+        Ok(())
+    }
+
+    /// Between batches: follows stored positions that moved under this host
+    /// (a replay reset them) on partitions that are otherwise quiet.
+    async fn follow_moved_positions(&mut self) -> Vec<PartitionKey> {
+        if !self.source.has_positions() {
+            return Vec::new();
+        }
+        let Ok(stored) = sink::stored_offsets(&self.pool, &self.settings.kafka.group_id).await
+        else {
+            return Vec::new(); // MySQL is down: the batches will say so
+        };
+        let moved = self.source.moved(&stored);
+        self.source.seek_to_stored(&moved, &stored);
+        moved
+    }
+
+    /// Goes back to the stored positions of these partitions; the consumer
+    /// delivers again from there (nothing of the dropped batches was written).
+    async fn restart_from_stored(&mut self, mut keys: Vec<PartitionKey>) {
+        keys.sort();
+        keys.dedup();
+        tracing::info!(partitions = ?keys, "stored positions moved; re-reading them");
+        match sink::stored_offsets(&self.pool, &self.settings.kafka.group_id).await {
+            Ok(stored) => self.source.seek_to_stored(&keys, &stored),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read the stored positions");
+                self.source.forget(&keys);
+            }
+        }
+    }
+
+    /// Aligns a batch with the stored positions and projects it. Transient
+    /// failures (MySQL down while reading positions) are waited out; `None`
+    /// if nothing is left to do or shutdown was asked meanwhile.
+    async fn prepare(
+        &mut self,
+        batch: Vec<rdkafka::message::OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Arc<Prepared>>> {
+        let mut retry = Retry::default();
+        let messages = loop {
+            let aligned = match self.stored_if_needed(&batch).await {
+                Ok(stored) => self.source.align(batch.clone(), stored.as_ref()),
+                Err(e) => Err(e),
+            };
+            match aligned {
+                Ok(m) => break m,
+                Err(e) => {
+                    if !self.wait_out(&mut retry, e, shutdown).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        self.recovered(&mut retry);
+        if messages.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let offsets = Source::next_offsets(&messages);
+        // Guest calls are CPU work: run them on a blocking thread.
+        let registry = self.registry();
+        let schema = self.schema.clone();
+        let shared = self.shared.clone();
+        let limit = self.settings.batch.max_event_bytes;
+        let (messages, applied, failed) = tokio::task::spawn_blocking(move || {
+            let (applied, failed) =
+                project_all_observed(&registry, &schema, &messages, limit, Some(&shared));
+            (messages, applied, failed)
+        })
+        .await
+        .context("projection thread failed")?;
+        Ok(Some(Arc::new(Prepared {
+            messages,
+            applied,
+            failed,
+            offsets,
+            started,
+            projected_us: started.elapsed().as_micros() as u64,
+            dead_lettered: std::sync::atomic::AtomicBool::new(false),
+        })))
+    }
+
+    /// The stored positions, if aligning `batch` needs them.
+    async fn stored_if_needed(
+        &mut self,
+        batch: &[rdkafka::message::OwnedMessage],
+    ) -> anyhow::Result<Option<consume::Stored>> {
+        if !self.source.needs_stored(batch) {
+            return Ok(None);
+        }
+        let stored = sink::stored_offsets(&self.pool, &self.settings.kafka.group_id)
+            .await
+            .context("reading the stored positions")?;
+        Ok(Some(stored))
+    }
+
+    /// Starts writing a prepared batch in the background.
+    fn spawn_write(&self, p: Arc<Prepared>) -> Inflight {
+        let expected = self.source.expected(p.offsets.keys());
+        let writer = self.writer.clone();
+        let task = tokio::spawn({
+            let p = p.clone();
+            async move { writer.write(&p, &expected).await }
+        });
+        Inflight { prepared: p, task }
+    }
+
+    /// Waits for a batch being written, retrying it while failures are
+    /// transient.
+    async fn finish(
+        &mut self,
+        inflight: Inflight,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Finished> {
+        let Inflight { prepared, task } = inflight;
+        let mut result = task.await.context("batch writer failed")?;
+        let mut retry = Retry::default();
+        loop {
+            match result {
+                Ok(()) => {
+                    self.source.committed(&prepared.offsets);
+                    self.recovered(&mut retry);
+                    return Ok(Finished::Committed);
+                }
+                Err(Attempt::Moved(keys)) => {
+                    self.recovered(&mut retry);
+                    let mut all: Vec<PartitionKey> = prepared.offsets.keys().cloned().collect();
+                    all.extend(keys);
+                    return Ok(Finished::Moved(all));
+                }
+                Err(Attempt::Transient(e)) => {
+                    if !self.wait_out(&mut retry, e, shutdown).await {
+                        return Ok(Finished::Shutdown);
+                    }
+                    let expected = self.source.expected(prepared.offsets.keys());
+                    result = self.writer.write(&prepared, &expected).await;
+                }
+            }
+        }
+    }
+
+    /// Records a transient failure and waits out the backoff with the
+    /// assigned partitions paused, still polling so the group keeps this
+    /// member. False if shutdown was asked meanwhile.
+    async fn wait_out(
+        &mut self,
+        retry: &mut Retry,
+        e: anyhow::Error,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.shared.metrics.transient_errors.inc();
+        let backoff = retry.next();
+        let reason = format!("{e:#}");
+        tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
+        self.shared.record_error("transient", reason.clone());
+        self.shared.set_retrying(Some(reason));
+        let until = tokio::time::Instant::now() + backoff;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                tracing::info!("shutdown while retrying: the batch is left for the next start");
+                false
+            }
+            () = self.source.poll_paused(until) => true,
+        }
+    }
+
+    /// After a success that followed transient failures: resume fetching and
+    /// clear the degraded state.
+    fn recovered(&mut self, retry: &mut Retry) {
+        if retry.attempts > 0 {
+            tracing::info!(
+                attempts = retry.attempts,
+                "recovered from transient failures; resuming"
+            );
+            self.source.pause(false);
+            self.shared.set_retrying(None);
+            *retry = Retry::default();
+        }
+    }
+}
+
+/// Backoff of a batch retried after transient failures: exponential from
+/// 100 ms to 5 s, with jitter so that hosts of one group do not retry in step.
+#[derive(Default)]
+struct Retry {
+    attempts: u32,
+    backoff: Option<ExponentialBackoff>,
+}
+
+impl Retry {
+    fn next(&mut self) -> Duration {
+        self.attempts += 1;
+        self.backoff
+            .get_or_insert_with(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            })
+            .next()
+            .unwrap_or(Duration::from_secs(5))
+    }
+}
+
+struct Inflight {
+    prepared: Arc<Prepared>,
+    task: tokio::task::JoinHandle<Result<(), Attempt>>,
+}
+
+enum Finished {
+    Committed,
+    /// Nothing written; these partitions must go back to their stored positions.
+    Moved(Vec<PartitionKey>),
+    Shutdown,
+}
+
+/// Background tasks of a running host, aborted on drop.
+struct Services(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}

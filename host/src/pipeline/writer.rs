@@ -1,0 +1,274 @@
+//! The writer: one prepared batch becomes its dead letters, then one MySQL
+//! transaction (rows, `processed_events`, positions). It runs beside the
+//! consuming loop, so the next batch is fetched and projected while this one
+//! commits.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use chrono::Utc;
+use rdkafka::Message as _;
+use rdkafka::message::OwnedMessage;
+use sqlx::{Connection as _, MySqlPool};
+
+use super::project::Projected;
+use crate::consume::{Expected, PartitionKey};
+use crate::dlq::{Failure, Publisher};
+use crate::ops::Shared;
+use crate::sink::{self, Applied, BatchOutcome, ExecError, Schema};
+
+/// A batch aligned and projected, ready to write.
+pub struct Prepared {
+    pub(super) messages: Vec<OwnedMessage>,
+    pub(super) applied: Vec<Projected>,
+    pub(super) failed: Vec<(usize, Failure)>,
+    pub(super) offsets: BTreeMap<PartitionKey, i64>,
+    pub(super) started: Instant,
+    pub(super) projected_us: u64,
+    /// Its dead letters were acknowledged (a retry does not send them again).
+    pub(super) dead_lettered: AtomicBool,
+}
+
+/// Why a batch attempt did not commit.
+pub(super) enum Attempt {
+    /// Database or broker trouble: retry the same batch after a backoff.
+    Transient(anyhow::Error),
+    /// The stored positions of these partitions moved: drop the batch and
+    /// re-read them.
+    Moved(Vec<PartitionKey>),
+}
+
+impl From<anyhow::Error> for Attempt {
+    fn from(e: anyhow::Error) -> Self {
+        Attempt::Transient(e)
+    }
+}
+
+/// Writes prepared batches: dead letters, then one MySQL transaction. Runs
+/// beside the consuming loop, so the next batch is fetched and projected
+/// while this one commits.
+pub struct Writer {
+    pub(super) pool: MySqlPool,
+    pub(super) schema: Arc<Schema>,
+    pub(super) group: String,
+    pub(super) dlq: Publisher,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Dead-letters the permanent failures and commits the rest with the
+    /// offsets. Any error is transient or a moved position.
+    pub(super) async fn write(&self, p: &Prepared, expected: &Expected) -> Result<(), Attempt> {
+        // Dead letters are acknowledged before the offsets move past them.
+        if !p.dead_lettered.load(Ordering::Acquire) {
+            self.dead_letter(&p.messages, &p.failed).await?;
+            p.dead_lettered.store(true, Ordering::Release);
+        }
+        let commit_started = Instant::now();
+        let mut refused = HashSet::new();
+        let outcome = match self.commit(&p.applied, &p.offsets, expected).await {
+            Ok(o) => o,
+            Err(ExecError::Data(reason)) => {
+                tracing::warn!(%reason, events = p.applied.len(), "the database refused a batch; retrying it event by event");
+                let (outcome, ids) = self
+                    .commit_isolated(&p.applied, &p.offsets, expected, &p.messages)
+                    .await?;
+                refused = ids;
+                outcome
+            }
+            Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
+            Err(ExecError::Transient(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context("MySQL transaction failed")
+                    .into());
+            }
+        };
+        self.observe_batch(&p.applied, &outcome, &refused, p.started);
+        tracing::debug!(
+            messages = p.messages.len(),
+            applied = outcome.applied,
+            duplicates = outcome.duplicates,
+            dead_lettered = p.failed.len() + refused.len(),
+            project_us = p.projected_us,
+            commit_us = commit_started.elapsed().as_micros() as u64,
+            elapsed_us = p.started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+
+    /// Metrics of a committed batch (`refused`: dead-lettered by the
+    /// database, counted as dead letters already).
+    fn observe_batch(
+        &self,
+        applied: &[Projected],
+        outcome: &BatchOutcome,
+        refused: &HashSet<String>,
+        started: Instant,
+    ) {
+        let metrics = &self.shared.metrics;
+        let skipped: HashSet<&str> = outcome.skipped.iter().map(String::as_str).collect();
+        let now = Utc::now().naive_utc();
+        let mut by_type: HashMap<(&str, &'static str), u64> = HashMap::new();
+        for a in applied
+            .iter()
+            .filter(|a| !refused.contains(&a.inner.event_id))
+        {
+            let duplicate = skipped.contains(a.inner.event_id.as_str());
+            let outcome = if duplicate { "duplicate" } else { "applied" };
+            *by_type
+                .entry((a.inner.event_type.as_str(), outcome))
+                .or_insert(0) += 1;
+            if !duplicate {
+                let latency = (now - a.inner.timestamp).num_microseconds().unwrap_or(0);
+                metrics
+                    .end_to_end_seconds
+                    .observe((latency.max(0) as f64) / 1e6);
+            }
+        }
+        for ((event_type, outcome), n) in by_type {
+            metrics
+                .events
+                .with_label_values(&[event_type, outcome])
+                .inc_by(n);
+        }
+        metrics.batch_events.observe(applied.len() as f64);
+        metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn commit(
+        &self,
+        applied: &[Projected],
+        offsets: &BTreeMap<PartitionKey, i64>,
+        expected: &Expected,
+    ) -> Result<BatchOutcome, ExecError> {
+        let events: Vec<&Applied> = applied.iter().map(|a| &a.inner).collect();
+        let group = &self.group;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sink::fence(&mut tx, group, expected).await?;
+        let outcome = sink::apply_batch(&mut tx, &self.schema, group, &events, offsets).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Applies the events one by one under savepoints; the ones the database
+    /// refuses are dead-lettered, the others committed with the offsets.
+    async fn commit_isolated(
+        &self,
+        applied: &[Projected],
+        offsets: &BTreeMap<PartitionKey, i64>,
+        expected: &Expected,
+        messages: &[OwnedMessage],
+    ) -> Result<(BatchOutcome, HashSet<String>), Attempt> {
+        let group = &self.group;
+        let transient = |e: sqlx::Error| {
+            Attempt::from(anyhow::Error::new(e).context("MySQL failed during isolation"))
+        };
+        let mut conn = self.pool.acquire().await.map_err(transient)?;
+        let mut tx = conn.begin().await.map_err(transient)?;
+        match sink::fence(&mut tx, group, expected).await {
+            Ok(()) => {}
+            Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
+            Err(e) => return Err(anyhow::anyhow!("position check failed: {e}").into()),
+        }
+        let mut refused = Vec::new();
+        let mut outcome = BatchOutcome::default();
+        for (i, a) in applied.iter().enumerate() {
+            sqlx::query("SAVEPOINT one_event")
+                .execute(&mut *tx)
+                .await
+                .map_err(transient)?;
+            match sink::apply_batch(&mut tx, &self.schema, group, &[&a.inner], &BTreeMap::new())
+                .await
+            {
+                Ok(o) => {
+                    outcome.applied += o.applied;
+                    outcome.duplicates += o.duplicates;
+                    outcome.skipped.extend(o.skipped);
+                    sqlx::query("RELEASE SAVEPOINT one_event")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(transient)?;
+                }
+                Err(ExecError::Data(reason)) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT one_event")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(transient)?;
+                    refused.push((i, reason));
+                }
+                Err(ExecError::Transient(e)) => return Err(transient(e)),
+                Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
+            }
+        }
+        let failures: Vec<(usize, Failure)> = refused
+            .iter()
+            .map(|(i, reason)| {
+                (
+                    applied[*i].source_index,
+                    Failure {
+                        class: "rejected_by_database",
+                        message: reason.clone(),
+                        component: applied[*i].component_ref.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Dead letters are acknowledged before the offsets move past them.
+        self.dead_letter(messages, &failures).await?;
+        sink::apply_batch(&mut tx, &self.schema, group, &[], offsets)
+            .await
+            .map_err(|e| anyhow::anyhow!("recording offsets failed: {e}"))?;
+        tx.commit().await.map_err(transient)?;
+        let refused = refused
+            .iter()
+            .map(|(i, _)| applied[*i].inner.event_id.clone())
+            .collect();
+        Ok((outcome, refused))
+    }
+
+    /// Publishes dead letters, waits for the broker's acknowledgement, and
+    /// counts them.
+    async fn dead_letter(
+        &self,
+        messages: &[OwnedMessage],
+        failed: &[(usize, Failure)],
+    ) -> anyhow::Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        self.dlq.send(messages, failed).await?;
+        for (index, failure) in failed {
+            let m = &messages[*index];
+            self.shared
+                .metrics
+                .dead_letters
+                .with_label_values(&[m.topic(), failure.class])
+                .inc();
+            if let Ok(envelope) = events::Envelope::from_slice(m.payload().unwrap_or_default()) {
+                let envelope: events::RawEnvelope = envelope;
+                self.shared
+                    .metrics
+                    .events
+                    .with_label_values(&[envelope.event_type.as_str(), "dead_lettered"])
+                    .inc();
+            }
+            self.shared.record_error(
+                failure.class,
+                format!(
+                    "{}[{}]@{}: {}",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    failure.message
+                ),
+            );
+        }
+        Ok(())
+    }
+}
