@@ -3,7 +3,11 @@
 //!
 //! After an intended change of a flattening rule, regenerate the expected
 //! files with `UPDATE_GOLDEN=1 cargo test -p projection-flatten --test golden`
-//! and review the diff.
+//! and review the diff. Only the exact value `1` regenerates, never under CI
+//! (`CI` set), and `scripts/test` fails if the fixtures differ from the
+//! committed ones, so a run cannot rewrite what it checks. The golden files
+//! are the code's own output; `seed_mapping.rs` checks the columns against
+//! values written by hand from the seed's flattening tables.
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +35,19 @@ fn project_file(path: &Path) -> Result<Vec<RowOp>, projection_flatten::Projectio
 
 #[test]
 fn every_event_type_has_a_fixture_and_projects_to_its_golden_ops() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let update = match std::env::var("UPDATE_GOLDEN").as_deref() {
+        Ok("1") => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "UPDATE_GOLDEN=1 is refused under CI: regenerate the golden files locally and commit them"
+            );
+            true
+        }
+        Ok("") | Err(_) => false,
+        Ok(other) => {
+            panic!("UPDATE_GOLDEN={other:?}: only UPDATE_GOLDEN=1 regenerates the golden files")
+        }
+    };
     let mut checked = 0;
     for d in DOMAINS {
         let info = (d.info)();
