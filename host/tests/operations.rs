@@ -195,8 +195,8 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_one() {
     let all = events(400);
-    let expected = clean_run(&all).await;
-    let db = TestDb::new().await;
+    let (expected, clean_writes) = clean_run_audited(&all).await;
+    let db = TestDb::audited().await;
     let topics = Topics::new();
     let dir = components_copy();
     let mut s = settings(&db, &topics, &unique("g"));
@@ -279,7 +279,7 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
     wait_processed(&db.pool, all.len() as i64, Duration::from_secs(120)).await;
     let m = metrics(&url).await;
     host.stop().await;
-    assert_each_event_once(&db, all.len()).await;
+    assert_each_event_once(&db, all.len(), clean_writes).await;
     assert_same(&dump(&db.pool).await, &expected);
     let builds: i64 = sqlx::query_scalar(
         "SELECT COUNT(DISTINCT component) FROM processed_events WHERE event_type LIKE 'user.%'",
@@ -431,7 +431,7 @@ async fn replay_after_a_rule_change_rebuilds_the_domain_while_the_others_flow() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed() {
-    let db = TestDb::new().await;
+    let db = TestDb::audited().await;
     let topics = Topics::new();
     let group = unique("g");
     let dir = components_copy();
@@ -563,6 +563,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
     assert!(ok && out.contains("0 redriven, 2 skipped"), "{out}");
     let dups_before = host.shared.metrics.duplicates_total();
+    let writes_before = db.writes().await;
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap", "--again"]);
     assert!(ok && out.contains("2 redriven"), "{out}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -573,7 +574,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_each_event_once(&db, 5).await;
+    assert_each_event_once(&db, 5, writes_before).await;
 
     // An unfixed letter goes back to the DLQ with its retry count; the
     // truncated original is taken from the source topic.

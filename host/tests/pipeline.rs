@@ -326,9 +326,10 @@ async fn every_event_type_ends_as_the_expected_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_a_full_replay_leave_every_table_identical() {
-    let db = TestDb::new().await;
-    let topics = Topics::new();
     let events = lifecycle(4);
+    let (_, clean_writes) = clean_run_audited(&events).await;
+    let db = TestDb::audited().await;
+    let topics = Topics::new();
     produce_all(&topics, &events).await;
     // The same events delivered a second time.
     produce_all(&topics, &events[..20]).await;
@@ -346,7 +347,12 @@ async fn duplicates_and_a_full_replay_leave_every_table_identical() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(processed, events.len() as i64, "each event applied once");
+    assert_eq!(processed, events.len() as i64, "each event recorded once");
+    assert_eq!(
+        db.writes().await,
+        clean_writes,
+        "the redelivered events wrote no row again"
+    );
 
     // A new consumer group reads every topic again from offset 0.
     let group = unique("replay");
@@ -374,6 +380,7 @@ async fn duplicates_and_a_full_replay_leave_every_table_identical() {
         .await
         .unwrap();
     assert_eq!(processed_after, processed);
+    assert_eq!(db.writes().await, clean_writes, "the replay wrote no row");
     db.drop_db().await;
 }
 
@@ -457,5 +464,83 @@ async fn a_product_update_that_drops_a_variant_leaves_no_orphan() {
     let d = dump(&db.pool).await;
     assert!(variants(&d).is_empty());
     assert_eq!(d["products"].len(), 1);
+    db.drop_db().await;
+}
+
+/// The events of `envelopes`, projected natively and validated, as the sink
+/// takes them.
+fn applied(
+    schema: &projector_host::sink::Schema,
+    envelopes: &[serde_json::Value],
+) -> Vec<projector_host::sink::Applied> {
+    envelopes
+        .iter()
+        .enumerate()
+        .map(|(offset, e)| {
+            let raw: events::RawEnvelope =
+                events::Envelope::from_slice(e.to_string().as_bytes()).unwrap();
+            let domain = flatten::domain(raw.topic()).unwrap();
+            let info = (domain.info)();
+            let ops = projector_host::sandbox::envelope_view(&raw, |env| (domain.project)(env))
+                .unwrap()
+                .iter()
+                .map(|op| projector_host::sink::validate(op, &info, schema).unwrap())
+                .collect();
+            projector_host::sink::Applied {
+                event_id: raw.event_id.to_string(),
+                event_type: raw.event_type.clone(),
+                timestamp: raw.timestamp.naive_utc(),
+                topic: raw.topic().to_owned(),
+                partition: 0,
+                offset: offset as i64,
+                component: "test".into(),
+                ops,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_audit_counts_a_batch_applied_twice() {
+    use sqlx::Connection as _;
+    let db = TestDb::audited().await;
+    let pool = projector_host::sink::connect_mysql(&db.url, 1)
+        .await
+        .unwrap();
+    let schema = projector_host::sink::Schema::load(&pool).await.unwrap();
+    let events = applied(&schema, &lifecycle(3));
+    let batch: Vec<&projector_host::sink::Applied> = events.iter().collect();
+    let offsets = BTreeMap::from([(("t".to_owned(), 0), events.len() as i64)]);
+    let mut conn = pool.acquire().await.unwrap();
+    let mut commit = async |bypass: bool| {
+        let mut tx = conn.begin().await.unwrap();
+        if bypass {
+            projector_host::sink::write_ops(&mut tx, &schema, &batch)
+                .await
+                .unwrap();
+        } else {
+            projector_host::sink::apply_batch(&mut tx, &schema, "g", &batch, &offsets)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    };
+    commit(false).await;
+    let once = db.writes().await;
+    assert!(once > 0, "the audit saw no write");
+    let rows = dump(&db.pool).await;
+    // Through the bookkeeping, the second application is a no-op.
+    commit(false).await;
+    assert_eq!(db.writes().await, once);
+    // Bypassing it, the rows stay the same (every write is guarded), but the
+    // audit sees the batch applied again.
+    commit(true).await;
+    assert_same(&dump(&db.pool).await, &rows);
+    assert!(
+        db.writes().await > once,
+        "a batch applied twice went unseen: {} writes after, {once} before",
+        db.writes().await
+    );
+    drop(conn);
     db.drop_db().await;
 }

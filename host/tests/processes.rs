@@ -54,8 +54,8 @@ async fn wait_progress(db: &TestDb, from: i64, timeout: Duration) -> i64 {
 async fn killing_the_host_at_random_points_loses_and_doubles_nothing() {
     // Long enough that every kill lands mid-stream.
     let events = events(1000);
-    let expected = clean_run(&events).await;
-    let db = TestDb::new().await;
+    let (expected, clean_writes) = clean_run_audited(&events).await;
+    let db = TestDb::audited().await;
     let topics = Topics::new();
     produce_all(&topics, &events).await;
     let group = unique("crash");
@@ -86,7 +86,7 @@ async fn killing_the_host_at_random_points_loses_and_doubles_nothing() {
         "graceful stop exits 0; log: {}",
         log.display()
     );
-    assert_each_event_once(&db, events.len()).await;
+    assert_each_event_once(&db, events.len(), clean_writes).await;
     assert_same(&dump(&db.pool).await, &expected);
     db.drop_db().await;
 }
@@ -97,9 +97,9 @@ async fn two_hosts_split_the_partitions_and_take_over_from_each_other() {
     let second = events(60);
     let third = events(60);
     let all: Vec<_> = first.iter().chain(&second).chain(&third).cloned().collect();
-    let expected = clean_run(&all).await;
+    let (expected, clean_writes) = clean_run_audited(&all).await;
 
-    let db = TestDb::new().await;
+    let db = TestDb::audited().await;
     let topics = Topics::new();
     let group = unique("scale");
     let log_a = std::env::temp_dir().join(format!("{}.log", unique("projector-a")));
@@ -165,7 +165,7 @@ async fn two_hosts_split_the_partitions_and_take_over_from_each_other() {
     wait_processed(&db.pool, all.len() as i64, Duration::from_secs(120)).await;
     assert!(terminate(&mut a).success());
 
-    assert_each_event_once(&db, all.len()).await;
+    assert_each_event_once(&db, all.len(), clean_writes).await;
     assert_same(&dump(&db.pool).await, &expected);
     db.drop_db().await;
 }

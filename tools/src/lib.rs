@@ -3,6 +3,7 @@
 //! component builds. The `bench` and `drills` binaries and the host's
 //! integration tests use them.
 
+pub mod audit;
 pub mod generate;
 pub mod snapshot;
 

@@ -3,9 +3,11 @@
 //! Each drill streams generated events (or API calls) through real processes
 //! while it breaks something, then prints one line: events produced, events
 //! applied, lost, duplicated effects. Lost counts produced events missing from
-//! `processed_events` plus rows missing against a clean reference run of the
-//! same events; duplicated counts extra or different rows against that
-//! reference. The run fails unless both are 0 for every drill.
+//! `processed_events`, rows missing against a clean reference run of the same
+//! events, and audited row writes short of the reference's; duplicated counts
+//! extra or different rows and audited row writes beyond the reference's (an
+//! event applied twice writes its rows twice: see `projector_tools::audit`).
+//! The run fails unless both are 0 for every drill.
 //!
 //! The drills restart the shared Kafka and MariaDB of `scripts/stack`: run
 //! them alone, not beside the test suite.
@@ -76,10 +78,13 @@ impl Ctx {
         format!("drill_{what}_{}", uuid::Uuid::new_v4().simple())
     }
 
+    /// A fresh database, migrated, with the write audit installed.
     async fn fresh_db(&self) -> anyhow::Result<Db> {
         let name = self.unique("db");
         let (url, pool) =
             projector_tools::snapshot::create_database(&self.mysql_url, &name).await?;
+        projector_host::sink::migrate(&pool).await?;
+        projector_tools::audit::install(&pool).await?;
         Ok(Db { name, url, pool })
     }
 
@@ -357,12 +362,13 @@ fn diff(
     (missing, extra)
 }
 
-/// The tables a clean native run of the topics produces.
+/// The tables a clean native run of the topics produces, and its audited
+/// row writes.
 async fn reference(
     ctx: &Ctx,
     prefix: &str,
     n: i64,
-) -> anyhow::Result<projector_tools::snapshot::Dump> {
+) -> anyhow::Result<(projector_tools::snapshot::Dump, i64)> {
     let db = ctx.fresh_db().await?;
     let group = ctx.unique("ref");
     let components = ctx.components();
@@ -388,8 +394,9 @@ async fn reference(
     sigterm(&mut host);
     r?;
     let d = projector_tools::snapshot::dump(&db.pool).await?;
+    let writes = projector_tools::audit::writes(&db.pool).await?;
     ctx.drop_db(db).await;
-    Ok(d)
+    Ok((d, writes))
 }
 
 struct Verdict {
@@ -422,17 +429,20 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         .iter()
         .filter(|e| !applied_ids.contains(e.event_id.as_str()))
         .count();
-    let twice = ids.len() - applied_ids.len();
-    let want = reference(ctx, prefix, events.len() as i64).await?;
+    let (want, want_writes) = reference(ctx, prefix, events.len() as i64).await?;
     let got = projector_tools::snapshot::dump(&db.pool).await?;
+    let got_writes = projector_tools::audit::writes(&db.pool).await?;
     let (missing, extra) = diff(&got, &want);
+    // Row writes beyond the clean run's are events applied more than once;
+    // fewer are writes lost.
+    let surplus = got_writes - want_writes;
     let verdict = Verdict {
         name,
         produced: events.len(),
         applied: applied_ids.len() as i64,
-        lost: lost_events + missing,
-        duplicated: twice + extra,
-        note,
+        lost: lost_events + missing + (-surplus).max(0) as usize,
+        duplicated: extra + surplus.max(0) as usize,
+        note: format!("{note} [{got_writes} audited row writes, clean run {want_writes}]"),
     };
     ctx.drop_db(run.db).await;
     Ok(verdict)
