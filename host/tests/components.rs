@@ -41,9 +41,14 @@ fn chaos_path() -> PathBuf {
     path
 }
 
+/// A runtime whose deadline no good event gets near, even on a loaded runner.
 fn runtime() -> Runtime {
+    runtime_with_deadline(Duration::from_secs(2))
+}
+
+fn runtime_with_deadline(call_deadline: Duration) -> Runtime {
     Runtime::new(SandboxLimits {
-        call_deadline: Duration::from_millis(100),
+        call_deadline,
         memory_mb: 32,
     })
     .unwrap()
@@ -134,7 +139,7 @@ fn errors_cross_the_boundary_with_their_kind() {
 
 #[test]
 fn a_looping_guest_hits_the_deadline_and_the_next_call_gets_a_fresh_instance() {
-    let rt = runtime();
+    let rt = runtime_with_deadline(Duration::from_millis(100));
     let loaded = rt.load_file(&chaos_path()).unwrap();
     let mut session = loaded.session();
     let (v, _) = fixture("user.created");

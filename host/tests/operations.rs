@@ -194,8 +194,7 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_one() {
-    let all = events(400);
-    let (expected, clean_writes) = clean_run_audited(&all).await;
+    let mut all = events(400);
     let db = TestDb::audited().await;
     let topics = Topics::new();
     let dir = components_copy();
@@ -219,6 +218,28 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
         })
     };
     let user_wasm = dir.path().join("user.wasm");
+    let probe_producer = producer();
+    // A user event projected by the build of `digest`, seen in its
+    // bookkeeping: each build is proven to have served.
+    let probe = async |digest: &str| {
+        let probe = fixture("user.created", &object_id(), "2026-02-01T00:00:00Z");
+        let id = probe["entity_id"].as_str().unwrap().to_owned();
+        produce(
+            &probe_producer,
+            &topics.of("user.created"),
+            &id,
+            probe.to_string().as_bytes(),
+        )
+        .await;
+        let sql = format!(
+            "SELECT COUNT(*) FROM processed_events WHERE event_id = '{}' AND component LIKE '%+{}'",
+            probe["event_id"].as_str().unwrap(),
+            &digest[..12]
+        );
+        wait_until(&db.pool, &sql, 1, Duration::from_secs(30)).await;
+        probe
+    };
+
     let original = std::fs::read(&user_wasm).unwrap();
     let user_digest = |shared: &projector_host::ops::Shared| {
         shared
@@ -228,6 +249,7 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
             .unwrap()
             .digest
     };
+    let mut probes = vec![probe(&user_digest(&host.shared)).await];
     let refused = || {
         host.shared
             .metrics
@@ -263,7 +285,7 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        probes.push(probe(&digest).await);
     }
     producing.await.unwrap();
     // The endpoint reloads on demand; nothing changed since the last swap.
@@ -276,9 +298,11 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
     let report: serde_json::Value = r.json().await.unwrap();
     assert_eq!(report["unchanged"], 5, "{report}");
 
+    all.extend(probes);
     wait_processed(&db.pool, all.len() as i64, Duration::from_secs(120)).await;
     let m = metrics(&url).await;
     host.stop().await;
+    let (expected, clean_writes) = clean_run_audited(&all).await;
     assert_each_event_once(&db, all.len(), clean_writes).await;
     assert_same(&dump(&db.pool).await, &expected);
     let builds: i64 = sqlx::query_scalar(
@@ -287,10 +311,8 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert!(
-        builds >= 3,
-        "user events were projected by {builds} builds: the swaps happened under load"
-    );
+    // The original and each of the 9 builds projected user events.
+    assert_eq!(builds, 10, "user events were projected by {builds} builds");
     assert_eq!(
         m[r#"projector_component_reloads_total{domain="user",outcome="loaded"}"#],
         9.0

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod generate;
+pub mod oracle;
 pub mod snapshot;
 
 /// A copy of a component with a custom section appended: the same code under

@@ -39,10 +39,15 @@ impl Source {
     /// host has no position for).
     pub fn needs_stored(&mut self, batch: &[OwnedMessage]) -> bool {
         self.drain_rebalances();
+        // Messages come in runs of one partition: look each run up once.
+        let mut last: Option<(&str, i32)> = None;
         batch.iter().any(|m| {
-            !self
-                .positions
-                .contains_key(&(m.topic().to_owned(), m.partition()))
+            let key = (m.topic(), m.partition());
+            if last == Some(key) {
+                return false;
+            }
+            last = Some(key);
+            !self.positions.contains_key(&(key.0.to_owned(), key.1))
         })
     }
 
