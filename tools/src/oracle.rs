@@ -248,6 +248,15 @@ async fn update(
     Ok(())
 }
 
+/// Sets `deleted_at` to the event time.
+async fn soft_delete(
+    conn: &mut MySqlConnection,
+    e: &Event,
+    table_key: (&str, &str),
+) -> anyhow::Result<()> {
+    update(conn, e, table_key, &[("deleted_at", V::Text(e.ts.clone()))]).await
+}
+
 async fn delete(
     conn: &mut MySqlConnection,
     e: &Event,
@@ -287,15 +296,7 @@ async fn apply_one(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<()> 
             )
             .await
         }
-        "user.deleted" => {
-            update(
-                conn,
-                e,
-                ("users", "user_id"),
-                &[("deleted_at", V::Text(e.ts.clone()))],
-            )
-            .await
-        }
+        "user.deleted" => soft_delete(conn, e, ("users", "user_id")).await,
         "supplier.created" | "supplier.updated" => {
             let [created, updated] = e.record_times()?;
             let contact = |k: &str| text(d, &["contact_info", k]);
@@ -514,15 +515,7 @@ async fn apply_one(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<()> 
             )
             .await
         }
-        "post.deleted" => {
-            update(
-                conn,
-                e,
-                ("posts", "post_id"),
-                &[("deleted_at", V::Text(e.ts.clone()))],
-            )
-            .await
-        }
+        "post.deleted" => soft_delete(conn, e, ("posts", "post_id")).await,
         other => anyhow::bail!("the oracle knows no event type {other}"),
     }
 }

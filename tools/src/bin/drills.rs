@@ -420,7 +420,7 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         applied: applied_ids.len() as i64,
         lost: lost_events + missing + (-surplus).max(0) as usize,
         duplicated: extra + surplus.max(0) as usize,
-        note: format!("{note} [{got_writes} audited row writes, clean run {want_writes}]"),
+        note: format!("{note} [audited row writes {got_writes}, oracle {want_writes}]"),
     };
     ctx.drop_db(run.db).await;
     Ok(verdict)
