@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
+use sqlx::query_builder::Separated;
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row as _};
 
 use super::Applied;
@@ -25,6 +26,39 @@ const MAX_PLACEHOLDERS: usize = 30_000;
 
 /// Rows per `IN` list of keys.
 const KEYS_PER_STATEMENT: usize = 500;
+
+/// A builder for a multi-row statement: `head`, then `rows` rows of
+/// `per_row` values, then `tail_len` more bytes, with the text allocated once.
+fn rows_builder<'a>(
+    head: &str,
+    rows: usize,
+    per_row: usize,
+    tail_len: usize,
+) -> QueryBuilder<'a, MySql> {
+    let mut sql = String::with_capacity(head.len() + 7 + rows * (2 * per_row + 2) + tail_len);
+    sql.push_str(head);
+    QueryBuilder::new(sql)
+}
+
+/// `VALUES (?,?),(?,?)`: `push_values` without the spaces, which on
+/// statements of thousands of placeholders add half again to the text MySQL
+/// parses and the statement cache hashes.
+fn compact_values<'a, T>(
+    q: &mut QueryBuilder<'a, MySql>,
+    rows: impl IntoIterator<Item = T>,
+    mut push_row: impl FnMut(&mut Separated<'_, 'a, MySql, &'static str>, T),
+) {
+    q.push("VALUES ");
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        q.push("(");
+        let mut values = q.separated(",");
+        push_row(&mut values, row);
+        values.push_unseparated(")");
+    }
+}
 
 /// Tables ordered parents first.
 fn table_order(schema: &Schema) -> HashMap<&str, usize> {
@@ -262,8 +296,8 @@ async fn upsert_rows(
     let tail = format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "));
     let per_row = names.len() + 2;
     for chunk in rows.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
-        let mut q = QueryBuilder::<MySql>::new(&head);
-        q.push_values(chunk, |mut row, (key, values, stamp)| {
+        let mut q = rows_builder(&head, chunk.len(), per_row, tail.len());
+        compact_values(&mut q, chunk, |row, (key, values, stamp)| {
             for (_, v) in key.iter().chain(values.iter()) {
                 row.push_bind(v);
             }
@@ -478,8 +512,8 @@ async fn replace_children(
         );
         let per_row = names.len() + 2;
         for chunk in rows.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
-            let mut q = QueryBuilder::<MySql>::new(&head);
-            q.push_values(chunk, |mut row, (values, stamp)| {
+            let mut q = rows_builder(&head, chunk.len(), per_row, 0);
+            compact_values(&mut q, chunk, |row, (values, stamp)| {
                 for v in values {
                     row.push_bind(*v);
                 }
