@@ -129,15 +129,19 @@ impl Event {
         })
     }
 
+    /// The timestamp at `path` of the data, else the event time.
+    fn time_or_now(&self, path: &[&str]) -> anyhow::Result<V> {
+        Ok(match time(&self.data, path)? {
+            V::Null => V::Text(self.ts.clone()),
+            t => t,
+        })
+    }
+
     /// `data.created_at` and `data.updated_at`, each else the event time.
     fn record_times(&self) -> anyhow::Result<[V; 2]> {
-        let or_now = |v: V| match v {
-            V::Null => V::Text(self.ts.clone()),
-            v => v,
-        };
         Ok([
-            or_now(time(&self.data, &["created_at"])?),
-            or_now(time(&self.data, &["updated_at"])?),
+            self.time_or_now(&["created_at"])?,
+            self.time_or_now(&["updated_at"])?,
         ])
     }
 }
@@ -447,10 +451,7 @@ async fn apply_one(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<()> 
             replace(conn, e, ("orders", "order_id"), "order_items", &rows).await
         }
         "order.cancelled" => {
-            let at = match time(d, &["cancelled_at"])? {
-                V::Null => V::Text(e.ts.clone()),
-                t => t,
-            };
+            let at = e.time_or_now(&["cancelled_at"])?;
             update(
                 conn,
                 e,
@@ -464,10 +465,7 @@ async fn apply_one(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<()> 
             .await
         }
         "order.shipped" => {
-            let at = match time(d, &["shipped_at"])? {
-                V::Null => V::Text(e.ts.clone()),
-                t => t,
-            };
+            let at = e.time_or_now(&["shipped_at"])?;
             update(
                 conn,
                 e,
