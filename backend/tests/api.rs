@@ -13,6 +13,7 @@ use mongodb::bson::{Document, doc};
 use projector_backend::relay::Relay;
 use projector_backend::{AppState, app};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Message as _};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -152,8 +153,12 @@ impl Env {
         while out.len() < n {
             let m = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
                 Ok(Ok(m)) => m,
-                // Topics of domains this test never wrote do not exist.
-                Ok(Err(_)) => continue,
+                // Topics of domains this test never wrote do not exist;
+                // any other error fails the test.
+                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => {
+                    continue;
+                }
+                Ok(Err(e)) => panic!("consuming failed: {e}"),
                 Err(_) => panic!("only {} of {n} events arrived", out.len()),
             };
             let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();

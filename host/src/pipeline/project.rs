@@ -65,8 +65,8 @@ pub fn project_all_observed(
             continue;
         }
         match project_one(registry, schema, &mut sessions, m, shared) {
-            Ok(inner) => applied.push(Projected {
-                component_ref: registry.route(&inner.event_type).map(component_ref),
+            Ok((inner, component)) => applied.push(Projected {
+                component_ref: Some(component),
                 inner,
                 source_index: index,
             }),
@@ -82,7 +82,7 @@ fn project_one<'r>(
     sessions: &mut HashMap<String, Session<'r>>,
     m: &OwnedMessage,
     shared: Option<&Shared>,
-) -> Result<Applied, Failure> {
+) -> Result<(Applied, ComponentRef), Failure> {
     let fail = |class: &'static str, message: String, component: Option<ComponentRef>| Failure {
         class,
         message,
@@ -104,7 +104,7 @@ fn project_one<'r>(
             None,
         )
     })?;
-    let component = Some(component_ref(projection));
+    let component = component_ref(projection);
     let started = Instant::now();
     let ops = envelope_view(&envelope, |env| match projection {
         Projection::Wasm(c) => {
@@ -123,13 +123,13 @@ fn project_one<'r>(
             .with_label_values(&[info.domain.as_str()])
             .observe(started.elapsed().as_secs_f64());
     }
-    let ops = ops.map_err(|e| fail(e.class(), e.to_string(), component.clone()))?;
+    let ops = ops.map_err(|e| fail(e.class(), e.to_string(), Some(component.clone())))?;
     let ops = ops
         .iter()
         .map(|op| sink::validate(op, info, schema))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail("disallowed_op", e, component.clone()))?;
-    Ok(Applied {
+        .map_err(|e| fail("disallowed_op", e, Some(component.clone())))?;
+    let applied = Applied {
         event_id: envelope.event_id.to_string(),
         event_type: envelope.event_type.clone(),
         timestamp: envelope.timestamp.naive_utc(),
@@ -138,5 +138,6 @@ fn project_one<'r>(
         offset: m.offset(),
         component: projection.label(),
         ops,
-    })
+    };
+    Ok((applied, component))
 }

@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use sqlx::{MySql, MySqlConnection, QueryBuilder, Row as _};
+use sqlx::{MySqlConnection, Row as _};
 
 use super::Applied;
 use super::classify::ExecError;
+use super::statement::Statement;
 
 /// Locks the stored positions of the given partitions for the rest of the
 /// transaction and checks each is what the caller last saw (`None`: no row).
@@ -23,17 +24,19 @@ pub async fn fence(
         return Ok(());
     }
     let topics: BTreeSet<&str> = expected.keys().map(|(t, _)| t.as_str()).collect();
-    let mut q = QueryBuilder::<MySql>::new(
+    let mut q = Statement::new(
         "SELECT topic, `partition`, next_offset FROM consumer_offsets WHERE group_id = ",
+        32 + 2 * topics.len(),
     );
-    q.push_bind(group).push(" AND topic IN (");
-    let mut list = q.separated(",");
-    for t in topics {
-        list.push_bind(t);
-    }
-    q.push(") FOR UPDATE");
+    q.bind(group).push(" AND topic IN ");
+    q.tuples([()], |list, ()| {
+        for t in &topics {
+            list.bind(*t);
+        }
+    });
+    q.push(" FOR UPDATE");
     let mut stored: HashMap<(String, i32), i64> = HashMap::new();
-    for row in q.build().fetch_all(&mut *conn).await? {
+    for row in q.fetch_all(&mut *conn).await? {
         stored.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
     }
     let moved: Vec<(String, i32)> = expected
@@ -59,14 +62,16 @@ pub(super) async fn already_processed(
 ) -> Result<HashSet<String>, ExecError> {
     let mut found = HashSet::new();
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<MySql>::new("SELECT event_id FROM processed_events WHERE event_id IN (");
-        let mut list = q.separated(",");
-        for e in chunk {
-            list.push_bind(e.event_id.as_str());
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
+        let mut q = Statement::new(
+            "SELECT event_id FROM processed_events WHERE event_id IN ",
+            Statement::tuples_len(1, chunk.len()),
+        );
+        q.tuples([()], |list, ()| {
+            for e in chunk {
+                list.bind(e.event_id.as_str());
+            }
+        });
+        for row in q.fetch_all(&mut *conn).await? {
             found.insert(row.try_get::<String, _>(0)?);
         }
     }
@@ -79,23 +84,21 @@ pub(super) async fn record_processed(
     events: &[&Applied],
 ) -> Result<(), ExecError> {
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO processed_events (event_id, event_type, topic, `partition`, `offset`, component) ",
+        let mut q = Statement::new(
+            "INSERT INTO processed_events (event_id, event_type, topic, `partition`, `offset`, component) VALUES ",
+            Statement::tuples_len(chunk.len(), 6),
         );
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(e.event_id.as_str())
-                .push_bind(e.event_type.as_str())
-                .push_bind(e.topic.as_str())
-                .push_bind(e.partition)
-                .push_bind(e.offset)
-                .push_bind(e.component.as_str());
+        q.tuples(chunk, |row, e| {
+            row.bind(e.event_id.as_str())
+                .bind(e.event_type.as_str())
+                .bind(e.topic.as_str())
+                .bind(e.partition)
+                .bind(e.offset)
+                .bind(e.component.as_str());
         });
         // A duplicate event id here means another consumer applied the event
         // concurrently: the whole transaction must roll back and retry.
-        q.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(ExecError::Transient)?;
+        q.execute(&mut *conn).await.map_err(ExecError::Transient)?;
     }
     Ok(())
 }
@@ -109,17 +112,18 @@ pub(super) async fn record_offsets(
     if offsets.is_empty() {
         return Ok(());
     }
-    let mut q = QueryBuilder::<MySql>::new(
-        "INSERT INTO consumer_offsets (group_id, topic, `partition`, next_offset) ",
+    let mut q = Statement::new(
+        "INSERT INTO consumer_offsets (group_id, topic, `partition`, next_offset) VALUES ",
+        Statement::tuples_len(offsets.len(), 4) + 90,
     );
-    q.push_values(offsets, |mut row, ((topic, partition), next)| {
-        row.push_bind(group)
-            .push_bind(topic.as_str())
-            .push_bind(*partition)
-            .push_bind(*next);
+    q.tuples(offsets, |row, ((topic, partition), next)| {
+        row.bind(group)
+            .bind(topic.as_str())
+            .bind(*partition)
+            .bind(*next);
     });
     q.push(" ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, VALUES(next_offset))");
-    q.build().execute(&mut *conn).await?;
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 

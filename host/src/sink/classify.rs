@@ -28,6 +28,10 @@ const DATA_ERRORS: [u16; 13] = [
 
 impl From<sqlx::Error> for ExecError {
     fn from(e: sqlx::Error) -> Self {
+        // A value the driver cannot encode will not encode on a retry.
+        if let sqlx::Error::Encode(cause) = &e {
+            return ExecError::Data(format!("a value could not be encoded: {cause}"));
+        }
         if let sqlx::Error::Database(db) = &e
             && let Some(mysql) = db.try_downcast_ref::<MySqlDatabaseError>()
             && DATA_ERRORS.contains(&mysql.number())

@@ -23,6 +23,7 @@ mod classify;
 mod connect;
 mod rows;
 pub mod schema;
+mod statement;
 mod validate;
 
 pub use bookkeeping::{fence, stored_offsets};

@@ -13,12 +13,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
-use sqlx::query_builder::Separated;
-use sqlx::{MySql, MySqlConnection, QueryBuilder, Row as _};
+use sqlx::{MySqlConnection, Row as _};
 
 use super::Applied;
 use super::classify::ExecError;
 use super::schema::{ForeignKey, Schema, TableInfo};
+use super::statement::Statement;
 use super::validate::{Bind, ValidOp};
 
 /// MySQL caps a statement at 65 535 placeholders; stay well below.
@@ -26,39 +26,6 @@ const MAX_PLACEHOLDERS: usize = 30_000;
 
 /// Rows per `IN` list of keys.
 const KEYS_PER_STATEMENT: usize = 500;
-
-/// A builder for a multi-row statement: `head`, then `rows` rows of
-/// `per_row` values, then `tail_len` more bytes, with the text allocated once.
-fn rows_builder<'a>(
-    head: &str,
-    rows: usize,
-    per_row: usize,
-    tail_len: usize,
-) -> QueryBuilder<'a, MySql> {
-    let mut sql = String::with_capacity(head.len() + 7 + rows * (2 * per_row + 2) + tail_len);
-    sql.push_str(head);
-    QueryBuilder::new(sql)
-}
-
-/// `VALUES (?,?),(?,?)`: `push_values` without the spaces, which on
-/// statements of thousands of placeholders add half again to the text MySQL
-/// parses and the statement cache hashes.
-fn compact_values<'a, T>(
-    q: &mut QueryBuilder<'a, MySql>,
-    rows: impl IntoIterator<Item = T>,
-    mut push_row: impl FnMut(&mut Separated<'_, 'a, MySql, &'static str>, T),
-) {
-    q.push("VALUES ");
-    for (i, row) in rows.into_iter().enumerate() {
-        if i > 0 {
-            q.push(",");
-        }
-        q.push("(");
-        let mut values = q.separated(",");
-        push_row(&mut values, row);
-        values.push_unseparated(")");
-    }
-}
 
 /// Tables ordered parents first.
 fn table_order(schema: &Schema) -> HashMap<&str, usize> {
@@ -289,22 +256,25 @@ async fn upsert_rows(
         "`event_timestamp` = IF({guard}, VALUES(`event_timestamp`), `event_timestamp`)"
     ));
     let head = format!(
-        "INSERT INTO {} ({}, `event_id`, `event_timestamp`) ",
+        "INSERT INTO {} ({}, `event_id`, `event_timestamp`) VALUES ",
         info.name,
         cols.join(", ")
     );
     let tail = format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "));
     let per_row = names.len() + 2;
     for chunk in rows.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
-        let mut q = rows_builder(&head, chunk.len(), per_row, tail.len());
-        compact_values(&mut q, chunk, |row, (key, values, stamp)| {
+        let mut q = Statement::new(
+            &head,
+            Statement::tuples_len(chunk.len(), per_row) + tail.len(),
+        );
+        q.tuples(chunk, |row, (key, values, stamp)| {
             for (_, v) in key.iter().chain(values.iter()) {
-                row.push_bind(v);
+                row.bind(v);
             }
-            row.push_bind(stamp.event_id).push_bind(stamp.ts);
+            row.bind(stamp.event_id).bind(stamp.ts);
         });
         q.push(&tail);
-        q.build().execute(&mut *conn).await?;
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -356,19 +326,21 @@ async fn check_unique_conflicts<'a>(
             }
         }
         for chunk in probe.chunks(KEYS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<MySql>::new(format!(
-                "SELECT {}, {} FROM {} WHERE ({}) IN",
+            let head = format!(
+                "SELECT {}, {} FROM {} WHERE ({}) IN (",
                 quote_list(&info.primary_key),
                 quote_list(unique),
                 info.name,
                 quote_list(unique),
-            ));
-            q.push_tuples(chunk, |mut tuple, (uk, _)| {
+            );
+            let mut q = Statement::new(&head, Statement::tuples_len(chunk.len(), unique.len()) + 1);
+            q.tuples(chunk, |tuple, (uk, _)| {
                 for b in uk {
-                    tuple.push_bind(*b);
+                    tuple.bind(*b);
                 }
             });
-            for row in q.build().fetch_all(&mut *conn).await? {
+            q.push(")");
+            for row in q.fetch_all(&mut *conn).await? {
                 let stored_pk: Vec<String> = (0..info.primary_key.len())
                     .map(|i| row.try_get::<String, _>(i))
                     .collect::<Result<_, _>>()?;
@@ -443,19 +415,23 @@ async fn replace_children(
     // Current parent timestamps (locked: no concurrent writer can slip in).
     let mut parent_ts: Vec<(Vec<Bind>, NaiveDateTime)> = Vec::new();
     for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<MySql>::new(format!(
-            "SELECT {}, `event_timestamp` FROM {} WHERE ({}) IN",
+        let head = format!(
+            "SELECT {}, `event_timestamp` FROM {} WHERE ({}) IN (",
             quote_list(parent_cols),
             parent_info.name,
             quote_list(parent_cols),
-        ));
-        q.push_tuples(chunk, |mut tuple, k| {
+        );
+        let mut q = Statement::new(
+            &head,
+            Statement::tuples_len(chunk.len(), parent_cols.len()) + 12,
+        );
+        q.tuples(chunk, |tuple, k| {
             for b in k {
-                tuple.push_bind(b);
+                tuple.bind(b);
             }
         });
-        q.push(" FOR UPDATE");
-        for row in q.build().fetch_all(&mut *conn).await? {
+        q.push(") FOR UPDATE");
+        for row in q.fetch_all(&mut *conn).await? {
             let key: Vec<Bind> = (0..parent_cols.len())
                 .map(|i| row.try_get::<String, _>(i).map(Bind::Text))
                 .collect::<Result<_, _>>()?;
@@ -480,17 +456,19 @@ async fn replace_children(
         return Ok(());
     }
     for chunk in winners.chunks(KEYS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<MySql>::new(format!(
-            "DELETE FROM {} WHERE ({}) IN",
+        let head = format!(
+            "DELETE FROM {} WHERE ({}) IN (",
             info.name,
             quote_list(fk_cols),
-        ));
-        q.push_tuples(chunk, |mut tuple, (k, _)| {
+        );
+        let mut q = Statement::new(&head, Statement::tuples_len(chunk.len(), fk_cols.len()) + 1);
+        q.tuples(chunk, |tuple, (k, _)| {
             for b in k {
-                tuple.push_bind(b);
+                tuple.bind(b);
             }
         });
-        q.build().execute(&mut *conn).await?;
+        q.push(")");
+        q.execute(&mut *conn).await?;
     }
     // Insert the winners' rows, grouped by column list.
     let mut groups: BTreeMap<Vec<String>, Vec<(Vec<&Bind>, &Stamp)>> = BTreeMap::new();
@@ -506,20 +484,20 @@ async fn replace_children(
     }
     for (names, rows) in groups {
         let head = format!(
-            "INSERT INTO {} ({}, `event_id`, `event_timestamp`) ",
+            "INSERT INTO {} ({}, `event_id`, `event_timestamp`) VALUES ",
             info.name,
             quote_list(&names)
         );
         let per_row = names.len() + 2;
         for chunk in rows.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
-            let mut q = rows_builder(&head, chunk.len(), per_row, 0);
-            compact_values(&mut q, chunk, |row, (values, stamp)| {
+            let mut q = Statement::new(&head, Statement::tuples_len(chunk.len(), per_row));
+            q.tuples(chunk, |row, (values, stamp)| {
                 for v in values {
-                    row.push_bind(*v);
+                    row.bind(*v);
                 }
-                row.push_bind(stamp.event_id).push_bind(stamp.ts);
+                row.bind(stamp.event_id).bind(stamp.ts);
             });
-            q.build().execute(&mut *conn).await?;
+            q.execute(&mut *conn).await?;
         }
     }
     Ok(())

@@ -470,7 +470,21 @@ pub async fn clean_run(events: &[serde_json::Value]) -> Dump {
 /// [`clean_run`] and the row writes the audit counted while the oracle
 /// applied the events.
 pub async fn clean_run_audited(events: &[serde_json::Value]) -> (Dump, i64) {
+    clean_run_audited_after(events, &[]).await
+}
+
+/// [`clean_run`] on a database first changed by `ddl` (a widened column, as
+/// an operator's fix would).
+#[allow(dead_code)]
+pub async fn clean_run_after(events: &[serde_json::Value], ddl: &[&str]) -> Dump {
+    clean_run_audited_after(events, ddl).await.0
+}
+
+async fn clean_run_audited_after(events: &[serde_json::Value], ddl: &[&str]) -> (Dump, i64) {
     let db = TestDb::audited().await;
+    for statement in ddl {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
     let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
     projector_tools::oracle::apply_envelopes(&db.pool, payloads.iter().map(Vec::as_slice))
         .await

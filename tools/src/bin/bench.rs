@@ -1,30 +1,39 @@
-//! `bench`: projection throughput, latency and memory against the raw
+//! `bench`: projection throughput, latency, CPU and memory against the raw
 //! ceilings and the per-event design, in one run (`scripts/bench`).
 //!
 //! 1. Generates N events (seeded, `projector_tools::generate`) into fresh
-//!    topics, plus a smaller backlog of the first M events for the slow
-//!    per-event mode, and a latency stream.
-//! 2. Measures, on this machine in this run:
+//!    topics, plus the first M of the same events for the slow per-event
+//!    mode, and one paced stream per host run.
+//! 2. Runs every mode `--runs` times (3 by default) in rotated order (round
+//!    r starts with mode r), each run on a fresh database and group:
 //!    - raw Kafka consume: the N messages read and their envelopes decoded;
 //!    - MySQL ceiling: the row writes of the N events (flattened beforehand,
-//!      untimed) executed with the executor's multi-row statements in
+//!      untimed) executed with the sink's multi-row statements in
 //!      5,000-event transactions: no Kafka, JSON, WASM or bookkeeping;
 //!    - the host (`projector run`, a child process) per-event (batch 1, on
-//!      the M backlog), batched with the WASM components (the default), and
-//!      batched with the flattening compiled in (`--native`).
+//!      the first M events), batched with the WASM components (the
+//!      default), batched with the flattening compiled in (`--native`), and
+//!      the default with any `--compare LABEL=PATH` binary.
 //!
-//!    Host throughput is events / (last - first `processed_at`) of its
-//!    backlog; then each host gets a stream at a fixed rate and the p50/p99
-//!    of commit time minus send time are taken; peak RSS is the host's
-//!    `VmHWM`.
-//! 3. Checks that every run over the same events ended with the same tables
-//!    (an in-database checksum), and prints a table, a JSON file and an SVG
-//!    chart.
+//!    A host is timed from the outside by the positions it commits in the
+//!    same transaction as its rows (`consumer_offsets`), polled every 5 ms:
+//!    steady throughput is the events committed after its first commit over
+//!    the time to its last; wall time runs from spawning the process to the
+//!    last commit (start, component compilation, group join, first batch);
+//!    CPU is the process's user + system time at that moment. Then a stream
+//!    is paced open-loop at a fixed rate (at most half the run's capacity)
+//!    and each event's latency runs from its due send time to the poll that
+//!    sees it committed. Peak RSS is the host's `VmHWM`.
+//! 3. Prints the median of each mode with the min-max spread, checks that
+//!    every run over the same events ended with the same tables (an
+//!    in-database checksum), and writes a JSON file with every run and an
+//!    SVG chart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -33,7 +42,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::json;
-use sqlx::{Connection as _, MySqlPool, Row as _};
+use sqlx::{Connection as _, MySqlPool};
 
 #[derive(Parser)]
 #[command(about = "Benchmark the projection modes against the raw ceilings")]
@@ -44,7 +53,8 @@ struct Args {
     /// Events the per-event mode projects (it is ~50x slower).
     #[arg(long, default_value_t = 5_000)]
     per_event_events: usize,
-    /// Produce rate of the latency runs (events per second).
+    /// Produce rate of the latency runs (events per second); a mode whose
+    /// capacity is below twice this rate is paced at half its capacity.
     #[arg(long, default_value_t = 500)]
     latency_rate: usize,
     /// Length of each latency run (seconds).
@@ -61,6 +71,13 @@ struct Args {
     /// Only these modes (kafka, mysql, per-event, wasm, native).
     #[arg(long = "only")]
     only: Vec<String>,
+    /// Runs of each mode, in rotated order.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Also run the default mode with another `projector` binary, for
+    /// before/after comparisons in one run: LABEL=PATH (repeatable).
+    #[arg(long = "compare")]
+    compare: Vec<String>,
 }
 
 fn say(msg: impl std::fmt::Display) {
@@ -82,16 +99,92 @@ struct Ctx {
     run: String,
 }
 
+/// One timed run of one mode.
 #[derive(Debug, Clone, serde::Serialize)]
-struct ModeResult {
-    mode: &'static str,
+struct RunResult {
+    mode: String,
+    round: usize,
     events: usize,
-    seconds: f64,
+    /// Events per second in steady state: for a host, the events committed
+    /// after its first commit over the time from its first to its last
+    /// commit; for the ceilings, events over the timed seconds.
     events_per_sec: f64,
+    /// Seconds from the start of the run (for a host, spawning the process)
+    /// to its last commit: includes start, component compilation, the
+    /// group join and the first batch.
+    wall_secs: f64,
+    /// The host process's CPU time (user + system) from start to last commit.
+    cpu_secs: Option<f64>,
+    /// Latency of the paced stream, from each event's due send time to the
+    /// poll that saw it committed.
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
+    /// The rate of the paced stream (events per second), and that rate as a
+    /// fraction of this run's steady throughput.
+    paced_rate: Option<usize>,
+    rate_over_capacity: Option<f64>,
     peak_rss_mb: Option<f64>,
     checksum: Option<String>,
+}
+
+/// The runs of one mode: medians, and the spread of the throughput.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Summary {
+    mode: String,
+    runs: usize,
+    events: usize,
+    events_per_sec: f64,
+    events_per_sec_min: f64,
+    events_per_sec_max: f64,
+    wall_secs: f64,
+    cpu_secs: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    paced_rate: Option<f64>,
+    rate_over_capacity: Option<f64>,
+    peak_rss_mb: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+impl Summary {
+    fn of(mode: &str, runs: &[&RunResult]) -> Summary {
+        let med = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+            median(runs.iter().filter_map(|r| f(r)).collect())
+        };
+        let rates: Vec<f64> = runs.iter().map(|r| r.events_per_sec).collect();
+        Summary {
+            mode: mode.to_owned(),
+            runs: runs.len(),
+            events: runs.first().map_or(0, |r| r.events),
+            events_per_sec: median(rates.clone()).unwrap_or(0.0),
+            events_per_sec_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+            events_per_sec_max: rates.iter().copied().fold(0.0, f64::max),
+            wall_secs: med(&|r| Some(r.wall_secs)).unwrap_or(0.0),
+            cpu_secs: med(&|r| r.cpu_secs),
+            p50_ms: med(&|r| r.p50_ms),
+            p99_ms: med(&|r| r.p99_ms),
+            paced_rate: med(&|r| r.paced_rate.map(|r| r as f64)),
+            rate_over_capacity: med(&|r| r.rate_over_capacity),
+            peak_rss_mb: runs.iter().filter_map(|r| r.peak_rss_mb).reduce(f64::max),
+        }
+    }
+
+    /// (max - min) / median of the throughput, in percent.
+    fn spread_pct(&self) -> f64 {
+        100.0 * (self.events_per_sec_max - self.events_per_sec_min) / self.events_per_sec.max(1e-9)
+    }
 }
 
 impl Ctx {
@@ -126,47 +219,78 @@ impl Ctx {
     }
 }
 
-/// Produces events to `bench_<run>_<set>.<domain>`; with a rate, paced and
-/// returning each event's send time.
+/// Where one produced event landed, and when it was due (paced runs).
+struct Placed {
+    partition: (String, i32),
+    offset: i64,
+    due: Instant,
+}
+
+/// Produces events to `bench_<run>_<set>.<domain>`, returning where each
+/// landed. With a rate the sends are paced open-loop: event `i` is due at
+/// `start + i / rate` and its latency is counted from that due time, so a
+/// send that falls behind does not hide the delay (no coordinated omission).
 async fn produce(
     ctx: &Ctx,
     set: &str,
     events: impl Iterator<Item = Generated>,
     rate: Option<usize>,
-) -> anyhow::Result<(usize, HashMap<String, SystemTime>)> {
+) -> anyhow::Result<Vec<Placed>> {
     let producer = ctx.producer()?;
-    let mut sent = HashMap::new();
+    let mut placed = Vec::new();
     let mut pending = std::collections::VecDeque::new();
     let started = Instant::now();
-    let mut n = 0;
-    for e in events {
-        if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            }
-            sent.insert(e.event_id.clone(), SystemTime::now());
+    for (n, e) in events.enumerate() {
+        let due = started + Duration::from_secs_f64(rate.map_or(0.0, |r| n as f64 / r as f64));
+        if rate.is_some()
+            && let Some(wait) = due.checked_duration_since(Instant::now())
+        {
+            tokio::time::sleep(wait).await;
         }
         let topic = format!("bench_{}_{set}.{}", ctx.run, e.domain);
-        pending.push_back(
-            producer
-                .send_result(
-                    FutureRecord::to(&topic)
-                        .key(&e.entity_id)
-                        .payload(&e.payload),
-                )
-                .map_err(|(e, _)| e)?,
-        );
-        n += 1;
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(&topic)
+                    .key(&e.entity_id)
+                    .payload(&e.payload),
+            )
+            .map_err(|(e, _)| e)?;
+        pending.push_back((topic, due, delivery));
         while pending.len() > 50_000 {
-            let p = pending.pop_front().expect("not empty");
-            p.await?.map_err(|(e, _)| e)?;
+            let (topic, due, p) = pending.pop_front().expect("not empty");
+            let d = p.await?.map_err(|(e, _)| e)?;
+            placed.push(Placed {
+                partition: (topic, d.partition),
+                offset: d.offset,
+                due,
+            });
         }
     }
-    for p in pending {
-        p.await?.map_err(|(e, _)| e)?;
+    for (topic, due, p) in pending {
+        let d = p.await?.map_err(|(e, _)| e)?;
+        placed.push(Placed {
+            partition: (topic, d.partition),
+            offset: d.offset,
+            due,
+        });
     }
-    Ok((n, sent))
+    Ok(placed)
+}
+
+/// The committed positions of a host's group as MySQL holds them: the host
+/// writes them in the same transaction as the rows, so a position is visible
+/// exactly when the events before it are committed.
+async fn committed(pool: &MySqlPool, group: &str) -> HashMap<(String, i32), i64> {
+    sqlx::query_as::<_, (String, i32, i64)>(
+        "SELECT topic, `partition`, next_offset FROM consumer_offsets WHERE group_id = ?",
+    )
+    .bind(group)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default() // before the host's migrations the table is missing
+    .into_iter()
+    .map(|(t, p, o)| ((t, p), o))
+    .collect()
 }
 
 async fn create_topics(ctx: &Ctx, sets: &[&str]) -> anyhow::Result<()> {
@@ -186,9 +310,9 @@ async fn create_topics(ctx: &Ctx, sets: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Raw consume: every message of the topics read and its envelope decoded.
-fn raw_consume(ctx: &Ctx, set: &str, n: usize) -> anyhow::Result<ModeResult> {
+fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<RunResult> {
     let mut settings = ctx.kafka_config();
-    settings.group_id = format!("bench_{}_raw", ctx.run);
+    settings.group_id = format!("bench_{}_raw{round}", ctx.run);
     let mut config = ClientConfig::new();
     for (k, v) in settings.consumer_config() {
         config.set(k, v);
@@ -224,13 +348,17 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize) -> anyhow::Result<ModeResult> {
         "raw consume: {read} messages ({} MB of data) in {secs:.2} s",
         bytes >> 20
     ));
-    Ok(ModeResult {
-        mode: "raw Kafka consume",
+    Ok(RunResult {
+        mode: RAW_KAFKA.to_owned(),
+        round,
         events: read,
-        seconds: secs,
         events_per_sec: read as f64 / secs,
+        wall_secs: secs,
+        cpu_secs: None,
         p50_ms: None,
         p99_ms: None,
+        paced_rate: None,
+        rate_over_capacity: None,
         peak_rss_mb: None,
         checksum: None,
     })
@@ -238,8 +366,14 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize) -> anyhow::Result<ModeResult> {
 
 /// MySQL ceiling: the stream's row writes without Kafka, JSON, WASM or
 /// bookkeeping, in 5,000-event transactions.
-async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Result<ModeResult> {
-    let (name, _url, pool) = ctx.fresh_db(tag).await?;
+async fn mysql_ceiling(
+    ctx: &Ctx,
+    seed: u64,
+    n: usize,
+    tag: &str,
+    round: usize,
+) -> anyhow::Result<RunResult> {
+    let (name, _url, pool) = ctx.fresh_db(&format!("{tag}{round}")).await?;
     projector_host::sink::migrate(&pool).await?;
     let schema = projector_host::sink::Schema::load(&pool).await?;
     let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
@@ -296,13 +430,17 @@ async fn mysql_ceiling(ctx: &Ctx, seed: u64, n: usize, tag: &str) -> anyhow::Res
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
-    Ok(ModeResult {
-        mode: "MySQL ceiling",
+    Ok(RunResult {
+        mode: MYSQL_CEILING.to_owned(),
+        round,
         events: n,
-        seconds: secs,
         events_per_sec: n as f64 / secs,
+        wall_secs: secs,
+        cpu_secs: None,
         p50_ms: None,
         p99_ms: None,
+        paced_rate: None,
+        rate_over_capacity: None,
         peak_rss_mb: None,
         checksum: Some(checksum),
     })
@@ -315,123 +453,225 @@ fn peak_rss_mb(child: &Child) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn count(pool: &MySqlPool) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0)
+/// The CPU time (user + system) a process has used so far.
+fn cpu_secs(child: &Child) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+    // Fields after "pid (comm) ": state is the 3rd field, utime the 14th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
 }
 
-struct HostRun<'a> {
-    mode: &'static str,
-    set: &'a str,
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// How many events of `ends` ((topic, partition) -> end offset of the set)
+/// the positions cover.
+fn covered(ends: &HashMap<(String, i32), i64>, positions: &HashMap<(String, i32), i64>) -> i64 {
+    ends.iter()
+        .map(|(k, end)| positions.get(k).copied().unwrap_or(0).min(*end))
+        .sum()
+}
+
+/// (topic, partition) -> one past the last offset of the placed events.
+fn ends_of(placed: &[Placed]) -> HashMap<(String, i32), i64> {
+    let mut ends = HashMap::new();
+    for p in placed {
+        let end = ends.entry(p.partition.clone()).or_insert(0);
+        *end = (p.offset + 1).max(*end);
+    }
+    ends
+}
+
+/// A host mode to run.
+#[derive(Clone)]
+struct HostMode {
+    mode: String,
+    bin: PathBuf,
+    /// The backlog it projects, and where that backlog's events are.
+    set: &'static str,
+    ends: Arc<HashMap<(String, i32), i64>>,
     n: usize,
     native: bool,
     batch: usize,
-    latency_set: &'a str,
-    latency_seed: u64,
 }
 
-/// A host mode: backlog throughput, then latency at a fixed rate, peak RSS.
-async fn host_mode(ctx: &Ctx, run: &HostRun<'_>, args: &Args) -> anyhow::Result<ModeResult> {
-    let tag = run.mode.replace([' ', '-', '(', ')'], "_");
+/// How often positions are polled; the resolution of every time taken from
+/// commits.
+const POLL: Duration = Duration::from_millis(5);
+
+/// One run of a host mode: spawn `projector run` on a fresh database and
+/// group, time its backlog from the outside (positions it commits with the
+/// rows), then pace a stream at a fixed rate and take each event's latency
+/// from its due time to the poll that sees it committed.
+async fn host_mode(
+    ctx: &Ctx,
+    host: &HostMode,
+    round: usize,
+    latency_set: &str,
+    args: &Args,
+) -> anyhow::Result<RunResult> {
+    let tag = format!(
+        "{}{round}",
+        host.mode
+            .replace([' ', '-', '(', ')', ',', '[', ']'], "_")
+            .to_lowercase()
+    );
     let (name, url, pool) = ctx.fresh_db(&tag).await?;
-    let mut topics = ctx.topics(run.set);
-    topics.extend(ctx.topics(run.latency_set));
-    let mut cmd = Command::new(ctx.bin_dir.join("projector"));
+    let group = format!("bench_{}_{tag}", ctx.run);
+    let mut topics = ctx.topics(host.set);
+    topics.extend(ctx.topics(latency_set));
+    let mut cmd = Command::new(&host.bin);
     cmd.arg("run");
-    if run.native {
+    if host.native {
         cmd.arg("--native");
     }
     let log = std::fs::File::create(std::env::temp_dir().join(format!("bench-{tag}.log")))?;
+    let started = Instant::now();
     let mut child: Child = cmd
         .env("MYSQL_URL", &url)
         .env("KAFKA_BOOTSTRAP", &ctx.kafka)
-        .env("PROJECTOR_GROUP_ID", format!("bench_{}_{tag}", ctx.run))
+        .env("PROJECTOR_GROUP_ID", &group)
         .env("PROJECTOR_TOPICS", topics.join(","))
         .env("PROJECTOR_COMPONENTS_DIR", &ctx.components)
-        .env("PROJECTOR_BATCH_SIZE", run.batch.to_string())
+        .env("PROJECTOR_BATCH_SIZE", host.batch.to_string())
         .env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0")
         .env("PROJECTOR_WATCH_COMPONENTS", "false")
         .env("RUST_LOG", env_or("BENCH_HOST_LOG", "warn"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .context("the projector binary starts")?;
+        .with_context(|| format!("{} starts", host.bin.display()))?;
     let result = async {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        let mut last = (0, Instant::now());
-        loop {
-            let done = count(&pool).await;
-            if done as usize >= run.n {
-                break;
+        let n = host.n as i64;
+        let deadline = started + Duration::from_secs(3600);
+        let mut first: Option<(Instant, i64)> = None;
+        let mut said = Instant::now();
+        let (last, cpu) = loop {
+            let done = covered(&host.ends, &committed(&pool, &group).await);
+            let now = Instant::now();
+            if done > 0 && first.is_none() {
+                first = Some((now, done));
+            }
+            if done >= n {
+                break (now, cpu_secs(&child));
             }
             if let Some(status) = child.try_wait()? {
                 bail!("the host exited ({status}) after {done} events");
             }
-            if Instant::now() > deadline {
+            if now > deadline {
                 bail!("the host did not finish in an hour ({done} events)");
             }
-            if done != last.0 {
-                if last.1.elapsed() > Duration::from_secs(10) {
-                    say(format!("{}: {done}/{} events", run.mode, run.n));
-                    last.1 = Instant::now();
-                }
-                last.0 = done;
+            if said.elapsed() > Duration::from_secs(10) {
+                say(format!("{}: {done}/{n} events", host.mode));
+                said = now;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let secs: f64 = sqlx::query(
-            "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(processed_at), MAX(processed_at)) FROM processed_events",
-        )
-        .fetch_one(&pool)
-        .await?
-        .try_get::<i64, _>(0)? as f64
-            / 1e6;
+            tokio::time::sleep(POLL).await;
+        };
+        let (first_at, first_done) = first.expect("done > 0 was seen");
+        let steady_secs = (last - first_at).as_secs_f64();
+        let events_per_sec = if steady_secs > 0.0 {
+            (n - first_done) as f64 / steady_secs
+        } else {
+            n as f64 / (last - started).as_secs_f64()
+        };
         let checksum = projector_tools::snapshot::checksum(&pool).await?;
-        say(format!("{}: {} events in {secs:.2} s", run.mode, run.n));
-        // Latency at a fixed rate, against the caught-up host.
-        let total = (args.latency_rate as u64 * args.latency_secs) as usize;
-        let mut generator = Generator::new(run.latency_seed);
-        let (sent_n, sent) = produce(
-            ctx,
-            run.latency_set,
-            (0..total).map(|_| generator.next_event()),
-            Some(args.latency_rate),
-        )
-        .await?;
-        let want = (run.n + sent_n) as i64;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while count(&pool).await < want {
-            if Instant::now() > deadline {
-                bail!("latency events not all applied within 10 minutes");
+
+        // Latency: a stream paced at a fixed rate against the caught-up
+        // host; at most half its measured capacity, or the figure would
+        // measure a growing queue rather than the pipeline.
+        let paced_rate = (args.latency_rate as f64)
+            .min(events_per_sec / 2.0)
+            .max(1.0) as usize;
+        let total = paced_rate * args.latency_secs as usize;
+        let mut generator = Generator::new(args.seed + 1000);
+        let stream = ctx.topics(latency_set);
+        let mut seen: HashMap<(String, i32), Vec<(Instant, i64)>> = HashMap::new();
+        let mut note = |positions: HashMap<(String, i32), i64>, at: Instant| {
+            for (k, o) in positions {
+                if stream.contains(&k.0) {
+                    let v = seen.entry(k).or_default();
+                    if v.last().is_none_or(|l| l.1 < o) {
+                        v.push((at, o));
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let producing = produce(
+            ctx,
+            latency_set,
+            (0..total).map(|_| generator.next_event()),
+            Some(paced_rate),
+        );
+        tokio::pin!(producing);
+        let placed = loop {
+            tokio::select! {
+                placed = &mut producing => break placed?,
+                () = tokio::time::sleep(POLL) => {
+                    let positions = committed(&pool, &group).await;
+                    note(positions, Instant::now());
+                }
+            }
+        };
+        let ends = ends_of(&placed);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let positions = committed(&pool, &group).await;
+            let all = covered(&ends, &positions) >= placed.len() as i64;
+            note(positions, Instant::now());
+            if all {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the paced events were not all committed within 10 minutes");
+            }
+            tokio::time::sleep(POLL).await;
         }
-        let rows = sqlx::query(
-            "SELECT event_id, CAST(UNIX_TIMESTAMP(processed_at) * 1000000 AS SIGNED) FROM processed_events",
-        )
-        .fetch_all(&pool)
-        .await?;
-        let mut latencies: Vec<f64> = rows
+        let mut latencies: Vec<f64> = placed
             .iter()
-            .filter_map(|r| {
-                let id: String = r.try_get(0).ok()?;
-                let at: i64 = r.try_get(1).ok()?;
-                let sent = sent.get(&id)?;
-                let sent_us = sent.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_micros() as i64;
-                Some((at - sent_us) as f64 / 1000.0)
+            .filter_map(|p| {
+                let (at, _) = seen
+                    .get(&p.partition)?
+                    .iter()
+                    .find(|(_, o)| *o > p.offset)?;
+                Some(at.saturating_duration_since(p.due).as_secs_f64() * 1000.0)
             })
             .collect();
+        if latencies.len() != placed.len() {
+            bail!(
+                "{} of {} paced events have no commit time",
+                placed.len() - latencies.len(),
+                placed.len()
+            );
+        }
         latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
-        Ok(ModeResult {
-            mode: run.mode,
-            events: run.n,
-            seconds: secs,
-            events_per_sec: run.n as f64 / secs.max(1e-6),
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+        };
+        Ok(RunResult {
+            mode: host.mode.clone(),
+            round,
+            events: host.n,
+            events_per_sec,
+            wall_secs: (last - started).as_secs_f64(),
+            cpu_secs: cpu,
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
+            paced_rate: Some(paced_rate),
+            rate_over_capacity: Some(paced_rate as f64 / events_per_sec),
             peak_rss_mb: peak_rss_mb(&child),
             checksum: Some(checksum),
         })
@@ -448,22 +688,26 @@ async fn host_mode(ctx: &Ctx, run: &HostRun<'_>, args: &Args) -> anyhow::Result<
     result
 }
 
-fn svg_chart(results: &[ModeResult], n: usize) -> String {
-    let w = 760.0;
+fn svg_chart(summaries: &[Summary], n: usize, runs: usize) -> String {
+    let w = 820.0;
     let bar_h = 34.0;
-    let left = 230.0;
+    let left = 290.0;
     let top = 50.0;
-    let h = top + results.len() as f64 * (bar_h + 14.0) + 40.0;
-    let max = results.iter().map(|r| r.events_per_sec).fold(1.0, f64::max);
+    let h = top + summaries.len() as f64 * (bar_h + 14.0) + 40.0;
+    let max = summaries
+        .iter()
+        .map(|r| r.events_per_sec_max)
+        .fold(1.0, f64::max);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"20\" y=\"28\" font-size=\"16\" font-weight=\"bold\">projector throughput, events/s ({n} events, one run)</text>"
+         <text x=\"20\" y=\"28\" font-size=\"16\" font-weight=\"bold\">projector steady throughput, events/s ({n} events; median of {runs} runs, line = min to max)</text>"
     );
-    for (i, r) in results.iter().enumerate() {
+    let scale = (w - left - 120.0) / max;
+    for (i, r) in summaries.iter().enumerate() {
         let y = top + i as f64 * (bar_h + 14.0);
-        let len = (w - left - 120.0) * r.events_per_sec / max;
-        let colour = match r.mode {
+        let len = scale * r.events_per_sec;
+        let colour = match r.mode.as_str() {
             m if m.contains("WASM") => "#1565c0",
             m if m.contains("native") => "#2e7d32",
             m if m.contains("per-event") => "#c62828",
@@ -472,11 +716,16 @@ fn svg_chart(results: &[ModeResult], n: usize) -> String {
         s.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
              <rect x=\"{left}\" y=\"{y}\" width=\"{len:.1}\" height=\"{bar_h}\" fill=\"{colour}\"/>\
+             <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-width=\"2\"/>\
              <text x=\"{:.1}\" y=\"{}\">{:.0}</text>",
             left - 8.0,
             y + bar_h * 0.65,
             r.mode,
-            left + len + 6.0,
+            left + scale * r.events_per_sec_min,
+            left + scale * r.events_per_sec_max,
+            y + bar_h / 2.0,
+            y + bar_h / 2.0,
+            left + scale * r.events_per_sec_max + 6.0,
             y + bar_h * 0.65,
             r.events_per_sec
         ));
@@ -485,9 +734,36 @@ fn svg_chart(results: &[ModeResult], n: usize) -> String {
     s
 }
 
+const RAW_KAFKA: &str = "raw Kafka consume";
+const MYSQL_CEILING: &str = "MySQL ceiling";
+const WASM: &str = "host batched (WASM, default)";
+const NATIVE: &str = "host batched (native)";
+const PER_EVENT: &str = "host per-event (WASM, batch 1)";
+
+/// What one slot of a round runs.
+#[derive(Clone)]
+enum Mode {
+    Kafka,
+    Mysql,
+    Host(HostMode),
+}
+
+impl Mode {
+    fn name(&self) -> &str {
+        match self {
+            Mode::Kafka => RAW_KAFKA,
+            Mode::Mysql => MYSQL_CEILING,
+            Mode::Host(h) => &h.mode,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let ctx = Ctx {
         kafka: env_or("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -504,154 +780,299 @@ async fn main() -> anyhow::Result<()> {
             .to_path_buf(),
         run: format!("{}", uuid::Uuid::new_v4().simple())[..10].to_owned(),
     };
+    let compare: Vec<(String, PathBuf)> = args
+        .compare
+        .iter()
+        .map(|c| {
+            let (label, path) = c
+                .split_once('=')
+                .with_context(|| format!("--compare {c}: expected LABEL=PATH"))?;
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                bail!("--compare {c}: {} is not a file", path.display());
+            }
+            Ok((label.to_owned(), path))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let wanted = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
     let n = args.events;
     let m = args.per_event_events.min(n);
     say(format!(
-        "run {}: generating and producing {n} events (seed {})",
-        ctx.run, args.seed
+        "run {}: generating and producing {n} events (seed {}); {} runs of each mode, rotated",
+        ctx.run, args.seed, args.runs
     ));
+    let bin = ctx.bin_dir.join("projector");
+    let host = |mode: String, bin: PathBuf, set, ends, n, native, batch| {
+        Mode::Host(HostMode {
+            mode,
+            bin,
+            set,
+            ends,
+            n,
+            native,
+            batch,
+        })
+    };
     // Every topic exists before a host subscribes (a host only sees topics
-    // created later at its next metadata refresh).
-    create_topics(&ctx, &["main", "small", "latency0", "latency1", "latency2"]).await?;
+    // created later at its next metadata refresh); each host run gets its
+    // own paced stream.
     let started = Instant::now();
+    create_topics(&ctx, &["main", "small"]).await?;
     let mut generator = Generator::new(args.seed);
-    produce(&ctx, "main", (0..n).map(|_| generator.next_event()), None).await?;
+    let main_ends = Arc::new(ends_of(
+        &produce(&ctx, "main", (0..n).map(|_| generator.next_event()), None).await?,
+    ));
+    let mut generator = Generator::new(args.seed);
+    let small_ends = Arc::new(ends_of(
+        &produce(&ctx, "small", (0..m).map(|_| generator.next_event()), None).await?,
+    ));
     say(format!(
         "produced in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-    let mut generator = Generator::new(args.seed);
-    produce(&ctx, "small", (0..m).map(|_| generator.next_event()), None).await?;
 
-    let mut results = Vec::new();
+    let mut modes = Vec::new();
     if wanted("kafka") {
-        let ctx_ref = &ctx;
-        results.push(tokio::task::block_in_place(|| {
-            raw_consume(ctx_ref, "main", n)
-        })?);
+        modes.push(Mode::Kafka);
     }
-    let mut ceiling_small = None;
     if wanted("mysql") {
-        results.push(mysql_ceiling(&ctx, args.seed, n, "ceiling").await?);
-        if wanted("per-event") {
-            ceiling_small = Some(mysql_ceiling(&ctx, args.seed, m, "ceiling_small").await?);
-        }
+        modes.push(Mode::Mysql);
     }
-    let runs = [
-        (
-            "per-event",
-            "host per-event (WASM, batch 1)",
+    if wanted("per-event") {
+        modes.push(host(
+            PER_EVENT.into(),
+            bin.clone(),
             "small",
+            small_ends.clone(),
             m,
             false,
             1,
-        ),
-        (
-            "wasm",
-            "host batched (WASM, default)",
+        ));
+    }
+    if wanted("wasm") {
+        modes.push(host(
+            WASM.into(),
+            bin.clone(),
             "main",
+            main_ends.clone(),
             n,
             false,
             args.batch,
-        ),
-        (
-            "native",
-            "host batched (native)",
+        ));
+        for (label, path) in &compare {
+            modes.push(host(
+                format!("{WASM} [{label}]"),
+                path.clone(),
+                "main",
+                main_ends.clone(),
+                n,
+                false,
+                args.batch,
+            ));
+        }
+    }
+    if wanted("native") {
+        modes.push(host(
+            NATIVE.into(),
+            bin.clone(),
             "main",
+            main_ends.clone(),
             n,
             true,
             args.batch,
-        ),
-    ];
-    for (i, (key, mode, set, events, native, batch)) in runs.into_iter().enumerate() {
-        if !wanted(key) {
-            continue;
-        }
-        say(format!("{mode}: projecting {events} events"));
-        let latency_set = format!("latency{i}");
-        results.push(
-            host_mode(
-                &ctx,
-                &HostRun {
-                    mode,
-                    set,
-                    n: events,
-                    native,
-                    batch,
-                    latency_set: &latency_set,
-                    latency_seed: args.seed + 1000,
-                },
-                &args,
-            )
-            .await?,
-        );
+        ));
     }
+    let host_runs = modes.iter().filter(|m| matches!(m, Mode::Host(_))).count() * args.runs;
+    let latency_sets: Vec<String> = (0..host_runs).map(|i| format!("latency{i}")).collect();
+    create_topics(
+        &ctx,
+        &latency_sets.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
 
-    // Same events, same tables: every mode over the N events must agree, and
-    // the per-event mode must agree with the ceiling over its M events.
-    let full: Vec<&ModeResult> = results
-        .iter()
-        .filter(|r| r.checksum.is_some() && r.events == n)
-        .collect();
-    let mut consistent = full.windows(2).all(|w| w[0].checksum == w[1].checksum);
-    if let (Some(small), Some(per_event)) = (
-        &ceiling_small,
-        results.iter().find(|r| r.mode.contains("per-event")),
-    ) && m != n
-    {
-        consistent &= small.checksum == per_event.checksum;
+    // Rotated: round r starts with mode r, so no mode always runs first (on
+    // a cold page cache) or last.
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut next_latency = latency_sets.iter();
+    for round in 0..args.runs {
+        for i in 0..modes.len() {
+            let mode = &modes[(i + round) % modes.len()];
+            say(format!(
+                "round {}/{}: {}",
+                round + 1,
+                args.runs,
+                mode.name()
+            ));
+            let r = match mode {
+                Mode::Kafka => {
+                    let ctx_ref = &ctx;
+                    tokio::task::block_in_place(|| raw_consume(ctx_ref, "main", n, round))?
+                }
+                Mode::Mysql => mysql_ceiling(&ctx, args.seed, n, "ceiling", round).await?,
+                Mode::Host(h) => {
+                    let set = next_latency.next().expect("one paced stream per host run");
+                    host_mode(&ctx, h, round, set, &args).await?
+                }
+            };
+            say(format!(
+                "  {} events: {:.0} events/s steady, {:.2} s to the last commit{}{}",
+                r.events,
+                r.events_per_sec,
+                r.wall_secs,
+                r.cpu_secs
+                    .map_or(String::new(), |c| format!(", {c:.2} s of CPU")),
+                match (r.p50_ms, r.p99_ms) {
+                    (Some(a), Some(b)) => format!(", paced p50 {a:.1} ms p99 {b:.1} ms"),
+                    _ => String::new(),
+                }
+            ));
+            results.push(r);
+        }
     }
+    // The per-event mode's reference: the ceiling's tables over its M events.
+    let ceiling_small = if wanted("per-event") && m != n {
+        Some(mysql_ceiling(&ctx, args.seed, m, "ceiling_small", 0).await?)
+    } else {
+        None
+    };
+
+    // Same events, same tables: every run over the N events must agree, and
+    // the per-event runs must agree with the ceiling over their M events.
+    let mut consistent = {
+        let full: Vec<&RunResult> = results
+            .iter()
+            .filter(|r| r.checksum.is_some() && r.events == n)
+            .collect();
+        full.windows(2).all(|w| w[0].checksum == w[1].checksum)
+    };
+    if let Some(small) = &ceiling_small {
+        consistent &= results
+            .iter()
+            .filter(|r| r.mode == PER_EVENT)
+            .all(|r| r.checksum == small.checksum);
+    }
+    let summaries: Vec<Summary> = modes
+        .iter()
+        .map(|mode| {
+            let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode.name()).collect();
+            Summary::of(mode.name(), &runs)
+        })
+        .collect();
 
     println!();
     println!(
-        "projector benchmark: {n} events (seed {}), one run on this machine",
-        args.seed
+        "projector benchmark: {n} events (seed {}), {} runs of each mode in rotated order on this machine",
+        args.seed, args.runs
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
-        "mode", "events", "seconds", "events/s", "p50 ms", "p99 ms", "RSS MB"
+        "{:<44} {:>7} {:>9} {:>17} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "mode (median of the runs)",
+        "events",
+        "events/s",
+        "min-max",
+        "spread",
+        "wall s",
+        "CPU s",
+        "p50 ms",
+        "p99 ms",
+        "RSS MB"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
-    for r in &results {
+    for s in &summaries {
         println!(
-            "{:<34} {:>9} {:>9.2} {:>11.0} {:>9} {:>9} {:>9}",
-            r.mode,
-            r.events,
-            r.seconds,
-            r.events_per_sec,
-            opt(r.p50_ms),
-            opt(r.p99_ms),
-            opt(r.peak_rss_mb)
+            "{:<44} {:>7} {:>9.0} {:>17} {:>6.0}% {:>8.2} {:>7} {:>7} {:>7} {:>7}",
+            s.mode,
+            s.events,
+            s.events_per_sec,
+            format!("{:.0}-{:.0}", s.events_per_sec_min, s.events_per_sec_max),
+            s.spread_pct(),
+            s.wall_secs,
+            opt(s.cpu_secs),
+            opt(s.p50_ms),
+            opt(s.p99_ms),
+            opt(s.peak_rss_mb)
         );
     }
-    let rate = |needle: &str| {
-        results
+    println!(
+        "events/s: steady state, first to last commit; wall s: process start to last commit; \
+         latency: due send time to commit of a paced stream, polled every {} ms",
+        POLL.as_millis()
+    );
+    for s in &summaries {
+        if let (Some(rate), Some(f)) = (s.paced_rate, s.rate_over_capacity) {
+            println!(
+                "paced stream of {:<38} {rate:>6.0} events/s = {:>4.1}% of its capacity",
+                s.mode,
+                100.0 * f
+            );
+        }
+    }
+    let rate = |name: &str| {
+        summaries
             .iter()
-            .find(|r| r.mode.contains(needle))
-            .map(|r| r.events_per_sec)
+            .find(|s| s.mode == name)
+            .map(|s| s.events_per_sec)
     };
     let mut ratios = serde_json::Map::new();
-    if let (Some(w), Some(c)) = (rate("WASM, default"), rate("MySQL ceiling")) {
-        println!("default / MySQL ceiling   {:.2}", w / c);
-        ratios.insert("default_over_mysql_ceiling".into(), json!(w / c));
-    }
-    if let (Some(w), Some(k)) = (rate("WASM, default"), rate("Kafka")) {
-        println!("default / Kafka consume   {:.2}", w / k);
-        ratios.insert("default_over_kafka_consume".into(), json!(w / k));
-    }
-    if let (Some(w), Some(p)) = (rate("WASM, default"), rate("per-event")) {
-        println!("default / per-event       {:.1}x", w / p);
-        ratios.insert("default_over_per_event".into(), json!(w / p));
-    }
-    if let (Some(w), Some(nat)) = (rate("WASM, default"), rate("native")) {
-        println!("default (WASM) / native   {:.2}", w / nat);
-        ratios.insert("wasm_over_native".into(), json!(w / nat));
+    let mut ratio = |label: String, key: &str, a: Option<f64>, b: Option<f64>| {
+        if let (Some(a), Some(b)) = (a, b) {
+            println!("{label:<60} {:.2}", a / b);
+            ratios.insert(key.into(), json!(a / b));
+        }
+    };
+    ratio(
+        "default / MySQL ceiling".into(),
+        "default_over_mysql_ceiling",
+        rate(WASM),
+        rate(MYSQL_CEILING),
+    );
+    ratio(
+        "default / Kafka consume".into(),
+        "default_over_kafka_consume",
+        rate(WASM),
+        rate(RAW_KAFKA),
+    );
+    ratio(
+        if m == n {
+            "default / per-event".into()
+        } else {
+            format!("default / per-event (per-event over the first {m} events)")
+        },
+        "default_over_per_event",
+        rate(WASM),
+        rate(PER_EVENT),
+    );
+    ratio(
+        "default (WASM) / native".into(),
+        "wasm_over_native",
+        rate(WASM),
+        rate(NATIVE),
+    );
+    for (label, _) in &compare {
+        let other = format!("{WASM} [{label}]");
+        ratio(
+            format!("default / [{label}] (events/s)"),
+            &format!("default_over_{label}"),
+            rate(WASM),
+            rate(&other),
+        );
+        let cpu = |name: &str| {
+            summaries
+                .iter()
+                .find(|s| s.mode == name)
+                .and_then(|s| s.cpu_secs)
+        };
+        ratio(
+            format!("default / [{label}] (CPU s)"),
+            &format!("default_over_{label}_cpu"),
+            cpu(WASM),
+            cpu(&other),
+        );
     }
     println!(
         "table checksums: {}",
         if consistent {
-            "equal across modes"
+            "equal across modes and runs"
         } else {
             "DIFFER"
         }
@@ -662,8 +1083,11 @@ async fn main() -> anyhow::Result<()> {
         "events": n,
         "per_event_events": m,
         "seed": args.seed,
+        "runs": args.runs,
         "latency_rate": args.latency_rate,
         "latency_secs": args.latency_secs,
+        "poll_ms": POLL.as_millis() as u64,
+        "summaries": summaries,
         "results": results,
         "ratios": ratios,
         "checksums_equal": consistent,
@@ -673,14 +1097,17 @@ async fn main() -> anyhow::Result<()> {
         base.with_extension("json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    std::fs::write(base.with_extension("svg"), svg_chart(&results, n))?;
+    std::fs::write(
+        base.with_extension("svg"),
+        svg_chart(&summaries, n, args.runs),
+    )?;
     println!(
         "wrote {} and {}",
         base.with_extension("json").display(),
         base.with_extension("svg").display()
     );
     if !consistent {
-        bail!("the modes ended with different tables");
+        bail!("the runs ended with different tables");
     }
     Ok(())
 }
