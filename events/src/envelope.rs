@@ -1,5 +1,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -18,8 +22,7 @@ use crate::{EventType, UnknownEventType};
 /// `event_type` is kept as the wire string so a consumer can route event types
 /// it learned at run time (from a projection component) without a rebuild;
 /// [`Envelope::known_event_type`] checks it against the twenty built-in ones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Envelope<D = serde_json::Value> {
     pub event_type: String,
     pub event_id: Uuid,
@@ -27,6 +30,10 @@ pub struct Envelope<D = serde_json::Value> {
     pub timestamp: DateTime<Utc>,
     pub entity_id: String,
     pub data: D,
+    /// Names of the fields the envelope carried beyond the five, which are
+    /// ignored (and not written back by [`Envelope::to_vec`]).
+    #[serde(skip)]
+    pub unknown_fields: Vec<String>,
 }
 
 /// Why bytes are not a valid envelope.
@@ -58,6 +65,7 @@ impl Envelope<serde_json::Value> {
             timestamp,
             entity_id: entity_id.into(),
             data,
+            unknown_fields: Vec::new(),
         }
     }
 }
@@ -113,6 +121,107 @@ impl<D: Serialize> Envelope<D> {
 /// fractional digits.
 pub fn format_timestamp(ts: &DateTime<Utc>) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Reads the five fields by name and ignores any other, as the reference
+/// design's consumers do: a producer that adds a field (a trace id, a schema
+/// version) must not send every event to the dead-letter topic. The names
+/// of the ignored fields are kept in [`Envelope::unknown_fields`] so a
+/// consumer can count them. The five fields stay required, typed and
+/// unique.
+impl<'de, D: Deserialize<'de>> Deserialize<'de> for Envelope<D> {
+    fn deserialize<De: Deserializer<'de>>(de: De) -> Result<Self, De::Error> {
+        enum Field {
+            EventType,
+            EventId,
+            Timestamp,
+            EntityId,
+            Data,
+            Other(String),
+        }
+
+        impl<'de> Deserialize<'de> for Field {
+            fn deserialize<De: Deserializer<'de>>(de: De) -> Result<Self, De::Error> {
+                struct FieldVisitor;
+                impl Visitor<'_> for FieldVisitor {
+                    type Value = Field;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a field name")
+                    }
+                    fn visit_str<E: de::Error>(self, name: &str) -> Result<Field, E> {
+                        Ok(match name {
+                            "event_type" => Field::EventType,
+                            "event_id" => Field::EventId,
+                            "timestamp" => Field::Timestamp,
+                            "entity_id" => Field::EntityId,
+                            "data" => Field::Data,
+                            other => Field::Other(other.to_owned()),
+                        })
+                    }
+                }
+                de.deserialize_identifier(FieldVisitor)
+            }
+        }
+
+        struct Timestamp(DateTime<Utc>);
+        impl<'de> Deserialize<'de> for Timestamp {
+            fn deserialize<De: Deserializer<'de>>(de: De) -> Result<Self, De::Error> {
+                rfc3339::deserialize(de).map(Timestamp)
+            }
+        }
+
+        fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+
+        struct EnvelopeVisitor<D>(PhantomData<D>);
+        impl<'de, D: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<D> {
+            type Value = Envelope<D>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event envelope (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<D>, A::Error> {
+                let (mut event_type, mut event_id, mut timestamp, mut entity_id, mut data) =
+                    (None, None, None, None, None);
+                let mut unknown_fields = Vec::new();
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::EventType => once(&mut event_type, "event_type", map.next_value()?)?,
+                        Field::EventId => once(&mut event_id, "event_id", map.next_value()?)?,
+                        Field::Timestamp => {
+                            once(
+                                &mut timestamp,
+                                "timestamp",
+                                map.next_value::<Timestamp>()?.0,
+                            )?;
+                        }
+                        Field::EntityId => once(&mut entity_id, "entity_id", map.next_value()?)?,
+                        Field::Data => once(&mut data, "data", map.next_value()?)?,
+                        Field::Other(name) => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            if unknown_fields.contains(&name) {
+                                return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                            }
+                            unknown_fields.push(name);
+                        }
+                    }
+                }
+                Ok(Envelope {
+                    event_type: event_type.ok_or_else(|| de::Error::missing_field("event_type"))?,
+                    event_id: event_id.ok_or_else(|| de::Error::missing_field("event_id"))?,
+                    timestamp: timestamp.ok_or_else(|| de::Error::missing_field("timestamp"))?,
+                    entity_id: entity_id.ok_or_else(|| de::Error::missing_field("entity_id"))?,
+                    data: data.ok_or_else(|| de::Error::missing_field("data"))?,
+                    unknown_fields,
+                })
+            }
+        }
+
+        de.deserialize_map(EnvelopeVisitor(PhantomData))
+    }
 }
 
 /// Owned raw payload, for consumers that hand `data` on without parsing it.
@@ -195,7 +304,7 @@ mod tests {
 
     #[test]
     fn malformed_envelopes_are_clear_errors() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 10] = [
             (b"not json", "not a JSON envelope"),
             (br#"{"event_type":"user.created"}"#, "missing field `event_id`"),
             (
@@ -215,9 +324,18 @@ mod tests {
                 "entity_id is empty",
             ),
             (
-                br#"{"event_type":"user.created","event_id":"6f1c1d8e-8c1a-4f7e-9a55-0b7c1e6b3c11","timestamp":"2026-01-02T03:04:05Z","entity_id":"u1","data":{},"extra":1}"#,
-                "unknown field `extra`",
+                br#"{"event_type":"user.created","event_type":"user.updated","event_id":"6f1c1d8e-8c1a-4f7e-9a55-0b7c1e6b3c11","timestamp":"2026-01-02T03:04:05Z","entity_id":"u1","data":{}}"#,
+                "duplicate field `event_type`",
             ),
+            (
+                br#"{"event_type":"user.created","event_id":"6f1c1d8e-8c1a-4f7e-9a55-0b7c1e6b3c11","timestamp":"2026-01-02T03:04:05Z","entity_id":"u1"}"#,
+                "missing field `data`",
+            ),
+            (
+                br#"{"event_type":7,"event_id":"6f1c1d8e-8c1a-4f7e-9a55-0b7c1e6b3c11","timestamp":"2026-01-02T03:04:05Z","entity_id":"u1","data":{}}"#,
+                "invalid type: integer `7`, expected a string",
+            ),
+            (br#"[1, 2]"#, "expected an event envelope"),
         ];
         for (bytes, expected) in cases {
             let err = Envelope::<serde_json::Value>::from_slice(bytes)
@@ -228,6 +346,19 @@ mod tests {
                 "{err:?} should mention {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn fields_beyond_the_five_are_ignored_and_named() {
+        let bytes = br#"{"trace_id":"abc","event_type":"user.created","event_id":"6f1c1d8e-8c1a-4f7e-9a55-0b7c1e6b3c11","timestamp":"2026-01-02T03:04:05Z","entity_id":"u1","data":{"x":1},"schema_version":{"major":2}}"#;
+        let e: RawEnvelope = Envelope::from_slice(bytes).unwrap();
+        assert_eq!(e.unknown_fields, ["trace_id", "schema_version"]);
+        assert_eq!(
+            (e.event_type.as_str(), e.entity_id.as_str(), e.data.get()),
+            ("user.created", "u1", r#"{"x":1}"#)
+        );
+        let written: serde_json::Value = serde_json::from_slice(&e.to_vec()).unwrap();
+        assert!(written.get("trace_id").is_none(), "{written}");
     }
 
     #[test]

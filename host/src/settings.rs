@@ -18,6 +18,7 @@
 //! | `PROJECTOR_MAX_EVENT_BYTES`  | `batch.max_event_bytes`    |
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
 //! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_mb`        |
+//! | `PROJECTOR_STATEMENT_TIMEOUT_MS` | `mysql.statement_timeout` |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,12 @@ pub struct MysqlSettings {
     /// `mysql://user:password@host:port/database`; never logged with the password.
     pub url: String,
     pub max_connections: u32,
+    /// Longest a batch's transaction may take (client side, so the same on
+    /// MySQL and MariaDB): past it the connection is closed, which rolls the
+    /// transaction back, and the batch is retried. Keeps a hung database
+    /// from holding the pipeline indefinitely.
+    #[serde(with = "millis")]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +113,7 @@ impl Default for MysqlSettings {
         MysqlSettings {
             url: "mysql://projector:projector@127.0.0.1:3306/projector".to_owned(),
             max_connections: 4,
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -141,7 +149,7 @@ impl Default for AdminSettings {
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 14] = [
+const ENV: [(&str, &str); 15] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
     ("PROJECTOR_TOPICS", "topics"),
@@ -156,6 +164,7 @@ const ENV: [(&str, &str); 14] = [
     ("PROJECTOR_MAX_EVENT_BYTES", "batch.max_event_bytes"),
     ("PROJECTOR_CALL_DEADLINE_MS", "sandbox.call_deadline"),
     ("PROJECTOR_GUEST_MEMORY_MB", "sandbox.memory_mb"),
+    ("PROJECTOR_STATEMENT_TIMEOUT_MS", "mysql.statement_timeout"),
 ];
 
 impl Settings {

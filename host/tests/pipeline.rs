@@ -357,3 +357,56 @@ async fn the_write_audit_counts_a_batch_applied_twice() {
     drop(conn);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_times_the_batch_out_and_the_batch_lands_once_it_answers() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.mysql.statement_timeout = Duration::from_millis(500);
+    let first = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    produce_all(&topics, std::slice::from_ref(&first)).await;
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    wait_processed(&db.pool, 1, Duration::from_secs(60)).await;
+
+    // Another session holds the positions table: every statement of a
+    // batch waits on it (MariaDB's lock_wait_timeout is a day).
+    let mut blocker = sqlx::pool::PoolConnection::detach(db.pool.acquire().await.unwrap());
+    sqlx::query("LOCK TABLES consumer_offsets WRITE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let rest: Vec<serde_json::Value> = (0..5)
+        .map(|i| {
+            fixture(
+                "order.created",
+                &object_id(),
+                &format!("2026-01-02T00:00:0{i}Z"),
+            )
+        })
+        .collect();
+    produce_all(&topics, &rest).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while host.shared.metrics.transient_errors.get() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blocked batch never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "nothing of the blocked batch is committed");
+
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    wait_processed(&db.pool, 6, Duration::from_secs(60)).await;
+    host.stop().await;
+    let all: Vec<serde_json::Value> = std::iter::once(first).chain(rest).collect();
+    assert_same(&dump(&db.pool).await, &clean_run(&all).await);
+    db.drop_db().await;
+}

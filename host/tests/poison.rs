@@ -27,6 +27,11 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
     let mut no_entity = fixture("user.created", &c, "2026-01-01T00:00:00Z");
     no_entity.as_object_mut().unwrap().remove("entity_id");
     let good_c = fixture("user.created", &c, "2026-01-03T00:00:00Z");
+    // A producer that added envelope fields: ignored, the event lands.
+    let d = object_id();
+    let mut extra_fields = fixture("user.created", &d, "2026-01-04T00:00:00Z");
+    extra_fields["trace_id"] = json!("4bf92f3577b34da6a3ce929d0e0e4736");
+    extra_fields["schema_version"] = json!({"major": 2});
     let poison: Vec<(&str, Vec<u8>)> = vec![
         (a.as_str(), good_a.to_string().into_bytes()),
         (a.as_str(), b"{not json".to_vec()),
@@ -35,23 +40,24 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
         (c.as_str(), unknown.to_string().into_bytes()),
         (c.as_str(), no_entity.to_string().into_bytes()),
         (c.as_str(), good_c.to_string().into_bytes()),
+        (d.as_str(), extra_fields.to_string().into_bytes()),
     ];
     // All on one partition (same key) so the bad ones sit between good ones.
     for (_, payload) in &poison {
         produce(&producer, &user_topic, &a, payload).await;
     }
     let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
-    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
+    wait_processed(&db.pool, 3, Duration::from_secs(60)).await;
     let mut letters = read_topic(&format!("dlq.{user_topic}"), 5, Duration::from_secs(60)).await;
     letters.sort_by_key(|(v, _)| v["offset"].as_i64());
     let shared = host.shared.clone();
     host.stop().await;
 
-    // Whole tables: the two good events as the oracle applies them (the
+    // Whole tables: the three good events as the oracle applies them (the
     // refused update of `a` left its row alone).
     assert_same(
         &dump(&db.pool).await,
-        &clean_run(&[good_a.clone(), good_c.clone()]).await,
+        &clean_run(&[good_a.clone(), good_c.clone(), extra_fields.clone()]).await,
     );
     let classes: Vec<&str> = letters
         .iter()
@@ -105,13 +111,14 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
             .contains("entity_id")
     );
     assert_eq!(shared.metrics.dead_lettered_total(), 5);
+    assert_eq!(shared.metrics.envelope_unknown_fields.get(), 1);
     // The partition kept flowing: its stored position is past every message.
     let next: i64 =
         sqlx::query_scalar("SELECT CAST(SUM(next_offset) AS SIGNED) FROM consumer_offsets")
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(next, 7);
+    assert_eq!(next, 8);
     db.drop_db().await;
 }
 

@@ -50,6 +50,11 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `projector_dependency_up{dependency}`: 1 when MySQL / Kafka answered the last check.
     pub dependency_up: IntGaugeVec,
+    /// `projector_envelope_unknown_fields_total`: envelopes that carried
+    /// fields beyond the five (ignored).
+    pub envelope_unknown_fields: IntCounter,
+    /// The unknown field names logged so far (each once, up to a bound).
+    unknown_field_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn seconds_buckets() -> Vec<f64> {
@@ -59,7 +64,29 @@ fn seconds_buckets() -> Vec<f64> {
     ]
 }
 
+/// How many distinct unknown envelope field names are logged.
+const LOGGED_UNKNOWN_FIELDS: usize = 64;
+
 impl Metrics {
+    /// Counts an envelope that carried `fields` beyond the five, and logs
+    /// each field name the first time it is seen.
+    pub fn note_unknown_fields(&self, event_type: &str, fields: &[String]) {
+        self.envelope_unknown_fields.inc();
+        let mut seen = self
+            .unknown_field_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for f in fields {
+            if seen.len() < LOGGED_UNKNOWN_FIELDS && seen.insert(f.clone()) {
+                tracing::warn!(
+                    field = %f,
+                    event_type,
+                    "envelopes carry a field beyond the five known ones; it is ignored"
+                );
+            }
+        }
+    }
+
     pub fn new() -> Metrics {
         let registry = Registry::new();
         macro_rules! reg {
@@ -115,6 +142,11 @@ impl Metrics {
                 ),
                 &["topic", "error_class"]
             )),
+            envelope_unknown_fields: reg!(IntCounter::new(
+                "projector_envelope_unknown_fields_total",
+                "Envelopes that carried fields beyond the five known ones (ignored)."
+            )),
+            unknown_field_names: Default::default(),
             transient_errors: reg!(IntCounter::new(
                 "projector_transient_errors_total",
                 "Batch attempts that failed transiently and were retried."

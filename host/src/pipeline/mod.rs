@@ -124,6 +124,7 @@ impl Host {
             group: settings.kafka.group_id.clone(),
             dlq,
             shared: shared.clone(),
+            statement_timeout: settings.mysql.statement_timeout,
         });
         Ok(Host {
             writer,
@@ -261,8 +262,7 @@ impl Host {
         if !self.source.has_positions() {
             return Vec::new();
         }
-        let Ok(stored) = sink::stored_offsets(&self.pool, &self.settings.kafka.group_id).await
-        else {
+        let Ok(stored) = self.stored().await else {
             return Vec::new(); // MySQL is down: the batches will say so
         };
         let moved = self.source.moved(&stored);
@@ -276,7 +276,7 @@ impl Host {
         keys.sort();
         keys.dedup();
         tracing::info!(partitions = ?keys, "stored positions moved; re-reading them");
-        match sink::stored_offsets(&self.pool, &self.settings.kafka.group_id).await {
+        match self.stored().await {
             Ok(stored) => self.source.seek_to_stored(&keys, &stored),
             Err(e) => {
                 tracing::warn!(error = %e, "could not re-read the stored positions");
@@ -345,10 +345,29 @@ impl Host {
         if !self.source.needs_stored(batch) {
             return Ok(None);
         }
-        let stored = sink::stored_offsets(&self.pool, &self.settings.kafka.group_id)
+        Ok(Some(self.stored().await?))
+    }
+
+    /// The stored positions of the group, read within
+    /// `mysql.statement_timeout` (a hung database must not hold the loop).
+    async fn stored(&self) -> anyhow::Result<consume::Stored> {
+        let limit = self.settings.mysql.statement_timeout;
+        let mut conn = self
+            .pool
+            .acquire()
             .await
             .context("reading the stored positions")?;
-        Ok(Some(stored))
+        let read = sink::stored_offsets(&mut *conn, &self.settings.kafka.group_id);
+        match tokio::time::timeout(limit, read).await {
+            Ok(stored) => stored.context("reading the stored positions"),
+            Err(_) => {
+                // Mid-statement the connection cannot be reused.
+                conn.close_on_drop();
+                anyhow::bail!(
+                    "reading the stored positions took longer than {limit:?} (mysql.statement_timeout)"
+                )
+            }
+        }
     }
 
     /// Starts writing a prepared batch in the background.

@@ -97,6 +97,13 @@ fn project_one<'r>(
     };
     let envelope: events::RawEnvelope = events::Envelope::from_slice(payload)
         .map_err(|e| fail("invalid_envelope", e.to_string(), None))?;
+    if !envelope.unknown_fields.is_empty()
+        && let Some(shared) = shared
+    {
+        shared
+            .metrics
+            .note_unknown_fields(&envelope.event_type, &envelope.unknown_fields);
+    }
     let projection = registry.route(&envelope.event_type).ok_or_else(|| {
         fail(
             "unknown_event_type",

@@ -55,6 +55,8 @@ pub struct Writer {
     pub(super) group: String,
     pub(super) dlq: Publisher,
     pub(super) shared: Arc<Shared>,
+    /// Longest one batch's transaction may take.
+    pub(super) statement_timeout: std::time::Duration,
 }
 
 impl Writer {
@@ -149,11 +151,28 @@ impl Writer {
         let events: Vec<&Applied> = applied.iter().map(|a| &a.inner).collect();
         let group = &self.group;
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        sink::fence(&mut tx, group, expected).await?;
-        let outcome = sink::apply_batch(&mut tx, &self.schema, group, &events, offsets).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        let work = async {
+            let mut tx = conn.begin().await?;
+            sink::fence(&mut tx, group, expected).await?;
+            let outcome = sink::apply_batch(&mut tx, &self.schema, group, &events, offsets).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        };
+        match tokio::time::timeout(self.statement_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Mid-statement the connection cannot be reused: closing it
+                // makes the server roll the transaction back.
+                conn.close_on_drop();
+                Err(ExecError::Transient(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the batch's transaction took longer than {:?} (mysql.statement_timeout)",
+                        self.statement_timeout
+                    ),
+                ))))
+            }
+        }
     }
 
     /// Applies the events one by one under savepoints; the ones the database

@@ -128,15 +128,15 @@ pub(super) async fn record_offsets(
 }
 
 /// The next offsets stored for `group` on `topics`.
-pub async fn stored_offsets(
-    pool: &sqlx::MySqlPool,
+pub async fn stored_offsets<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::MySql>,
     group: &str,
 ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT topic, `partition`, next_offset FROM consumer_offsets WHERE group_id = ?",
     )
     .bind(group)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     rows.into_iter()
         .map(|r| {

@@ -49,14 +49,64 @@ pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
     if locked != Some(1) {
         anyhow::bail!("another process held the migration lock for 120 s");
     }
-    let result = MIGRATOR
-        .run(&mut *conn)
-        .await
-        .context("failed to run the schema migrations");
+    let result = async {
+        accept_rewritten_migrations(&mut conn).await?;
+        MIGRATOR
+            .run(&mut *conn)
+            .await
+            .context("failed to run the schema migrations")
+    }
+    .await;
     let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.projector_migrate'))")
         .execute(&mut *conn)
         .await;
     result
+}
+
+/// Migrations whose text was rewritten after release, without changing what
+/// they do to a database that applied them: (version, the text it had).
+/// sqlx refuses to run when an applied migration's checksum differs, so a
+/// database that applied the old text has its recorded checksum moved to the
+/// new one (and only from exactly the old one).
+const REWRITTEN: [(i64, &str); 1] = [
+    // 0004 used `DROP INDEX IF EXISTS`, which MySQL 8 rejects.
+    (4, include_str!("0004_mariadb_only.sql.txt")),
+];
+
+async fn accept_rewritten_migrations(conn: &mut sqlx::MySqlConnection) -> anyhow::Result<()> {
+    use sha2::{Digest as _, Sha384};
+    let applied: bool = sqlx::query_scalar(
+        "SELECT COUNT(*) > 0 FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '_sqlx_migrations'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("failed to look for the migrations table")?;
+    if !applied {
+        return Ok(());
+    }
+    for (version, old_text) in REWRITTEN {
+        let Some(now) = MIGRATOR.iter().find(|m| m.version == version) else {
+            continue;
+        };
+        let old = Sha384::digest(old_text.as_bytes()).to_vec();
+        let moved = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = ? WHERE version = ? AND checksum = ?",
+        )
+        .bind(now.checksum.as_ref())
+        .bind(version)
+        .bind(old)
+        .execute(&mut *conn)
+        .await
+        .context("failed to record a rewritten migration's checksum")?;
+        if moved.rows_affected() > 0 {
+            tracing::info!(
+                version,
+                "migration text rewritten for portability; its recorded checksum is updated"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A table or column name that is safe to put into SQL text.
