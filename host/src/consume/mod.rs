@@ -6,7 +6,7 @@
 //! asks for them ([`Source::needs_stored`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
@@ -59,7 +59,17 @@ pub struct Source {
     /// The offsets of the last committed batch, committed to Kafka again
     /// (synchronously) on shutdown.
     last_offsets: BTreeMap<PartitionKey, i64>,
+    /// Positions committed to MySQL but not yet advised to Kafka, and when
+    /// Kafka was last advised.
+    advice: BTreeMap<PartitionKey, i64>,
+    advised_at: Option<Instant>,
 }
+
+/// How often the advisory Kafka offset commit is sent at most. One per
+/// batch would be one request per event in per-event mode; queued on the
+/// coordinator connection ahead of the heartbeats, they cost the group
+/// membership (measured: a session timeout and a 40 s stall).
+const ADVISE_EVERY: Duration = Duration::from_secs(1);
 
 impl Source {
     /// Creates the consumer of the group and subscribes to the topics.
@@ -77,6 +87,8 @@ impl Source {
             positions: HashMap::new(),
             held: Vec::new(),
             last_offsets: BTreeMap::new(),
+            advice: BTreeMap::new(),
+            advised_at: None,
         })
     }
 
@@ -92,6 +104,8 @@ impl Source {
         let mut batch = Vec::with_capacity(max.min(4096));
         let Ok(first) = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await
         else {
+            // Idle: whatever was committed since the last advice is advised now.
+            self.advise();
             return batch;
         };
         match first {
@@ -158,8 +172,26 @@ impl Source {
                 pos.committed = Some(*next);
             }
             self.last_offsets.insert(key.clone(), *next);
+            self.advice.insert(key.clone(), *next);
         }
-        self.commit_kafka(offsets, CommitMode::Async);
+        if self
+            .advised_at
+            .is_none_or(|at| at.elapsed() >= ADVISE_EVERY)
+        {
+            self.advise();
+        }
+    }
+
+    /// Commits the positions committed to MySQL since the last advice to
+    /// Kafka (asynchronously), for the partitions this host still owns.
+    fn advise(&mut self) {
+        let advice = std::mem::take(&mut self.advice);
+        let owned: BTreeMap<PartitionKey, i64> = advice
+            .into_iter()
+            .filter(|(key, _)| self.positions.contains_key(key))
+            .collect();
+        self.advised_at = Some(Instant::now());
+        self.commit_kafka(&owned, CommitMode::Async);
     }
 
     /// Commits the last batch's offsets to Kafka synchronously (on shutdown).
