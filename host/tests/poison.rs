@@ -225,3 +225,52 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_originals_near_the_message_limit_are_produced_and_the_partition_flows() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let user_topic = topics.of("user.created");
+    let a = object_id();
+    let good = fixture("user.created", &a, "2026-01-01T00:00:00Z");
+    // Near the broker's default limit (1,048,588): as hex, or with every
+    // byte escaped as \u0001, each would be several times over it.
+    let binary = vec![0xff_u8; 1_000_000];
+    let controls = vec![0x01_u8; 1_000_000];
+    let big = {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("message.max.bytes", "4194304");
+        config
+            .create::<rdkafka::producer::FutureProducer>()
+            .unwrap()
+    };
+    for payload in [&binary, &controls, &good.to_string().into_bytes()] {
+        produce(&big, &user_topic, &a, payload).await;
+    }
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.batch.max_event_bytes = 2 << 20; // read, not refused unread as too large
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let mut letters = read_topic(&format!("dlq.{user_topic}"), 2, Duration::from_secs(60)).await;
+    wait_processed(&db.pool, 1, Duration::from_secs(60)).await;
+    host.stop().await;
+    letters.sort_by_key(|(v, _)| v["offset"].as_i64());
+    let expected = [("hex", "ff"), ("utf8", "\u{1}")];
+    for ((letter, headers), (encoding, unit)) in letters.iter().zip(expected) {
+        assert_eq!(letter["error_class"], "invalid_envelope");
+        assert_eq!(headers["x-error-class"], "invalid_envelope");
+        assert_eq!(letter["original_encoding"], encoding);
+        assert_eq!(letter["original_truncated"], true);
+        assert_eq!(letter["original_size"], 1_000_000);
+        let original = letter["original"].as_str().unwrap();
+        assert!(
+            original.len() > 100_000 && original == unit.repeat(original.len() / unit.len()),
+            "{encoding}: {} bytes kept",
+            original.len()
+        );
+        assert!(letter.to_string().len() < 1_000_000);
+    }
+    assert_same(&dump(&db.pool).await, &clean_run(&[good]).await);
+    db.drop_db().await;
+}

@@ -46,6 +46,15 @@ pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
         .context("failed to create the DLQ producer")
 }
 
+/// An admin client of the brokers (topic configurations).
+pub fn admin(
+    settings: &Settings,
+) -> anyhow::Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>> {
+    client_config(settings.kafka.producer_config())
+        .create()
+        .context("failed to create the Kafka admin client")
+}
+
 /// The host's consumer of the domain topics and where each owned partition
 /// stands.
 pub struct Source {

@@ -19,6 +19,17 @@ pub use publish::Publisher;
 /// truncated (the dead letter keeps the source coordinates for redrive).
 pub const MAX_ORIGINAL: usize = 512 * 1024;
 
+/// Longest reason text kept in a dead letter (reasons can quote payloads).
+pub const MAX_ERROR: usize = 4096;
+
+/// Longest key text kept in a dead letter.
+pub const MAX_KEY: usize = 1024;
+
+/// The size a dead letter is kept within when the dead-letter topic's limit
+/// is unknown: below librdkafka's default `message.max.bytes` (1,000,000)
+/// and the broker's default `max.message.bytes` (1,048,588).
+pub const DEFAULT_BUDGET: usize = 900_000;
+
 /// A permanent failure of one event: why it is dead-lettered.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -72,31 +83,44 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The letter of `message` failing with `failure`.
+    /// The letter of `message` failing with `failure`, at most
+    /// [`DEFAULT_BUDGET`] bytes as JSON.
     pub fn new(message: &impl Message, failure: &Failure) -> DeadLetter {
+        DeadLetter::within(message, failure, DEFAULT_BUDGET)
+    }
+
+    /// The letter of `message` failing with `failure`, at most `budget`
+    /// bytes as JSON, so that it is always producible: the reason and key
+    /// are capped, and the original keeps what fits (UTF-8 as text, cut on
+    /// a character boundary, counting JSON escapes; anything else as hex),
+    /// flagged as truncated otherwise (redrive then reads it from its
+    /// source coordinates).
+    pub fn within(message: &impl Message, failure: &Failure, budget: usize) -> DeadLetter {
         let payload = message.payload().unwrap_or_default();
-        let kept = &payload[..payload.len().min(MAX_ORIGINAL)];
-        let (original, original_encoding) = match std::str::from_utf8(kept) {
-            Ok(s) => (s.to_owned(), Encoding::Utf8),
-            Err(_) => (hex::encode(kept), Encoding::Hex),
-        };
-        DeadLetter {
-            original,
-            original_encoding,
-            original_truncated: payload.len() > MAX_ORIGINAL,
+        let mut letter = DeadLetter {
+            original: String::new(),
+            original_encoding: Encoding::Utf8,
+            original_truncated: false,
             original_size: payload.len(),
             key: message
                 .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
+                .map(|k| capped(&String::from_utf8_lossy(k), MAX_KEY)),
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             error_class: failure.class.to_owned(),
-            error: failure.message.clone(),
+            error: capped(&failure.message, MAX_ERROR),
             component: failure.component.clone(),
             failed_at: Utc::now(),
             retry_count: retry_count(message),
-        }
+        };
+        // Serialising plain strings and numbers cannot fail.
+        let rest = serde_json::to_vec(&letter).map_or(0, |v| v.len()) + "hex".len();
+        let (original, encoding, kept) = keep_original(payload, budget.saturating_sub(rest));
+        letter.original = original;
+        letter.original_encoding = encoding;
+        letter.original_truncated = kept < payload.len();
+        letter
     }
 
     /// The original bytes, unless they were truncated.
@@ -109,6 +133,57 @@ impl DeadLetter {
                 .map_err(|e| anyhow::anyhow!("the letter's hex original is corrupt: {e}")),
             Encoding::Utf8 => Ok(self.original.as_bytes().to_vec()),
         })
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked `…`.
+fn capped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// As much of `payload` (at most [`MAX_ORIGINAL`] bytes) as fits in `room`
+/// bytes of a JSON string: the longest valid UTF-8 prefix as text when the
+/// kept bytes are UTF-8 (a character cut at the end is dropped whole), else
+/// hex. Returns the text, its encoding and how many bytes it keeps.
+fn keep_original(payload: &[u8], room: usize) -> (String, Encoding, usize) {
+    let head = &payload[..payload.len().min(MAX_ORIGINAL)];
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => Some(text),
+        // Only the last character is incomplete: the cut split it.
+        Err(e) if e.error_len().is_none() && head.len() < payload.len() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    match text {
+        Some(text) => {
+            let (mut used, mut end) = (0, 0);
+            for (i, c) in text.char_indices() {
+                // What serde_json writes for the character.
+                let cost = match c {
+                    '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+                    c if (c as u32) < 0x20 => 6,
+                    c => c.len_utf8(),
+                };
+                if used + cost > room {
+                    break;
+                }
+                used += cost;
+                end = i + c.len_utf8();
+            }
+            (text[..end].to_owned(), Encoding::Utf8, end)
+        }
+        None => {
+            let kept = (room / 2).min(head.len());
+            (hex::encode(&head[..kept]), Encoding::Hex, kept)
+        }
     }
 }
 
@@ -180,5 +255,57 @@ mod tests {
         assert_eq!(long.original.len(), MAX_ORIGINAL);
         assert_eq!(long.original_size, MAX_ORIGINAL + 1);
         assert!(long.inline_original().is_none());
+    }
+
+    #[test]
+    fn a_letter_fits_its_budget_whatever_the_original() {
+        let budget = 100_000;
+        let big_reason = Failure {
+            message: "é".repeat(10_000),
+            ..failure()
+        };
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("binary", vec![0xff; 300_000]),
+            ("control characters", vec![0x01; 300_000]),
+            ("quotes", vec![b'"'; 300_000]),
+            (
+                "multi-byte text",
+                "東京→Berlin ".repeat(30_000).into_bytes(),
+            ),
+            ("a character cut by MAX_ORIGINAL", {
+                let mut v = vec![b'a'; MAX_ORIGINAL - 1];
+                v.extend("€".as_bytes());
+                v
+            }),
+        ];
+        for (what, payload) in cases {
+            let letter = DeadLetter::within(&message(&payload), &big_reason, budget);
+            let wire = serde_json::to_vec(&letter).unwrap();
+            assert!(wire.len() <= budget, "{what}: {} bytes", wire.len());
+            assert!(letter.original_truncated, "{what}");
+            // It keeps as much as fits: the letter fills its budget.
+            assert!(
+                wire.len() > budget * 9 / 10,
+                "{what}: only {} bytes",
+                wire.len()
+            );
+            assert!(
+                letter.error.len() <= MAX_ERROR && letter.error.ends_with('…'),
+                "{what}"
+            );
+            let back: DeadLetter = serde_json::from_slice(&wire).unwrap();
+            assert_eq!(back, letter, "{what}");
+        }
+        // The cut character is dropped whole and the rest stays text.
+        let cut = {
+            let mut v = vec![b'a'; MAX_ORIGINAL - 1];
+            v.extend("€".as_bytes());
+            DeadLetter::within(&message(&v), &failure(), 10 * MAX_ORIGINAL)
+        };
+        assert_eq!(cut.original_encoding, Encoding::Utf8);
+        assert_eq!(cut.original.len(), MAX_ORIGINAL - 1);
+        // Small originals are kept whole.
+        let small = DeadLetter::within(&message(b"{\"a\":\"\x01\"}"), &failure(), budget);
+        assert!(!small.original_truncated);
     }
 }

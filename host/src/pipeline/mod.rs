@@ -108,7 +108,10 @@ impl Host {
             Mode::Native => (Registry::native(&admit)?, None),
         };
         let source = Source::new(&settings)?;
-        let dlq = Publisher::new(consume::producer(&settings)?);
+        let dlq = Publisher::new(
+            consume::producer(&settings)?,
+            consume::admin(&settings).ok(),
+        );
         tracing::info!(
             topics = ?settings.topics,
             group = %settings.kafka.group_id,
