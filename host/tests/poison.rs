@@ -274,3 +274,66 @@ async fn dead_letters_of_originals_near_the_message_limit_are_produced_and_the_p
     assert_same(&dump(&db.pool).await, &clean_run(&[good]).await);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclassified_errors_are_retried_then_dead_lettered_and_missing_defaults_refused() {
+    let db = TestDb::new().await;
+    projector_host::sink::migrate(&db.pool).await.unwrap();
+    // An error no list knows (a trigger's SIGNAL, 1644) for one user, and a
+    // column the projection does not fill that has no default (1364).
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON users FOR EACH ROW \
+         IF NEW.display_name = 'boom' THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'boom is refused by a trigger'; \
+         END IF",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ALTER TABLE orders ADD COLUMN audit_ref VARCHAR(10) NOT NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let topics = Topics::new();
+    let producer = producer();
+    let (a, b, c) = (object_id(), object_id(), object_id());
+    let good_a = fixture("user.created", &a, "2026-01-01T00:00:00Z");
+    let mut boom = fixture("user.created", &b, "2026-01-01T00:00:00Z");
+    boom["data"]["profile"]["display_name"] = json!("boom");
+    let good_c = fixture("user.created", &c, "2026-01-02T00:00:00Z");
+    let order = fixture("order.created", &object_id(), "2026-01-01T00:00:00Z");
+    let user_topic = topics.of("user.created");
+    for e in [&good_a, &boom, &good_c] {
+        produce(&producer, &user_topic, &a, e.to_string().as_bytes()).await;
+    }
+    let order_topic = topics.of("order.created");
+    produce(&producer, &order_topic, "o", order.to_string().as_bytes()).await;
+
+    let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
+    let users = read_topic(&format!("dlq.{user_topic}"), 1, Duration::from_secs(60)).await;
+    let orders = read_topic(&format!("dlq.{order_topic}"), 1, Duration::from_secs(60)).await;
+    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
+    let shared = host.shared.clone();
+    host.stop().await;
+
+    let (letter, _) = &users[0];
+    assert_eq!(letter["error_class"], "unclassified");
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap()
+            .contains("boom is refused"),
+        "{letter}"
+    );
+    assert_eq!(letter["offset"], 1);
+    let (letter, _) = &orders[0];
+    assert_eq!(letter["error_class"], "rejected_by_database");
+    assert!(
+        letter["error"].as_str().unwrap().contains("audit_ref"),
+        "{letter}"
+    );
+    // Retried before giving up, then the partition flowed on.
+    assert!(shared.metrics.transient_errors.get() >= 4);
+    assert_same(&dump(&db.pool).await, &clean_run(&[good_a, good_c]).await);
+    db.drop_db().await;
+}

@@ -337,6 +337,7 @@ impl Host {
             started,
             projected_us: started.elapsed().as_micros() as u64,
             dead_lettered: std::sync::atomic::AtomicBool::new(false),
+            unclassified: std::sync::atomic::AtomicU32::new(0),
         })))
     }
 

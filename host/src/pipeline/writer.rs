@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -29,7 +29,13 @@ pub struct Prepared {
     pub(super) projected_us: u64,
     /// Its dead letters were acknowledged (a retry does not send them again).
     pub(super) dead_lettered: AtomicBool,
+    /// Attempts that failed with an unclassified database error.
+    pub(super) unclassified: AtomicU32,
 }
+
+/// Attempts of a batch an unclassified database error may fail before the
+/// events it hits are dead-lettered as `unclassified`.
+pub const UNCLASSIFIED_ATTEMPTS: u32 = 5;
 
 /// Why a batch attempt did not commit.
 pub(super) enum Attempt {
@@ -44,6 +50,21 @@ impl From<anyhow::Error> for Attempt {
     fn from(e: anyhow::Error) -> Self {
         Attempt::Transient(e)
     }
+}
+
+/// Whether the batch has used up its attempts against unclassified errors.
+fn unclassified_exhausted(p: &Prepared) -> bool {
+    p.unclassified.load(Ordering::Acquire) + 1 >= UNCLASSIFIED_ATTEMPTS
+}
+
+/// Counts a failed attempt against an unclassified error: retried.
+fn unclassified_attempt(p: &Prepared, e: sqlx::Error) -> Attempt {
+    let n = p.unclassified.fetch_add(1, Ordering::AcqRel) + 1;
+    anyhow::Error::new(e)
+        .context(format!(
+            "unclassified MySQL error (attempt {n}; at attempt {UNCLASSIFIED_ATTEMPTS} the events it hits are dead-lettered)"
+        ))
+        .into()
 }
 
 /// Writes prepared batches: dead letters, then one MySQL transaction. Runs
@@ -74,9 +95,7 @@ impl Writer {
             Ok(o) => o,
             Err(ExecError::Data(reason)) => {
                 tracing::warn!(%reason, events = p.applied.len(), "the database refused a batch; retrying it event by event");
-                let (outcome, ids) = self
-                    .commit_isolated(&p.applied, &p.offsets, expected, &p.messages)
-                    .await?;
+                let (outcome, ids) = self.commit_isolated(p, expected).await?;
                 refused = ids;
                 outcome
             }
@@ -85,6 +104,15 @@ impl Writer {
                 return Err(anyhow::Error::new(e)
                     .context("MySQL transaction failed")
                     .into());
+            }
+            Err(ExecError::Unclassified(e)) => {
+                if !unclassified_exhausted(p) {
+                    return Err(unclassified_attempt(p, e));
+                }
+                tracing::warn!(error = %e, events = p.applied.len(), "an unclassified database error outlasted its retries; retrying the batch event by event");
+                let (outcome, ids) = self.commit_isolated(p, expected).await?;
+                refused = ids;
+                outcome
             }
         };
         self.observe_batch(&p.applied, &outcome, &refused, p.started);
@@ -177,13 +205,14 @@ impl Writer {
 
     /// Applies the events one by one under savepoints; the ones the database
     /// refuses are dead-lettered, the others committed with the offsets.
+    /// An event failing with an unclassified error retries the batch until
+    /// [`UNCLASSIFIED_ATTEMPTS`], then is dead-lettered as `unclassified`.
     async fn commit_isolated(
         &self,
-        applied: &[Projected],
-        offsets: &BTreeMap<PartitionKey, i64>,
+        p: &Prepared,
         expected: &Expected,
-        messages: &[OwnedMessage],
     ) -> Result<(BatchOutcome, HashSet<String>), Attempt> {
+        let (applied, offsets, messages) = (&p.applied, &p.offsets, &p.messages);
         let group = &self.group;
         let transient = |e: sqlx::Error| {
             Attempt::from(anyhow::Error::new(e).context("MySQL failed during isolation"))
@@ -219,19 +248,27 @@ impl Writer {
                         .execute(&mut *tx)
                         .await
                         .map_err(transient)?;
-                    refused.push((i, reason));
+                    refused.push((i, "rejected_by_database", reason));
                 }
+                Err(ExecError::Unclassified(e)) if unclassified_exhausted(p) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT one_event")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(transient)?;
+                    refused.push((i, "unclassified", e.to_string()));
+                }
+                Err(ExecError::Unclassified(e)) => return Err(unclassified_attempt(p, e)),
                 Err(ExecError::Transient(e)) => return Err(transient(e)),
                 Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
             }
         }
         let failures: Vec<(usize, Failure)> = refused
             .iter()
-            .map(|(i, reason)| {
+            .map(|(i, class, reason)| {
                 (
                     applied[*i].source_index,
                     Failure {
-                        class: "rejected_by_database",
+                        class,
                         message: reason.clone(),
                         component: applied[*i].component_ref.clone(),
                     },
@@ -246,7 +283,7 @@ impl Writer {
         tx.commit().await.map_err(transient)?;
         let refused = refused
             .iter()
-            .map(|(i, _)| applied[*i].inner.event_id.clone())
+            .map(|(i, _, _)| applied[*i].inner.event_id.clone())
             .collect();
         Ok((outcome, refused))
     }

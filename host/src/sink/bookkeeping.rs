@@ -97,8 +97,16 @@ pub(super) async fn record_processed(
                 .bind(e.component.as_str());
         });
         // A duplicate event id here means another consumer applied the event
-        // concurrently: the whole transaction must roll back and retry.
-        q.execute(&mut *conn).await.map_err(ExecError::Transient)?;
+        // concurrently: the whole transaction must roll back and retry. Any
+        // other refusal (a component label over the column) is about the
+        // events, as for the rows.
+        q.execute(&mut *conn).await.map_err(|e| {
+            if ExecError::is_duplicate_key(&e) {
+                ExecError::Transient(e)
+            } else {
+                ExecError::from(e)
+            }
+        })?;
     }
     Ok(())
 }
