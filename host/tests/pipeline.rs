@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use projector_host::pipeline::Mode;
+use serde_json::json;
 
 fn lifecycle(entities: usize) -> Vec<serde_json::Value> {
     let mut events = Vec::new();
@@ -303,6 +304,7 @@ fn applied(
                 event_id: raw.event_id.to_string(),
                 event_type: raw.event_type.clone(),
                 timestamp: raw.timestamp.naive_utc(),
+                entity_id: raw.entity_id.clone(),
                 topic: raw.topic().to_owned(),
                 partition: 0,
                 offset: offset as i64,
@@ -409,4 +411,53 @@ async fn a_hung_database_times_the_batch_out_and_the_batch_lands_once_it_answers
     let all: Vec<serde_json::Value> = std::iter::once(first).chain(rest).collect();
     assert_same(&dump(&db.pool).await, &clean_run(&all).await);
     db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ties_resolve_in_partition_order_batched_and_event_by_event() {
+    let t = "2026-05-01T00:00:00Z";
+    let (u, v) = (object_id(), object_id());
+    // One timestamp: the delete comes first in the partition, then a full
+    // document, so the user is alive (phase order would delete it).
+    let deleted = fixture("user.deleted", &u, t);
+    let mut revived = fixture("user.updated", &u, t);
+    revived["data"]["profile"]["bio"] = json!("after the delete");
+    // Two updates with one timestamp: the second wins.
+    let mut first = fixture("user.updated", &v, t);
+    first["data"]["profile"]["bio"] = json!("first");
+    let mut second = fixture("user.updated", &v, t);
+    second["data"]["profile"]["bio"] = json!("second");
+    let good = [deleted, revived, first, second];
+    let expected = clean_run(&good).await;
+    let alive: Vec<_> = expected["users"]
+        .iter()
+        .map(|r| (r["bio"].clone(), r["deleted_at"].is_none()))
+        .collect();
+    assert!(
+        alive.contains(&(Some("after the delete".into()), true))
+            && alive.contains(&(Some("second".into()), true)),
+        "the oracle applies ties in partition order: {alive:?}"
+    );
+    // A neighbour the database refuses sends the batch event by event.
+    let mut refused = fixture("user.created", &object_id(), t);
+    refused["data"]["profile"]["display_name"] = json!("x".repeat(300));
+    for with_refused in [false, true] {
+        let db = TestDb::new().await;
+        let topics = Topics::new();
+        let mut events = good.to_vec();
+        if with_refused {
+            events.insert(2, refused.clone());
+        }
+        produce_all(&topics, &events).await;
+        let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
+        wait_processed(&db.pool, good.len() as i64, Duration::from_secs(60)).await;
+        let shared = host.shared.clone();
+        host.stop().await;
+        assert_eq!(
+            shared.metrics.dead_lettered_total(),
+            u64::from(with_refused)
+        );
+        assert_same(&dump(&db.pool).await, &expected);
+        db.drop_db().await;
+    }
 }

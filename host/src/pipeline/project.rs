@@ -140,6 +140,7 @@ fn project_one<'r>(
         event_id: envelope.event_id.to_string(),
         event_type: envelope.event_type.clone(),
         timestamp: envelope.timestamp.naive_utc(),
+        entity_id: envelope.entity_id.clone(),
         topic: m.topic().to_owned(),
         partition: m.partition(),
         offset: m.offset(),

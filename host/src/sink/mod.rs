@@ -13,7 +13,7 @@
 //! - **Error classes** (`classify`): data errors are permanent, the rest is
 //!   retried.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 use sqlx::MySqlConnection;
@@ -41,12 +41,56 @@ pub struct Applied {
     pub event_id: String,
     pub event_type: String,
     pub timestamp: NaiveDateTime,
+    /// The entity the event is about (its envelope's `entity_id`).
+    pub entity_id: String,
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
     /// `domain@version` of the component that projected it.
     pub component: String,
     pub ops: Vec<ValidOp>,
+}
+
+/// The phase in which [`write_ops`] runs an op: upserts, replaces,
+/// updates, soft deletes, deletes.
+fn phase(op: &ValidOp) -> u8 {
+    match op {
+        ValidOp::Upsert { .. } => 1,
+        ValidOp::Replace { .. } => 2,
+        ValidOp::Update { .. } => 3,
+        ValidOp::SoftDelete { .. } => 4,
+        ValidOp::Delete { .. } => 5,
+    }
+}
+
+/// Splits a batch where running it phase by phase would apply two events
+/// of one entity out of partition order: where an event has an op of an
+/// earlier phase than an op of an earlier event of the same entity in the
+/// same segment. Within a segment, phases never reorder one entity's
+/// events; segments run in order. So a batch writes what applying its
+/// events one by one writes, ties (equal timestamps) included: the later
+/// event in the partition wins, as in the event-by-event path. Ordinary
+/// lifecycles (created, updated, deleted) never split.
+pub fn in_order_segments<'a, 'e>(events: &'a [&'e Applied]) -> Vec<&'a [&'e Applied]> {
+    let mut segments = Vec::new();
+    let mut start = 0;
+    let mut latest: HashMap<(&str, &str), u8> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let Some(first) = e.ops.iter().map(phase).min() else {
+            continue;
+        };
+        let last = e.ops.iter().map(phase).max().unwrap_or(first);
+        let entity = (e.topic.as_str(), e.entity_id.as_str());
+        if latest.get(&entity).is_some_and(|p| *p > first) {
+            segments.push(&events[start..i]);
+            start = i;
+            latest.clear();
+        }
+        let p = latest.entry(entity).or_insert(last);
+        *p = (*p).max(last);
+    }
+    segments.push(&events[start..]);
+    segments
 }
 
 /// What a batch did.
@@ -91,7 +135,9 @@ pub async fn apply_batch(
         .map(|e| e.event_id.clone())
         .collect();
 
-    write_ops(conn, schema, &fresh).await?;
+    for segment in in_order_segments(&fresh) {
+        write_ops(conn, schema, segment).await?;
+    }
     record_processed(conn, &fresh).await?;
     record_offsets(conn, group, offsets).await?;
     Ok(BatchOutcome {

@@ -404,6 +404,7 @@ async fn mysql_ceiling(
                 event_id,
                 event_type: env.event_type.clone(),
                 timestamp: env.timestamp.naive_utc(),
+                entity_id: env.entity_id.clone(),
                 topic: e.domain.to_owned(),
                 partition: 0,
                 offset: (done + i) as i64,
