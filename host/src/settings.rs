@@ -19,6 +19,7 @@
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
 //! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_mb`        |
 //! | `PROJECTOR_STATEMENT_TIMEOUT_MS` | `mysql.statement_timeout` |
+//! | `PROJECTOR_START_WITHOUT_POSITION` | `start_without_position` (earliest/latest) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,23 @@ pub struct Settings {
     /// environment, comma-separated.
     #[serde(deserialize_with = "list::deserialize")]
     pub topics: Vec<String>,
+    /// Where a partition with no position stored in MySQL starts: its
+    /// earliest retained offset (the whole history), or its end. Never
+    /// Kafka's committed offset, which may belong to another database.
+    pub start_without_position: StartPolicy,
     pub mysql: MysqlSettings,
     pub components: ComponentSettings,
     pub sandbox: SandboxLimits,
     pub batch: BatchSettings,
     pub admin: AdminSettings,
+}
+
+/// Where a partition without a stored position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPolicy {
+    Earliest,
+    Latest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +112,7 @@ impl Default for Settings {
         Settings {
             kafka: KafkaSettings::default(),
             topics: Topic::ALL.iter().map(|t| t.as_str().to_owned()).collect(),
+            start_without_position: StartPolicy::Earliest,
             mysql: MysqlSettings::default(),
             components: ComponentSettings::default(),
             sandbox: SandboxLimits::default(),
@@ -149,7 +163,7 @@ impl Default for AdminSettings {
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 15] = [
+const ENV: [(&str, &str); 16] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
     ("PROJECTOR_TOPICS", "topics"),
@@ -165,6 +179,7 @@ const ENV: [(&str, &str); 15] = [
     ("PROJECTOR_CALL_DEADLINE_MS", "sandbox.call_deadline"),
     ("PROJECTOR_GUEST_MEMORY_MB", "sandbox.memory_mb"),
     ("PROJECTOR_STATEMENT_TIMEOUT_MS", "mysql.statement_timeout"),
+    ("PROJECTOR_START_WITHOUT_POSITION", "start_without_position"),
 ];
 
 impl Settings {

@@ -14,7 +14,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
-use crate::settings::Settings;
+use crate::settings::{Settings, StartPolicy};
 
 mod positions;
 mod rebalance;
@@ -72,6 +72,21 @@ pub struct Source {
     /// Kafka was last advised.
     advice: BTreeMap<PartitionKey, i64>,
     advised_at: Option<Instant>,
+    /// Where partitions without a stored position start.
+    start: StartPolicy,
+    /// Gaps met in the log since the pipeline last took them.
+    gaps: Vec<Gap>,
+}
+
+/// Offsets the log no longer has between where a partition stood and the
+/// next message the broker delivered (retention deleted them unread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub topic: String,
+    pub partition: i32,
+    /// The first missing offset and the first offset delivered after them.
+    pub from: i64,
+    pub to: i64,
 }
 
 /// How often the advisory Kafka offset commit is sent at most. One per
@@ -98,6 +113,8 @@ impl Source {
             last_offsets: BTreeMap::new(),
             advice: BTreeMap::new(),
             advised_at: None,
+            start: settings.start_without_position,
+            gaps: Vec::new(),
         })
     }
 

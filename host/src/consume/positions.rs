@@ -10,7 +10,8 @@ use rdkafka::Offset;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::OwnedMessage;
 
-use super::{PartitionKey, Source, Stored};
+use super::{Gap, PartitionKey, Source, Stored};
+use crate::settings::StartPolicy;
 
 /// Per partition of a batch, the stored position it starts from (`None`:
 /// no row yet), checked by the sink's fence.
@@ -99,12 +100,43 @@ impl Source {
                         },
                     );
                 }
-                stored_next => {
+                Some(&next) => {
                     self.positions.insert(
                         key.clone(),
                         Position {
-                            next: *first,
-                            committed: stored_next.copied(),
+                            next,
+                            committed: Some(next),
+                        },
+                    );
+                }
+                None => {
+                    // No stored position: start by the policy, never where
+                    // Kafka's committed offset (perhaps of another
+                    // database under this group) put the consumer.
+                    let start = match self.start {
+                        // A message later than `high` arrived meanwhile.
+                        StartPolicy::Latest => self.policy_start(key)?.max(*first),
+                        StartPolicy::Earliest => self.policy_start(key)?,
+                    };
+                    if start != *first {
+                        tracing::info!(topic = %key.0, partition = key.1, from = *first, to = start, policy = ?self.start, "no position stored in MySQL; seeking to the start the policy gives");
+                        self.consumer
+                            .seek(
+                                &key.0,
+                                key.1,
+                                Offset::Offset(start),
+                                Duration::from_secs(10),
+                            )
+                            .with_context(|| {
+                                format!("failed to seek {}[{}] to {start}", key.0, key.1)
+                            })?;
+                        sought.insert(key.clone());
+                    }
+                    self.positions.insert(
+                        key.clone(),
+                        Position {
+                            next: start,
+                            committed: None,
                         },
                     );
                 }
@@ -121,6 +153,15 @@ impl Source {
             };
             if m.offset() < pos.next {
                 continue; // already applied
+            }
+            if m.offset() > pos.next {
+                // The log lost offsets this database never applied.
+                self.gaps.push(Gap {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    from: pos.next,
+                    to: m.offset(),
+                });
             }
             pos.next = m.offset() + 1;
             kept.push(m);
@@ -188,6 +229,82 @@ impl Source {
                 .iter()
                 .any(|(t, p)| m.topic() == t && m.partition() == *p)
         });
+    }
+
+    /// Assigned partitions this host has no position for yet (nothing
+    /// delivered since the assignment: an idle partition, or one where
+    /// Kafka's committed offset already sits at the end of the log).
+    pub fn unpositioned(&mut self) -> Vec<PartitionKey> {
+        self.drain_rebalances();
+        let Ok(assignment) = self.consumer.assignment() else {
+            return Vec::new();
+        };
+        assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .filter(|key| !self.positions.contains_key(key))
+            .collect()
+    }
+
+    /// Seeks each of `keys` to where it starts: its stored position, else
+    /// where the start policy says. A partition whose seek fails (not
+    /// fetching yet) stays unpositioned and is tried again.
+    pub fn position(&mut self, keys: &[PartitionKey], stored: &Stored) {
+        for key in keys {
+            let (next, committed) = match stored.get(key) {
+                Some(&next) => (next, Some(next)),
+                None => match self.policy_start(key) {
+                    Ok(start) => (start, None),
+                    Err(e) => {
+                        tracing::debug!(topic = %key.0, partition = key.1, error = %e, "could not read the partition's offsets");
+                        continue;
+                    }
+                },
+            };
+            match self
+                .consumer
+                .seek(&key.0, key.1, Offset::Offset(next), Duration::from_secs(10))
+            {
+                Ok(()) => {
+                    tracing::debug!(topic = %key.0, partition = key.1, next, "positioned an assigned partition");
+                    self.drop_held(std::slice::from_ref(key));
+                    self.positions
+                        .insert(key.clone(), Position { next, committed });
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %key.0, partition = key.1, error = %e, "seek failed; trying again later");
+                }
+            }
+        }
+    }
+
+    /// Where a partition without a stored position starts by the policy;
+    /// with `earliest`, offsets retention deleted before it are a gap.
+    fn policy_start(&mut self, key: &PartitionKey) -> anyhow::Result<i64> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&key.0, key.1, Duration::from_secs(10))
+            .with_context(|| format!("failed to read the offsets of {}[{}]", key.0, key.1))?;
+        Ok(match self.start {
+            StartPolicy::Earliest => {
+                if low > 0 {
+                    self.gaps.push(Gap {
+                        topic: key.0.clone(),
+                        partition: key.1,
+                        from: 0,
+                        to: low,
+                    });
+                }
+                low
+            }
+            StartPolicy::Latest => high,
+        })
+    }
+
+    /// The gaps met since the last call.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
     }
 
     /// Forgets these partitions' positions: the next batch reads them from

@@ -80,6 +80,7 @@ async fn ready(State(admin): State<Admin>) -> Response {
             "components": shared.components(),
             "lag": {"status": o.lag_status, "total": o.total_lag},
             "pipeline": {"retrying": o.retrying},
+            "positions": {"log_gaps": o.log_gaps, "log_gap_offsets": o.log_gap_offsets},
         },
     });
     let code = if reasons.is_empty() {
@@ -179,6 +180,13 @@ async fn page(State(admin): State<Admin>) -> Html<String> {
         badge(o.lag_status),
         o.dead_lettered
     );
+    if o.log_gaps > 0 {
+        let _ = write!(
+            h,
+            "<p><span class=b style=\"background:#c62828\">LOG GAPS</span> {} gaps, {} offsets deleted from the log before this database applied them (see recent errors)</p>",
+            o.log_gaps, o.log_gap_offsets
+        );
+    }
     if !reasons.is_empty() {
         h.push_str("<ul>");
         for r in &reasons {

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `projector_dependency_up{dependency}`: 1 when MySQL / Kafka answered the last check.
     pub dependency_up: IntGaugeVec,
+    /// `projector_log_gap_offsets_total{topic, partition}`: offsets the log
+    /// lost (retention) before this database applied them.
+    pub log_gap_offsets: IntCounterVec,
     /// `projector_envelope_unknown_fields_total`: envelopes that carried
     /// fields beyond the five (ignored).
     pub envelope_unknown_fields: IntCounter,
@@ -141,6 +144,13 @@ impl Metrics {
                     "Events sent to a dead-letter topic."
                 ),
                 &["topic", "error_class"]
+            )),
+            log_gap_offsets: reg!(IntCounterVec::new(
+                Opts::new(
+                    "projector_log_gap_offsets_total",
+                    "Offsets deleted from the log before this database applied them."
+                ),
+                partition
             )),
             envelope_unknown_fields: reg!(IntCounter::new(
                 "projector_envelope_unknown_fields_total",

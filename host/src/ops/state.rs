@@ -52,6 +52,10 @@ pub struct Observed {
     pub applied: BTreeMap<String, u64>,
     /// Events dead-lettered since start (from the metrics).
     pub dead_lettered: u64,
+    /// Gaps met in the log since start (offsets retention deleted before
+    /// this database applied them), and the offsets they cover.
+    pub log_gaps: u64,
+    pub log_gap_offsets: u64,
     pub recent_errors: VecDeque<RecentError>,
     #[serde(skip)]
     pub(super) rate_base: Option<(Instant, BTreeMap<String, u64>)>,
@@ -169,6 +173,27 @@ impl Shared {
                 self.record_error("component_refused", format!("{}: {reason}", file.display()));
             }
         }
+    }
+
+    /// Records offsets the log lost before this database applied them: an
+    /// error in the log, the metrics, readiness's checks and the status
+    /// page.
+    pub fn log_gap(&self, topic: &str, partition: i32, from: i64, to: i64) {
+        let missing = (to - from).max(0) as u64;
+        let message = format!(
+            "{topic}[{partition}]: offsets {from}..{to} ({missing}) were deleted from the log before this database applied them"
+        );
+        tracing::error!(topic, partition, from, to, "{message}");
+        self.metrics
+            .log_gap_offsets
+            .with_label_values(&[topic, &partition.to_string()])
+            .inc_by(missing);
+        {
+            let mut o = self.lock();
+            o.log_gaps += 1;
+            o.log_gap_offsets += missing;
+        }
+        self.record_error("log_gap", message);
     }
 
     /// Why the host is not ready (empty when it is).

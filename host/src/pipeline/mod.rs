@@ -206,6 +206,16 @@ impl Host {
         let mut last_check = Instant::now();
         let mut inflight: Option<Inflight> = None;
         loop {
+            // Assigned partitions nothing was delivered from yet start where
+            // MySQL (or the start policy) says, not where Kafka's committed
+            // offset put them. Before fetching: a batch must not hold
+            // messages from before such a seek.
+            let unpositioned = self.source.unpositioned();
+            if !unpositioned.is_empty()
+                && let Ok(stored) = self.stored().await
+            {
+                self.source.position(&unpositioned, &stored);
+            }
             // `next_batch` is not cancelled by anything but shutdown (a
             // cancelled batch would drop the messages it gathered).
             let batch = tokio::select! {
@@ -302,6 +312,10 @@ impl Host {
                 Ok(stored) => self.source.align(batch.clone(), stored.as_ref()),
                 Err(e) => Err(e),
             };
+            for gap in self.source.take_gaps() {
+                self.shared
+                    .log_gap(&gap.topic, gap.partition, gap.from, gap.to);
+            }
             match aligned {
                 Ok(m) => break m,
                 Err(e) => {

@@ -1,0 +1,111 @@
+//! Positions belong to MySQL: a database without them starts by the
+//! explicit policy, never where Kafka's committed offset (perhaps another
+//! database's) points; offsets the log lost before the database applied
+//! them are reported, not passed over in silence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use projector_host::pipeline::Mode;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_under_an_old_group_gets_the_whole_history() {
+    let topics = Topics::new();
+    let group = unique("g");
+    let all = events(6);
+    produce_all(&topics, &all).await;
+    let first = TestDb::new().await;
+    let host = RunningHost::start(settings(&first, &topics, &group), Mode::Wasm).await;
+    wait_processed(&first.pool, all.len() as i64, Duration::from_secs(60)).await;
+    // Stopping commits the group's offsets to Kafka: at the end of the log.
+    host.stop().await;
+    first.drop_db().await;
+
+    let second = TestDb::new().await;
+    let host = RunningHost::start(settings(&second, &topics, &group), Mode::Wasm).await;
+    wait_processed(&second.pool, all.len() as i64, Duration::from_secs(60)).await;
+    host.stop().await;
+    assert_same(&dump(&second.pool).await, &clean_run(&all).await);
+    second.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_deleted_before_they_were_applied_are_reported_as_a_gap() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let u = object_id();
+    let event = |i: u32| {
+        let mut e = fixture(
+            if i == 0 {
+                "user.created"
+            } else {
+                "user.updated"
+            },
+            &u,
+            &format!("2026-01-01T00:00:0{i}Z"),
+        );
+        e["data"]["profile"]["bio"] = json!(format!("version {i}"));
+        e
+    };
+    let all: Vec<serde_json::Value> = (0..6).map(event).collect();
+    produce_all(&topics, &all[..3]).await;
+    let host = RunningHost::start(settings(&db, &topics, &group), Mode::Wasm).await;
+    wait_processed(&db.pool, 3, Duration::from_secs(60)).await;
+    host.stop().await;
+
+    // While no host runs, three more arrive and retention deletes the
+    // first two of them (offsets 3 and 4) unread.
+    produce_all(&topics, &all[3..]).await;
+    let topic = topics.of("user.created");
+    let partition: i32 = sqlx::query_scalar("SELECT MAX(`partition`) FROM processed_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let mut upto = TopicPartitionList::new();
+    upto.add_partition_offset(&topic, partition, Offset::Offset(5))
+        .unwrap();
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let host = RunningHost::start(settings(&db, &topics, &group), Mode::Wasm).await;
+    wait_processed(&db.pool, 4, Duration::from_secs(60)).await;
+    let url = host.admin_url().await;
+    let observed = host.shared.observed();
+    assert_eq!((observed.log_gaps, observed.log_gap_offsets), (1, 2));
+    let (_, ready) = http_get(&format!("{url}/health/ready")).await;
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        ready["checks"]["positions"],
+        json!({"log_gaps": 1, "log_gap_offsets": 2})
+    );
+    let (_, page) = http_get(&format!("{url}/")).await;
+    assert!(
+        page.contains("LOG GAPS") && page.contains("offsets 3..5 (2)"),
+        "{page}"
+    );
+    let (_, metrics) = http_get(&format!("{url}/metrics")).await;
+    let m = parse_prometheus(&metrics);
+    assert_eq!(
+        m[&format!(
+            "projector_log_gap_offsets_total{{partition=\"{partition}\",topic=\"{topic}\"}}"
+        )],
+        2.0
+    );
+    host.stop().await;
+    let kept = [&all[..3], &all[5..]].concat();
+    assert_same(&dump(&db.pool).await, &clean_run(&kept).await);
+    db.drop_db().await;
+}
