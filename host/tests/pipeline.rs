@@ -461,3 +461,40 @@ async fn ties_resolve_in_partition_order_batched_and_event_by_event() {
         db.drop_db().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_older_event_does_not_bring_a_deleted_row_back() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let (p, u) = (object_id(), object_id());
+    let first = [
+        fixture("product.created", &p, "2026-01-01T00:00:00Z"),
+        fixture("product.deleted", &p, "2026-01-03T00:00:00Z"),
+        fixture("user.created", &u, "2026-01-01T00:00:00Z"),
+        fixture("user.deleted", &u, "2026-01-03T00:00:00Z"),
+    ];
+    // Older than the deletes, arriving after them (late, or redriven).
+    let late = [
+        fixture("product.updated", &p, "2026-01-02T00:00:00Z"),
+        fixture("user.updated", &u, "2026-01-02T00:00:00Z"),
+    ];
+    produce_all(&topics, &first).await;
+    let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
+    wait_processed(&db.pool, 4, Duration::from_secs(60)).await;
+    produce_all(&topics, &late).await;
+    wait_processed(&db.pool, 6, Duration::from_secs(60)).await;
+    host.stop().await;
+    let after = dump(&db.pool).await;
+    assert!(
+        after["products"].is_empty() && after["product_variants"].is_empty(),
+        "the hard-deleted product stays deleted: {:?}",
+        after["products"]
+    );
+    assert!(
+        after["users"][0]["deleted_at"].is_some(),
+        "the soft delete holds"
+    );
+    let all: Vec<serde_json::Value> = first.iter().chain(&late).cloned().collect();
+    assert_same(&after, &clean_run(&all).await);
+    db.drop_db().await;
+}

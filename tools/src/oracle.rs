@@ -261,6 +261,9 @@ async fn soft_delete(
     update(conn, e, table_key, &[("deleted_at", V::Text(e.ts.clone()))]).await
 }
 
+/// Deletes the row if the event is at least as new, and remembers the
+/// delete (the newest one per row): an older event for the entity changes
+/// nothing afterwards.
 async fn delete(
     conn: &mut MySqlConnection,
     e: &Event,
@@ -273,10 +276,49 @@ async fn delete(
     .bind(&e.ts)
     .execute(&mut *conn)
     .await?;
+    let newest: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(event_timestamp AS CHAR) FROM tombstones WHERE table_name = ? AND row_key = ?",
+    )
+    .bind(table)
+    .bind(&e.entity)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if newest.as_ref().is_none_or(|t| *t <= e.ts) {
+        sqlx::query("REPLACE INTO tombstones (table_name, row_key, event_id, event_timestamp) VALUES (?, ?, ?, ?)")
+            .bind(table)
+            .bind(&e.entity)
+            .bind(&e.event_id)
+            .bind(&e.ts)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
+/// Whether a delete newer than the event removed the entity's row.
+async fn deleted_after(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<bool> {
+    let table = match e.event_type.split('.').next() {
+        Some("user") => "users",
+        Some("supplier") => "suppliers",
+        Some("product") => "products",
+        Some("order") => "orders",
+        Some("post") => "posts",
+        _ => return Ok(false),
+    };
+    let deleted: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(event_timestamp AS CHAR) FROM tombstones WHERE table_name = ? AND row_key = ?",
+    )
+    .bind(table)
+    .bind(&e.entity)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(deleted.is_some_and(|t| t > e.ts))
+}
+
 async fn apply_one(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<()> {
+    if deleted_after(conn, e).await? {
+        return Ok(());
+    }
     let d = &e.data;
     let id = || V::Text(e.entity.clone());
     match e.event_type.as_str() {

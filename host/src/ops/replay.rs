@@ -147,6 +147,13 @@ pub async fn reset(pool: &MySqlPool, settings: &Settings, domain: &str) -> anyho
             .rows_affected();
         deleted.push((table.clone(), n));
     }
+    for table in &tables {
+        sqlx::query("DELETE FROM tombstones WHERE table_name = ?")
+            .bind(table)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("forgetting the tombstones of {table}"))?;
+    }
     let forgotten = sqlx::query("DELETE FROM processed_events WHERE topic = ?")
         .bind(&topic)
         .execute(&mut *tx)

@@ -26,10 +26,11 @@ pub const PROJECTION_TABLES: [&str; 7] = [
 ];
 
 /// Tables the host keeps for itself; no component may write them.
-pub const BOOKKEEPING_TABLES: [&str; 4] = [
+pub const BOOKKEEPING_TABLES: [&str; 5] = [
     "processed_events",
     "consumer_offsets",
     "dlq_redrives",
+    "tombstones",
     "_sqlx_migrations",
 ];
 
