@@ -284,10 +284,11 @@ pub fn replay(
     domain: &str,
     wait: bool,
     stall_timeout: u64,
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 2).await?;
-        let reset = crate::ops::replay::reset(&pool, settings, domain).await?;
+        let reset = crate::ops::replay::reset(&pool, settings, domain, force).await?;
         for (table, n) in &reset.tables {
             println!("emptied {table:<18} {n:>8} rows");
         }
@@ -330,6 +331,61 @@ fn clip(s: &str, n: usize) -> String {
     } else {
         s.to_owned()
     }
+}
+
+/// `projector prune`: removes `processed_events` rows of messages below
+/// their partition's low watermark (retention deleted them: they can never
+/// be delivered again, so their rows guard nothing), and tombstones older
+/// than `tombstone_days`.
+pub fn prune(settings: &Settings, tombstone_days: u32) -> anyhow::Result<ExitCode> {
+    tokio_runtime()?.block_on(async {
+        let pool = connect_mysql(&settings.mysql.url, 1).await?;
+        crate::sink::migrate(&pool).await?;
+        let mut pruned = 0;
+        for topic in &settings.topics {
+            let ends = {
+                let settings = settings.clone();
+                let topic = topic.clone();
+                tokio::task::spawn_blocking(move || crate::ops::replay::watermarks(&settings, &topic))
+                    .await?
+            };
+            let ends = match ends {
+                Ok(ends) => ends,
+                Err(e) => {
+                    println!("skipping {topic}: {e:#}");
+                    continue;
+                }
+            };
+            for (partition, low, _) in ends.into_iter().filter(|(_, low, _)| *low > 0) {
+                loop {
+                    // Small chunks: each a short transaction beside the host's.
+                    let n = sqlx::query(
+                        "DELETE FROM processed_events WHERE topic = ? AND `partition` = ? AND `offset` < ? LIMIT 5000",
+                    )
+                    .bind(topic)
+                    .bind(partition)
+                    .bind(low)
+                    .execute(&pool)
+                    .await?
+                    .rows_affected();
+                    pruned += n;
+                    if n < 5000 {
+                        break;
+                    }
+                }
+            }
+        }
+        let tombstones = sqlx::query(
+            "DELETE FROM tombstones WHERE event_timestamp < UTC_TIMESTAMP(6) - INTERVAL ? DAY",
+        )
+        .bind(tombstone_days)
+        .execute(&pool)
+        .await?
+        .rows_affected();
+        println!("pruned {pruned} processed events below their partition's low watermark");
+        println!("pruned {tombstones} tombstones older than {tombstone_days} days");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `projector dlq list`.

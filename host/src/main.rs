@@ -53,6 +53,18 @@ enum Command {
         /// Give up waiting when the host makes no progress for this long (seconds).
         #[arg(long, default_value_t = 60)]
         stall_timeout: u64,
+        /// Replay even though retention deleted the start of the topic
+        /// (the rows of the deleted events are lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove bookkeeping that can no longer matter: processed events of
+    /// messages retention deleted, and old tombstones.
+    Prune {
+        /// Keep tombstones this many days: an event older than its entity's
+        /// delete by more than this, arriving later, is applied again.
+        #[arg(long, default_value_t = 30)]
+        tombstone_days: u32,
     },
     /// Inspect and redrive the dead-letter topics.
     Dlq {
@@ -135,7 +147,9 @@ fn main() -> ExitCode {
             domain,
             no_wait,
             stall_timeout,
-        } => cli::replay(&settings, &domain, !no_wait, stall_timeout),
+            force,
+        } => cli::replay(&settings, &domain, !no_wait, stall_timeout, force),
+        Command::Prune { tombstone_days } => cli::prune(&settings, tombstone_days),
         Command::Dlq { command } => match command {
             DlqCommand::List { class } => cli::dlq_list(&settings, class.as_deref()),
             DlqCommand::Show { id } => cli::dlq_show(&settings, &id),

@@ -109,3 +109,71 @@ async fn offsets_deleted_before_they_were_applied_are_reported_as_a_gap() {
     assert_same(&dump(&db.pool).await, &clean_run(&kept).await);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_refuses_a_topic_whose_start_was_deleted_and_prune_forgets_what_cannot_return() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let u = object_id();
+    let all: Vec<serde_json::Value> = (0..4)
+        .map(|i| {
+            fixture(
+                if i == 0 {
+                    "user.created"
+                } else {
+                    "user.updated"
+                },
+                &u,
+                &format!("2026-01-01T00:00:0{i}Z"),
+            )
+        })
+        .collect();
+    produce_all(&topics, &all).await;
+    let host = RunningHost::start(settings(&db, &topics, &group), Mode::Wasm).await;
+    wait_processed(&db.pool, 4, Duration::from_secs(60)).await;
+    host.stop().await;
+    let before = dump(&db.pool).await;
+
+    // Retention deletes the first two messages of the partition.
+    let topic = topics.of("user.created");
+    let partition: i32 = sqlx::query_scalar("SELECT MAX(`partition`) FROM processed_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let mut upto = TopicPartitionList::new();
+    upto.add_partition_offset(&topic, partition, Offset::Offset(2))
+        .unwrap();
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let run = |args: &[&str]| projector(&db.url, &topics, &group, &components_dir(), args);
+    let (ok, out) = run(&["replay", "--domain", "user", "--no-wait"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("refusing to replay user")
+            && out.contains(&format!("{topic}[{partition}] starts at offset 2")),
+        "{out}"
+    );
+    assert_eq!(dump(&db.pool).await, before, "nothing was emptied");
+
+    // The two deleted messages can never come back: their rows go.
+    let (ok, out) = run(&["prune"]);
+    assert!(ok && out.contains("pruned 2 processed events"), "{out}");
+    let offsets: Vec<i64> =
+        sqlx::query_scalar("SELECT `offset` FROM processed_events ORDER BY `offset`")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(offsets, [2, 3]);
+
+    let (ok, out) = run(&["replay", "--domain", "user", "--no-wait", "--force"]);
+    assert!(ok && out.contains("emptied users"), "{out}");
+    db.drop_db().await;
+}

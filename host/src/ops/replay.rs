@@ -89,7 +89,8 @@ pub fn tables_of(
     Ok(tables)
 }
 
-fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+/// (partition, low, high) watermarks of each partition of `topic`.
+pub fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let mut config = rdkafka::ClientConfig::new();
     for (k, v) in settings.kafka.consumer_config() {
         config.set(k, v);
@@ -114,7 +115,14 @@ fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32, i64,
 }
 
 /// Empties the domain's tables and resets its topic's positions to 0.
-pub async fn reset(pool: &MySqlPool, settings: &Settings, domain: &str) -> anyhow::Result<Reset> {
+/// Refused when retention already deleted the start of the topic (the
+/// tables could not be rebuilt whole), unless `force`.
+pub async fn reset(
+    pool: &MySqlPool,
+    settings: &Settings,
+    domain: &str,
+    force: bool,
+) -> anyhow::Result<Reset> {
     crate::sink::migrate(pool).await?;
     let schema = Schema::load(pool).await?;
     let topic = topic_of(settings, domain)?;
@@ -124,8 +132,30 @@ pub async fn reset(pool: &MySqlPool, settings: &Settings, domain: &str) -> anyho
         let topic = topic.clone();
         tokio::task::spawn_blocking(move || watermarks(&settings, &topic)).await??
     };
+    let lost: Vec<String> = ends
+        .iter()
+        .filter(|(_, low, _)| *low > 0)
+        .map(|(partition, low, _)| format!("{topic}[{partition}] starts at offset {low}"))
+        .collect();
+    if !lost.is_empty() {
+        if !force {
+            anyhow::bail!(
+                "refusing to replay {domain}: retention deleted the start of its topic ({}); \
+                 the events before those offsets are gone, so emptying {} would lose rows that \
+                 cannot be rebuilt. Pass --force to replay what is left.",
+                lost.join(", "),
+                tables.join(", ")
+            );
+        }
+        tracing::warn!(topic = %topic, lost = ?lost, "replaying a topic whose start retention deleted (--force)");
+    }
     let group = &settings.kafka.group_id;
     let mut conn = pool.acquire().await?;
+    // Read committed: the scans of processed_events below lock only the
+    // rows they delete, not the gaps other topics' batches insert into.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
     let mut tx = conn.begin().await?;
     // The same row locks a host's batch takes first: no batch of this topic
     // commits half before and half after the reset.
