@@ -12,21 +12,35 @@
 //! therefore replays at most the uncommitted batch, and `processed_events`
 //! (primary key `event_id`) makes a replayed event a no-op.
 //!
+//! A partition with no stored position starts by `start_without_position`
+//! (earliest by default), never at Kafka's committed offset, which may
+//! belong to another database under the same group.
+//!
 //! What would break it: writing rows outside that transaction, committing
 //! Kafka offsets before MySQL, or deleting `processed_events` rows of events
-//! still in the topics while the stored offsets point below them.
+//! still in the topics while the stored offsets point below them. That is
+//! why `projector prune` deletes only rows of offsets below their
+//! partition's low watermark: Kafka can never deliver those again, a replay
+//! starts at or above it, and a redriven dead letter never had a row. A gap
+//! (offsets retention deleted before they were applied) is reported, not
+//! hidden: those events are lost to this database, not applied twice.
 //!
 //! **Per-partition order** is kept: a batch holds messages in partition order,
-//! and the executor's grouping preserves the effect of applying them one by
-//! one (every write is guarded by the row's event timestamp).
+//! and the sink's phases are cut wherever they would apply two events of one
+//! entity out of that order, so a batch has the effect of applying its
+//! events one by one (every write is guarded by the row's event timestamp;
+//! on equal timestamps the later event wins, and an upsert older than its
+//! row's tombstone is dropped).
 //!
 //! **Bad input never stops a partition.** An event that cannot be decoded,
 //! routed, projected or validated, or whose data the database refuses, goes to
 //! the dead-letter topic `dlq.<topic>` (acknowledged before the batch commits)
 //! and its offset is committed with the batch. A batch that the database
 //! refuses is retried event by event under savepoints, so only the bad event
-//! is dead-lettered. Transient failures (database or broker unavailable,
-//! deadlock) never dead-letter anything: the batch is retried with backoff
+//! is dead-lettered. Transient failures (a closed list: database or broker
+//! unavailable, deadlock, lock wait, timeouts) never dead-letter anything; an
+//! unclassified error is retried 4 times, then the events it hits are
+//! dead-lettered as `unclassified`. The batch is retried with backoff
 //! while the assigned partitions are paused and the consumer keeps polling
 //! (so the group does not evict it), and readiness reports the failure.
 //!
