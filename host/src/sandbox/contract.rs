@@ -46,6 +46,10 @@ pub fn version_compatible(version: &str) -> bool {
     }
 }
 
+/// Longest domain name and version a component may declare.
+const MAX_DOMAIN: usize = 40;
+const MAX_VERSION: usize = 64;
+
 /// Checks a component's self-description for what the host relies on.
 pub(super) fn check_info(info: &Info) -> Result<(), String> {
     if info.domain.is_empty()
@@ -57,6 +61,24 @@ pub(super) fn check_info(info: &Info) -> Result<(), String> {
         return Err(format!(
             "domain {:?} must be a lower-case topic name",
             info.domain
+        ));
+    }
+    // Both go into every `processed_events.component` label
+    // (`domain@version+digest12`, at most 128 characters): a label that does
+    // not fit would refuse every event of the component.
+    if info.domain.len() > MAX_DOMAIN {
+        return Err(format!(
+            "domain {:?} is longer than {MAX_DOMAIN} characters",
+            info.domain
+        ));
+    }
+    if info.version.is_empty()
+        || info.version.len() > MAX_VERSION
+        || !info.version.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(format!(
+            "version {:?} must be 1 to {MAX_VERSION} visible ASCII characters",
+            info.version
         ));
     }
     if info.handles.is_empty() {
@@ -195,6 +217,12 @@ mod tests {
                 .unwrap_err()
                 .contains("only the host writes")
         );
+        let mut long_version = good.clone();
+        long_version.version = format!("1.0.0-{}", "x".repeat(100));
+        assert!(check_info(&long_version).unwrap_err().contains("version"));
+        let mut spaced = good.clone();
+        spaced.version = "1.0 beta".into();
+        assert!(check_info(&spaced).unwrap_err().contains("version"));
         let mut empty = good;
         empty.writes.clear();
         assert!(check_info(&empty).is_err());
