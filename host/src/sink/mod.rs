@@ -24,6 +24,7 @@ mod connect;
 mod rows;
 pub mod schema;
 mod statement;
+mod tombstones;
 mod validate;
 
 pub use bookkeeping::{fence, stored_offsets};
@@ -63,31 +64,35 @@ fn phase(op: &ValidOp) -> u8 {
     }
 }
 
-/// Splits a batch where running it phase by phase would apply two events
-/// of one entity out of partition order: where an event has an op of an
-/// earlier phase than an op of an earlier event of the same entity in the
-/// same segment. Within a segment, phases never reorder one entity's
-/// events; segments run in order. So a batch writes what applying its
-/// events one by one writes, ties (equal timestamps) included: the later
-/// event in the partition wins, as in the event-by-event path. Ordinary
-/// lifecycles (created, updated, deleted) never split.
+/// Splits a batch where running it phase by phase would change what
+/// applying its events one by one writes: where an event of an entity has
+/// an op of an earlier phase than an update, soft delete or delete of an
+/// earlier event of the same entity in the same segment (that op would
+/// otherwise run first, and the guarded update or delete then finds a newer
+/// row, or the revival is deleted). Upserts and replaces never need a cut:
+/// the replace phase keeps the last replace at least as new as its parent.
+/// Segments run in order, so ties (equal timestamps) resolve in partition
+/// order as in the event-by-event path. Ordinary lifecycles never split.
 pub fn in_order_segments<'a, 'e>(events: &'a [&'e Applied]) -> Vec<&'a [&'e Applied]> {
+    const FIRST_GUARDED: u8 = 3; // updates, soft deletes, deletes
     let mut segments = Vec::new();
     let mut start = 0;
-    let mut latest: HashMap<(&str, &str), u8> = HashMap::new();
+    let mut guarded: HashMap<(&str, &str), u8> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
         let Some(first) = e.ops.iter().map(phase).min() else {
             continue;
         };
         let last = e.ops.iter().map(phase).max().unwrap_or(first);
         let entity = (e.topic.as_str(), e.entity_id.as_str());
-        if latest.get(&entity).is_some_and(|p| *p > first) {
+        if guarded.get(&entity).is_some_and(|p| *p > first) {
             segments.push(&events[start..i]);
             start = i;
-            latest.clear();
+            guarded.clear();
         }
-        let p = latest.entry(entity).or_insert(last);
-        *p = (*p).max(last);
+        if last >= FIRST_GUARDED {
+            let p = guarded.entry(entity).or_insert(last);
+            *p = (*p).max(last);
+        }
     }
     segments.push(&events[start..]);
     segments

@@ -19,6 +19,7 @@ use super::Applied;
 use super::classify::ExecError;
 use super::schema::{ForeignKey, Schema, TableInfo};
 use super::statement::Statement;
+use super::tombstones::{record, row_key, tombstones_of};
 use super::validate::{Bind, ValidOp};
 
 /// MySQL caps a statement at 65 535 placeholders; stay well below.
@@ -211,84 +212,11 @@ pub async fn write_ops(
                     q = q.bind(v);
                 }
                 q.bind(e.timestamp).execute(&mut *conn).await?;
-                // The newest delete of the row is its tombstone.
-                sqlx::query(
-                    "INSERT INTO tombstones (table_name, row_key, event_id, event_timestamp) VALUES (?, ?, ?, ?) \
-                     ON DUPLICATE KEY UPDATE \
-                     event_id = IF(VALUES(event_timestamp) >= event_timestamp, VALUES(event_id), event_id), \
-                     event_timestamp = GREATEST(event_timestamp, VALUES(event_timestamp))",
-                )
-                .bind(table(t).name.as_str())
-                .bind(row_key(key))
-                .bind(e.event_id.as_str())
-                .bind(e.timestamp)
-                .execute(&mut *conn)
-                .await?;
+                record(conn, table(t).name.as_str(), key, e).await?;
             }
         }
     }
     Ok(())
-}
-
-/// A row's key as `tombstones.row_key`: its key values as text, joined by
-/// U+001F (one value: the value itself, e.g. the entity id).
-pub fn row_key(key: &[(String, Bind)]) -> String {
-    let mut out = String::new();
-    for (i, (_, v)) in key.iter().enumerate() {
-        if i > 0 {
-            out.push('\u{1f}');
-        }
-        match v {
-            Bind::Text(s) | Bind::Json(s) => out.push_str(s),
-            Bind::Int(n) => out.push_str(&n.to_string()),
-            other => out.push_str(&format!("{other:?}")),
-        }
-    }
-    out
-}
-
-/// The tombstones of the rows the batch upserts into parent tables (child
-/// rows follow their parent), in one statement: (table, row key) -> the
-/// delete's timestamp.
-async fn tombstones_of<'a>(
-    conn: &mut MySqlConnection,
-    schema: &Schema,
-    events: &[&'a Applied],
-) -> Result<HashMap<(&'a str, String), NaiveDateTime>, ExecError> {
-    let mut keys: Vec<(&'a str, String)> = Vec::new();
-    for e in events {
-        for op in &e.ops {
-            if let ValidOp::Upsert { table: t, key, .. } = op
-                && schema
-                    .tables
-                    .get(t.as_str())
-                    .is_some_and(|i| i.parent.is_none())
-            {
-                keys.push((t.as_str(), row_key(key)));
-            }
-        }
-    }
-    keys.sort();
-    keys.dedup();
-    let mut found = HashMap::new();
-    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-        let mut q = Statement::new(
-            "SELECT table_name, row_key, event_timestamp FROM tombstones WHERE (table_name, row_key) IN (",
-            Statement::tuples_len(chunk.len(), 2) + 1,
-        );
-        q.tuples(chunk, |tuple, (t, k)| {
-            tuple.bind(*t).bind(k.as_str());
-        });
-        q.push(")");
-        for row in q.fetch_all(&mut *conn).await? {
-            let (t, k, at): (String, String, NaiveDateTime) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if let Some((table, key)) = chunk.iter().find(|(ct, ck)| *ct == t && *ck == k) {
-                found.insert((*table, key.clone()), at);
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// Column names reach SQL only after [`validate`] checked them against the
