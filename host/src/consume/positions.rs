@@ -113,20 +113,18 @@ impl Source {
                     // No stored position: start by the policy, never where
                     // Kafka's committed offset (perhaps of another
                     // database under this group) put the consumer.
-                    let start = match self.start {
-                        // A message later than `high` arrived meanwhile.
-                        StartPolicy::Latest => self.policy_start(key)?.max(*first),
-                        StartPolicy::Earliest => self.policy_start(key)?,
+                    let (offset, start) = self.policy_start(key)?;
+                    // (With `latest`, a message past the high watermark
+                    // seen arrived meanwhile: start at it.)
+                    let (offset, start) = if *first >= start && self.start == StartPolicy::Latest {
+                        (Offset::Offset(*first), *first)
+                    } else {
+                        (offset, start)
                     };
                     if start != *first {
                         tracing::info!(topic = %key.0, partition = key.1, from = *first, to = start, policy = ?self.start, "no position stored in MySQL; seeking to the start the policy gives");
                         self.consumer
-                            .seek(
-                                &key.0,
-                                key.1,
-                                Offset::Offset(start),
-                                Duration::from_secs(10),
-                            )
+                            .seek(&key.0, key.1, offset, Duration::from_secs(10))
                             .with_context(|| {
                                 format!("failed to seek {}[{}] to {start}", key.0, key.1)
                             })?;
@@ -252,20 +250,21 @@ impl Source {
     /// fetching yet) stays unpositioned and is tried again.
     pub fn position(&mut self, keys: &[PartitionKey], stored: &Stored) {
         for key in keys {
-            let (next, committed) = match stored.get(key) {
-                Some(&next) => (next, Some(next)),
+            let (offset, next, committed) = match stored.get(key) {
+                Some(&next) => (Offset::Offset(next), next, Some(next)),
                 None => match self.policy_start(key) {
-                    Ok(start) => (start, None),
+                    Ok((offset, next)) => (offset, next, None),
                     Err(e) => {
                         tracing::debug!(topic = %key.0, partition = key.1, error = %e, "could not read the partition's offsets");
                         continue;
                     }
                 },
             };
-            match self
-                .consumer
-                .seek(&key.0, key.1, Offset::Offset(next), Duration::from_secs(10))
-            {
+            // Asynchronous (no timeout): a synchronous seek of an idle
+            // partition waits out its fetch (fetch.wait.max.ms) and would
+            // hold the loop for each of them. The seek's barrier is set at
+            // once: nothing fetched before it is delivered after it.
+            match self.consumer.seek(&key.0, key.1, offset, Duration::ZERO) {
                 Ok(()) => {
                     tracing::debug!(topic = %key.0, partition = key.1, next, "positioned an assigned partition");
                     self.drop_held(std::slice::from_ref(key));
@@ -279,26 +278,23 @@ impl Source {
         }
     }
 
-    /// Where a partition without a stored position starts by the policy;
-    /// with `earliest`, offsets retention deleted before it are a gap.
-    fn policy_start(&mut self, key: &PartitionKey) -> anyhow::Result<i64> {
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(&key.0, key.1, Duration::from_secs(10))
-            .with_context(|| format!("failed to read the offsets of {}[{}]", key.0, key.1))?;
+    /// Where a partition without a stored position starts by the policy:
+    /// (the offset to seek to, the next offset expected). `earliest` is the
+    /// log's beginning, resolved by the broker as it fetches (if retention
+    /// deleted offsets before it, the first message delivered shows the gap);
+    /// `latest` is the high watermark, asked of the broker.
+    fn policy_start(&mut self, key: &PartitionKey) -> anyhow::Result<(Offset, i64)> {
         Ok(match self.start {
-            StartPolicy::Earliest => {
-                if low > 0 {
-                    self.gaps.push(Gap {
-                        topic: key.0.clone(),
-                        partition: key.1,
-                        from: 0,
-                        to: low,
-                    });
-                }
-                low
+            StartPolicy::Earliest => (Offset::Beginning, 0),
+            StartPolicy::Latest => {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&key.0, key.1, Duration::from_secs(10))
+                    .with_context(|| {
+                        format!("failed to read the offsets of {}[{}]", key.0, key.1)
+                    })?;
+                (Offset::Offset(high), high)
             }
-            StartPolicy::Latest => high,
         })
     }
 
