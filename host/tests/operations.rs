@@ -487,15 +487,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
         too_long.to_string().into(),
         good_last.to_string().into(),
     ];
-    let big = {
-        let mut config = rdkafka::ClientConfig::new();
-        config
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("message.max.bytes", "4194304");
-        config
-            .create::<rdkafka::producer::FutureProducer>()
-            .unwrap()
-    };
+    let big = big_producer();
     // One key: one partition, the bad ones between the good ones.
     for payload in &corpus {
         produce(&big, &topic, &a, payload).await;

@@ -237,15 +237,7 @@ async fn dead_letters_of_originals_near_the_message_limit_are_produced_and_the_p
     // byte escaped as \u0001, each would be several times over it.
     let binary = vec![0xff_u8; 1_000_000];
     let controls = vec![0x01_u8; 1_000_000];
-    let big = {
-        let mut config = rdkafka::ClientConfig::new();
-        config
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("message.max.bytes", "4194304");
-        config
-            .create::<rdkafka::producer::FutureProducer>()
-            .unwrap()
-    };
+    let big = big_producer();
     for payload in [&binary, &controls, &good.to_string().into_bytes()] {
         produce(&big, &user_topic, &a, payload).await;
     }

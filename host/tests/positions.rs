@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use projector_host::pipeline::Mode;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,21 +61,7 @@ async fn offsets_deleted_before_they_were_applied_are_reported_as_a_gap() {
     // first two of them (offsets 3 and 4) unread.
     produce_all(&topics, &all[3..]).await;
     let topic = topics.of("user.created");
-    let partition: i32 = sqlx::query_scalar("SELECT MAX(`partition`) FROM processed_events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .unwrap();
-    let mut upto = TopicPartitionList::new();
-    upto.add_partition_offset(&topic, partition, Offset::Offset(5))
-        .unwrap();
-    admin
-        .delete_records(&upto, &AdminOptions::new())
-        .await
-        .unwrap();
+    let partition = delete_records_below(&db.pool, &topic, 5).await;
 
     let host = RunningHost::start(settings(&db, &topics, &group), Mode::Wasm).await;
     wait_processed(&db.pool, 4, Duration::from_secs(60)).await;
@@ -137,21 +120,7 @@ async fn replay_refuses_a_topic_whose_start_was_deleted_and_prune_forgets_what_c
 
     // Retention deletes the first two messages of the partition.
     let topic = topics.of("user.created");
-    let partition: i32 = sqlx::query_scalar("SELECT MAX(`partition`) FROM processed_events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .unwrap();
-    let mut upto = TopicPartitionList::new();
-    upto.add_partition_offset(&topic, partition, Offset::Offset(2))
-        .unwrap();
-    admin
-        .delete_records(&upto, &AdminOptions::new())
-        .await
-        .unwrap();
+    let partition = delete_records_below(&db.pool, &topic, 2).await;
 
     let run = |args: &[&str]| projector(&db.url, &topics, &group, &components_dir(), args);
     let (ok, out) = run(&["replay", "--domain", "user", "--no-wait"]);

@@ -276,13 +276,7 @@ async fn delete(
     .bind(&e.ts)
     .execute(&mut *conn)
     .await?;
-    let newest: Option<String> = sqlx::query_scalar(
-        "SELECT CAST(event_timestamp AS CHAR) FROM tombstones WHERE table_name = ? AND row_key = ?",
-    )
-    .bind(table)
-    .bind(&e.entity)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let newest = tombstone_of(conn, table, &e.entity).await?;
     if newest.as_ref().is_none_or(|t| *t <= e.ts) {
         sqlx::query("REPLACE INTO tombstones (table_name, row_key, event_id, event_timestamp) VALUES (?, ?, ?, ?)")
             .bind(table)
@@ -295,6 +289,21 @@ async fn delete(
     Ok(())
 }
 
+/// The time of the newest delete of `entity`'s row in `table`, if any.
+async fn tombstone_of(
+    conn: &mut MySqlConnection,
+    table: &str,
+    entity: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(event_timestamp AS CHAR) FROM tombstones WHERE table_name = ? AND row_key = ?",
+    )
+    .bind(table)
+    .bind(entity)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// Whether a delete newer than the event removed the entity's row.
 async fn deleted_after(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<bool> {
     let table = match e.event_type.split('.').next() {
@@ -305,13 +314,7 @@ async fn deleted_after(conn: &mut MySqlConnection, e: &Event) -> anyhow::Result<
         Some("post") => "posts",
         _ => return Ok(false),
     };
-    let deleted: Option<String> = sqlx::query_scalar(
-        "SELECT CAST(event_timestamp AS CHAR) FROM tombstones WHERE table_name = ? AND row_key = ?",
-    )
-    .bind(table)
-    .bind(&e.entity)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let deleted = tombstone_of(conn, table, &e.entity).await?;
     Ok(deleted.is_some_and(|t| t > e.ts))
 }
 

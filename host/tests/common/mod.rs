@@ -653,3 +653,37 @@ pub fn projector(
         ),
     )
 }
+
+/// A producer that sends messages up to 4 MB (the default stops at 1 MB).
+#[allow(dead_code)]
+pub fn big_producer() -> FutureProducer {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("message.max.bytes", "4194304");
+    config.create().unwrap()
+}
+
+/// Deletes the messages of `topic`'s partition below `offset`, as retention
+/// would, and returns the partition (the one `processed_events` names: the
+/// test's events share a key).
+#[allow(dead_code)]
+pub async fn delete_records_below(pool: &MySqlPool, topic: &str, offset: i64) -> i32 {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let partition: i32 = sqlx::query_scalar("SELECT MAX(`partition`) FROM processed_events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let mut upto = rdkafka::TopicPartitionList::new();
+    upto.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .unwrap();
+    partition
+}
