@@ -3,7 +3,7 @@
 //! Needs the components built by `scripts/build-projections` (scripts/test
 //! does it); `PROJECTOR_COMPONENTS_DIR` points elsewhere if needed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use flatten::{DOMAINS, Envelope, ProjectionError, RowOp};
@@ -12,7 +12,7 @@ use projector_host::settings::SandboxLimits;
 use proptest::prelude::*;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 fn components_dir() -> PathBuf {
@@ -32,7 +32,11 @@ fn component_path(name: &str) -> PathBuf {
 }
 
 fn chaos_path() -> PathBuf {
-    let path = components_dir().join("../test-projections/chaos.wasm");
+    test_component_path("chaos")
+}
+
+fn test_component_path(name: &str) -> PathBuf {
+    let path = components_dir().join(format!("../test-projections/{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: run scripts/build-projections first",
@@ -193,6 +197,19 @@ fn garbage_and_core_modules_are_refused_with_a_reason() {
     assert!(matches!(err, LoadError::Exports(_)), "{err}");
 }
 
+#[test]
+fn a_component_whose_label_cannot_be_recorded_is_refused_at_load() {
+    // Its version is 71 characters: `processed_events.component` could not
+    // hold `user@<version>+<digest>`, so every event would be refused.
+    let err = runtime()
+        .load_file(&test_component_path("user-long-version"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Info(m) if m.contains("1 to 64 visible ASCII")),
+        "{err}"
+    );
+}
+
 fn arb_data() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
@@ -248,4 +265,13 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+// The checkout the tests run in (cargo sets CARGO_MANIFEST_DIR when it runs
+// them), not the one they were compiled in: a shared target folder may hold
+// a binary built from another clone of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

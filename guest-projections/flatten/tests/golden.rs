@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use projection_flatten::{DOMAINS, Envelope, RowOp, domain};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    manifest_dir().join("../fixtures")
 }
 
 fn project_file(path: &Path) -> Result<Vec<RowOp>, projection_flatten::ProjectionError> {
@@ -84,4 +84,13 @@ fn every_event_type_has_a_fixture_and_projects_to_its_golden_ops() {
         }
     }
     assert_eq!(checked, 20);
+}
+
+// The checkout the tests run in (cargo sets CARGO_MANIFEST_DIR when it runs
+// them), not the one they were compiled in: a shared target folder may hold
+// a binary built from another clone of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

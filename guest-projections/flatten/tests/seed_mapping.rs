@@ -29,7 +29,7 @@ enum W {
 }
 
 fn project(event_type: &str) -> Vec<RowOp> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = manifest_dir()
         .join("../fixtures")
         .join(format!("{event_type}.json"));
     let v: serde_json::Value =
@@ -491,4 +491,13 @@ fn every_event_type_is_checked_here() {
             );
         }
     }
+}
+
+// The checkout the tests run in (cargo sets CARGO_MANIFEST_DIR when it runs
+// them), not the one they were compiled in: a shared target folder may hold
+// a binary built from another clone of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

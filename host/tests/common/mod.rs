@@ -88,7 +88,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 pub fn components_dir() -> PathBuf {
@@ -686,4 +686,13 @@ pub async fn delete_records_below(pool: &MySqlPool, topic: &str, offset: i64) ->
         .await
         .unwrap();
     partition
+}
+
+// The checkout the tests run in (cargo sets CARGO_MANIFEST_DIR when it runs
+// them), not the one they were compiled in: a shared target folder may hold
+// a binary built from another clone of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

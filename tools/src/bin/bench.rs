@@ -765,7 +765,9 @@ async fn main() -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::env::var_os("PROJECTOR_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
     let ctx = Ctx {
         kafka: env_or("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
         mysql_url: env_or(
