@@ -341,47 +341,11 @@ pub fn prune(settings: &Settings, tombstone_days: u32) -> anyhow::Result<ExitCod
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
         crate::sink::migrate(&pool).await?;
-        let mut pruned = 0;
-        for topic in &settings.topics {
-            let ends = {
-                let settings = settings.clone();
-                let topic = topic.clone();
-                tokio::task::spawn_blocking(move || crate::ops::replay::watermarks(&settings, &topic))
-                    .await?
-            };
-            let ends = match ends {
-                Ok(ends) => ends,
-                Err(e) => {
-                    println!("skipping {topic}: {e:#}");
-                    continue;
-                }
-            };
-            for (partition, low, _) in ends.into_iter().filter(|(_, low, _)| *low > 0) {
-                loop {
-                    // Small chunks: each a short transaction beside the host's.
-                    let n = sqlx::query(
-                        "DELETE FROM processed_events WHERE topic = ? AND `partition` = ? AND `offset` < ? LIMIT 5000",
-                    )
-                    .bind(topic)
-                    .bind(partition)
-                    .bind(low)
-                    .execute(&pool)
-                    .await?
-                    .rows_affected();
-                    pruned += n;
-                    if n < 5000 {
-                        break;
-                    }
-                }
-            }
+        let p = crate::ops::prune::prune(&pool, settings, tombstone_days).await?;
+        for (topic, e) in &p.skipped {
+            println!("skipping {topic}: {e}");
         }
-        let tombstones = sqlx::query(
-            "DELETE FROM tombstones WHERE event_timestamp < UTC_TIMESTAMP(6) - INTERVAL ? DAY",
-        )
-        .bind(tombstone_days)
-        .execute(&pool)
-        .await?
-        .rows_affected();
+        let (pruned, tombstones) = (p.processed_events, p.tombstones);
         println!("pruned {pruned} processed events below their partition's low watermark");
         println!("pruned {tombstones} tombstones older than {tombstone_days} days");
         Ok(ExitCode::SUCCESS)

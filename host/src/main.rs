@@ -62,9 +62,10 @@ enum Command {
     /// messages retention deleted, and old tombstones.
     Prune {
         /// Keep tombstones this many days: an event older than its entity's
-        /// delete by more than this, arriving later, is applied again.
-        #[arg(long, default_value_t = 30)]
-        tombstone_days: u32,
+        /// delete by more than this, arriving later, is applied again
+        /// (default: the `prune.tombstone_days` setting, 30).
+        #[arg(long)]
+        tombstone_days: Option<u32>,
     },
     /// Inspect and redrive the dead-letter topics.
     Dlq {
@@ -149,7 +150,10 @@ fn main() -> ExitCode {
             stall_timeout,
             force,
         } => cli::replay(&settings, &domain, !no_wait, stall_timeout, force),
-        Command::Prune { tombstone_days } => cli::prune(&settings, tombstone_days),
+        Command::Prune { tombstone_days } => cli::prune(
+            &settings,
+            tombstone_days.unwrap_or(settings.prune.tombstone_days),
+        ),
         Command::Dlq { command } => match command {
             DlqCommand::List { class } => cli::dlq_list(&settings, class.as_deref()),
             DlqCommand::Show { id } => cli::dlq_show(&settings, &id),

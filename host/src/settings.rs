@@ -20,6 +20,8 @@
 //! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_mb`        |
 //! | `PROJECTOR_STATEMENT_TIMEOUT_MS` | `mysql.statement_timeout` |
 //! | `PROJECTOR_START_WITHOUT_POSITION` | `start_without_position` (earliest/latest) |
+//! | `PROJECTOR_PRUNE_EVERY_MS`   | `prune.every` (0: never)   |
+//! | `PROJECTOR_TOMBSTONE_DAYS`   | `prune.tombstone_days`     |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,28 @@ pub struct Settings {
     pub sandbox: SandboxLimits,
     pub batch: BatchSettings,
     pub admin: AdminSettings,
+    pub prune: PruneSettings,
+}
+
+/// The host's own schedule of `projector prune`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PruneSettings {
+    /// How often a running host prunes (the first time one interval after
+    /// it starts); zero never.
+    #[serde(with = "millis")]
+    pub every: Duration,
+    /// Tombstones older than this many days are removed.
+    pub tombstone_days: u32,
+}
+
+impl Default for PruneSettings {
+    fn default() -> Self {
+        PruneSettings {
+            every: Duration::from_secs(24 * 3600),
+            tombstone_days: 30,
+        }
+    }
 }
 
 /// Where a partition without a stored position starts.
@@ -118,6 +142,7 @@ impl Default for Settings {
             sandbox: SandboxLimits::default(),
             batch: BatchSettings::default(),
             admin: AdminSettings::default(),
+            prune: PruneSettings::default(),
         }
     }
 }
@@ -126,7 +151,7 @@ impl Default for MysqlSettings {
     fn default() -> Self {
         MysqlSettings {
             url: "mysql://projector:projector@127.0.0.1:3306/projector".to_owned(),
-            max_connections: 4,
+            max_connections: 8,
             statement_timeout: Duration::from_secs(30),
         }
     }
@@ -163,7 +188,7 @@ impl Default for AdminSettings {
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 16] = [
+const ENV: [(&str, &str); 18] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
     ("PROJECTOR_TOPICS", "topics"),
@@ -180,6 +205,8 @@ const ENV: [(&str, &str); 16] = [
     ("PROJECTOR_GUEST_MEMORY_MB", "sandbox.memory_mb"),
     ("PROJECTOR_STATEMENT_TIMEOUT_MS", "mysql.statement_timeout"),
     ("PROJECTOR_START_WITHOUT_POSITION", "start_without_position"),
+    ("PROJECTOR_PRUNE_EVERY_MS", "prune.every"),
+    ("PROJECTOR_TOMBSTONE_DAYS", "prune.tombstone_days"),
 ];
 
 impl Settings {

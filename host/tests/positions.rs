@@ -146,3 +146,66 @@ async fn replay_refuses_a_topic_whose_start_was_deleted_and_prune_forgets_what_c
     assert!(ok && out.contains("emptied users"), "{out}");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_host_prunes_on_its_schedule() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let u = object_id();
+    // One key for all: the user and supplier events share a partition
+    // number, which `delete_records_below` reads back.
+    let mut all: Vec<serde_json::Value> = (0..4)
+        .map(|i| {
+            let t = if i == 0 {
+                "user.created"
+            } else {
+                "user.updated"
+            };
+            fixture(t, &u, &format!("2026-01-01T00:00:0{i}Z"))
+        })
+        .collect();
+    all.push(fixture("supplier.created", &u, "2026-01-01T00:00:00Z"));
+    all.push(fixture("supplier.deleted", &u, "2026-01-01T00:00:01Z"));
+    produce_all(&topics, &all).await;
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.prune.every = Duration::from_millis(300);
+    s.prune.tombstone_days = 0;
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    wait_processed(&db.pool, all.len() as i64, Duration::from_secs(60)).await;
+    let topic = topics.of("user.created");
+    delete_records_below(&db.pool, &topic, 2).await;
+
+    // Without anyone running `projector prune`: the rows of the two deleted
+    // messages go, and the tombstone of the supplier (older than 0 days).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (offsets, tombstones) = loop {
+        let offsets: Vec<i64> = sqlx::query_scalar(
+            "SELECT `offset` FROM processed_events WHERE topic = ? ORDER BY `offset`",
+        )
+        .bind(&topic)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let tombstones: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tombstones")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if (offsets == [2, 3] && tombstones == 0) || std::time::Instant::now() > deadline {
+            break (offsets, tombstones);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    host.stop().await;
+    assert_eq!(
+        offsets,
+        [2, 3],
+        "processed events below the low watermark pruned"
+    );
+    assert_eq!(tombstones, 0, "tombstones past their retention pruned");
+    let suppliers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppliers")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(suppliers, 0, "the delete itself stands");
+    db.drop_db().await;
+}

@@ -95,15 +95,39 @@ pub struct Gap {
 /// membership (measured: a session timeout and a 40 s stall).
 const ADVISE_EVERY: Duration = Duration::from_secs(1);
 
+/// librdkafka's bound on a consumer's prefetch buffer.
+const PREFETCH_KB: &str = "queued.max.messages.kbytes";
+
 impl Source {
-    /// Creates the consumer of the group and subscribes to the topics.
-    pub fn new(settings: &Settings) -> anyhow::Result<Source> {
-        let consumer: StreamConsumer<RebalanceLog> =
-            client_config(settings.kafka.consumer_config())
-                .create_with_context(RebalanceLog::default())
-                .context("failed to create the Kafka consumer")?;
-        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).context("failed to subscribe")?;
+    /// Creates a consumer of the group subscribed to `topic`, one of
+    /// `lanes` the host runs: the group's members then differ in their
+    /// subscriptions, which the assignor handles (each topic's partitions go
+    /// to the members subscribed to it). The prefetch bound is shared out
+    /// among the lanes.
+    pub fn new(settings: &Settings, topic: &str, lanes: usize) -> anyhow::Result<Source> {
+        let mut config = settings.kafka.consumer_config();
+        if !settings.kafka.extra.contains_key(PREFETCH_KB) {
+            let total: usize = config
+                .get(PREFETCH_KB)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(32768);
+            config.insert(
+                PREFETCH_KB.to_owned(),
+                (total / lanes.max(1)).max(4096).to_string(),
+            );
+        }
+        let client_id = format!(
+            "{}-{}",
+            config.get("client.id").cloned().unwrap_or_default(),
+            topic.rsplit('.').next().unwrap_or(topic)
+        );
+        config.insert("client.id".to_owned(), client_id);
+        let consumer: StreamConsumer<RebalanceLog> = client_config(config)
+            .create_with_context(RebalanceLog::default())
+            .context("failed to create the Kafka consumer")?;
+        consumer
+            .subscribe(&[topic])
+            .context("failed to subscribe")?;
         Ok(Source {
             consumer,
             max_events: settings.batch.max_events,

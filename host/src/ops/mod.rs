@@ -1,6 +1,6 @@
 //! Operating a running host: what it shares about itself (`state`,
 //! `metrics`), the `monitor` that samples lag and dependencies (statuses in
-//! `lag`), the `admin` HTTP server, and `replay` of one domain.
+//! `lag`), the `admin` HTTP server, `replay` of one domain, and `prune`.
 //!
 //! Nothing here reaches into the consuming loop: the loop writes into
 //! [`state::Shared`] and [`metrics::Metrics`], and ops read them.
@@ -9,6 +9,7 @@ pub mod admin;
 pub mod lag;
 pub mod metrics;
 pub mod monitor;
+pub mod prune;
 pub mod replay;
 pub mod state;
 

@@ -42,7 +42,8 @@ pub struct Observed {
     pub mysql: Check,
     pub kafka: Check,
     /// Set while a batch is being retried after a transient failure.
-    pub retrying: Option<String>,
+    /// Lanes (topics) retrying a batch after a transient failure, with why.
+    pub retrying: std::collections::BTreeMap<String, String>,
     pub partitions: Vec<PartitionLag>,
     pub lag_status: LagStatus,
     pub total_lag: i64,
@@ -146,8 +147,14 @@ impl Shared {
         });
     }
 
-    pub fn set_retrying(&self, reason: Option<String>) {
-        self.lock().retrying = reason;
+    pub fn set_retrying(&self, lane: &str, reason: Option<String>) {
+        {
+            let mut o = self.lock();
+            match reason {
+                Some(r) => o.retrying.insert(lane.to_owned(), r),
+                None => o.retrying.remove(lane),
+            };
+        }
         self.update_ready();
     }
 
@@ -215,8 +222,10 @@ impl Shared {
         if self.registry.borrow().domains().next().is_none() {
             reasons.push("components: none loaded".to_owned());
         }
-        if let Some(r) = &o.retrying {
-            reasons.push(format!("pipeline: retrying after a transient failure: {r}"));
+        for (lane, r) in &o.retrying {
+            reasons.push(format!(
+                "pipeline: {lane}: retrying after a transient failure: {r}"
+            ));
         }
         if o.lag_status == LagStatus::Err {
             reasons.push("lag: over the error threshold".to_owned());

@@ -19,11 +19,17 @@
 //! What would break it: writing rows outside that transaction, committing
 //! Kafka offsets before MySQL, or deleting `processed_events` rows of events
 //! still in the topics while the stored offsets point below them. That is
-//! why `projector prune` deletes only rows of offsets below their
-//! partition's low watermark: Kafka can never deliver those again, a replay
+//! why pruning (`projector prune`, or the host every `prune.every`) deletes
+//! only rows of offsets below their partition's low watermark: Kafka can
+//! never deliver those again, a replay
 //! starts at or above it, and a redriven dead letter never had a row. A gap
 //! (offsets retention deleted before they were applied) is reported, not
 //! hidden: those events are lost to this database, not applied twice.
+//!
+//! **Lanes.** Each topic has its own consumer (a member of the group) and
+//! its own loop, so a replay or a backlog in one domain does not queue in
+//! front of the others. Everything below holds per lane; a domain's tables
+//! are written by its lane only.
 //!
 //! **Per-partition order** is kept: a batch holds messages in partition order,
 //! and the sink's phases are cut wherever they would apply two events of one
@@ -100,6 +106,21 @@ pub struct Host {
     writer: Arc<Writer>,
     registry: Arc<watch::Sender<Arc<Registry>>>,
     runtime: Option<Arc<Runtime>>,
+    /// One consumer per topic: each topic is a lane of its own.
+    sources: Vec<(String, Source)>,
+}
+
+/// One topic's loop: its own consumer, batches and retries, so a backlog,
+/// a replay or a transient failure in one domain does not hold the others
+/// (they share the database pool, the projections and the host's state).
+struct Lane {
+    topic: String,
+    settings: Settings,
+    pool: sqlx::MySqlPool,
+    schema: Arc<Schema>,
+    shared: Arc<Shared>,
+    writer: Arc<Writer>,
+    registry: Arc<watch::Sender<Arc<Registry>>>,
     source: Source,
 }
 
@@ -121,7 +142,11 @@ impl Host {
             }
             Mode::Native => (Registry::native(&admit)?, None),
         };
-        let source = Source::new(&settings)?;
+        let sources = settings
+            .topics
+            .iter()
+            .map(|t| Ok((t.clone(), Source::new(&settings, t, settings.topics.len())?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let dlq = Publisher::new(
             consume::producer(&settings)?,
             consume::admin(&settings).ok(),
@@ -151,7 +176,7 @@ impl Host {
             shared,
             registry: Arc::new(registry),
             runtime,
-            source,
+            sources,
         })
     }
 
@@ -188,6 +213,10 @@ impl Host {
         tasks.push(server);
         let monitor = Monitor::new(&self.settings, self.pool.clone(), self.shared.clone())?;
         tasks.push(tokio::spawn(monitor.run()));
+        tasks.push(tokio::spawn(crate::ops::prune::every(
+            self.pool.clone(),
+            self.settings.clone(),
+        )));
         if let Some(reloader) = reloader.filter(|_| self.settings.components.watch) {
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = reloader.watch().await {
@@ -208,15 +237,59 @@ impl Host {
         self.runtime.as_ref()
     }
 
-    /// Consumes until `shutdown` is cancelled, then finishes the batch in
-    /// hand and returns.
-    ///
+    /// Consumes until `shutdown` is cancelled, then finishes the batches in
+    /// hand and returns. Each topic runs in a lane of its own; a lane that
+    /// fails stops the others and its error is returned.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let _services = self.start_services().await?;
+        let stop = shutdown.child_token();
+        let mut lanes = tokio::task::JoinSet::new();
+        for (topic, source) in std::mem::take(&mut self.sources) {
+            let lane = Lane {
+                topic,
+                settings: self.settings.clone(),
+                pool: self.pool.clone(),
+                schema: self.schema.clone(),
+                shared: self.shared.clone(),
+                writer: self.writer.clone(),
+                registry: self.registry.clone(),
+                source,
+            };
+            let stop = stop.clone();
+            lanes.spawn(async move {
+                let topic = lane.topic.clone();
+                let result = lane.run(stop.clone()).await;
+                if result.is_err() {
+                    stop.cancel();
+                }
+                result.with_context(|| format!("the lane of {topic} failed"))
+            });
+        }
+        let mut first_error = None;
+        while let Some(done) = lanes.join_next().await {
+            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
+        tracing::info!("projector host stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Lane {
+    /// The projections in force.
+    fn registry(&self) -> Arc<Registry> {
+        self.registry.borrow().clone()
+    }
+
     /// Batches are pipelined: while one is written to MySQL (by the
     /// [`Writer`], in the background), the next is fetched and projected.
     /// Commits stay strictly in order: a batch is written only after the one
     /// before it committed.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let _services = self.start_services().await?;
+    async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut last_check = Instant::now();
         let mut inflight: Option<Inflight> = None;
         loop {
@@ -225,10 +298,15 @@ impl Host {
             // offset put them. Before fetching: a batch must not hold
             // messages from before such a seek.
             let unpositioned = self.source.unpositioned();
-            if !unpositioned.is_empty()
-                && let Ok(stored) = self.stored().await
-            {
-                self.source.position(&unpositioned, &stored);
+            if !unpositioned.is_empty() {
+                let stored = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    stored = self.stored() => stored,
+                };
+                if let Ok(stored) = stored {
+                    self.source.position(&unpositioned, &stored);
+                }
             }
             // `next_batch` is not cancelled by anything but shutdown (a
             // cancelled batch would drop the messages it gathered).
@@ -279,7 +357,7 @@ impl Host {
             let _ = self.finish(last, &shutdown).await?;
         }
         self.source.commit_last();
-        tracing::info!("projector host stopped");
+        tracing::debug!(topic = %self.topic, "lane stopped");
         Ok(())
     }
 
@@ -322,7 +400,13 @@ impl Host {
     ) -> anyhow::Result<Option<Arc<Prepared>>> {
         let mut retry = Retry::default();
         let messages = loop {
-            let aligned = match self.stored_if_needed(&batch).await {
+            // Nothing of the batch is written yet: shutdown may drop it.
+            let stored = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(None),
+                stored = self.stored_if_needed(&batch) => stored,
+            };
+            let aligned = match stored {
                 Ok(stored) => self.source.align(batch.clone(), stored.as_ref()),
                 Err(e) => Err(e),
             };
@@ -420,8 +504,25 @@ impl Host {
         inflight: Inflight,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Finished> {
-        let Inflight { prepared, task } = inflight;
-        let mut result = task.await.context("batch writer failed")?;
+        let Inflight { prepared, mut task } = inflight;
+        let mut result = tokio::select! {
+            biased;
+            result = &mut task => result.context("batch writer failed")?,
+            () = shutdown.cancelled() => {
+                // A healthy database commits the batch in hand well within
+                // the grace; one that is down or hung does not, and the
+                // batch is left for the next start (nothing of it is
+                // committed unless its transaction was).
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                    Ok(result) => result.context("batch writer failed")?,
+                    Err(_) => {
+                        task.abort();
+                        tracing::info!("shutdown while writing: the batch is left for the next start");
+                        return Ok(Finished::Shutdown);
+                    }
+                }
+            }
+        };
         let mut retry = Retry::default();
         loop {
             match result {
@@ -461,7 +562,7 @@ impl Host {
         let reason = format!("{e:#}");
         tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "batch not committed, retrying");
         self.shared.record_error("transient", reason.clone());
-        self.shared.set_retrying(Some(reason));
+        self.shared.set_retrying(&self.topic, Some(reason));
         let until = tokio::time::Instant::now() + backoff;
         tokio::select! {
             biased;
@@ -482,11 +583,15 @@ impl Host {
                 "recovered from transient failures; resuming"
             );
             self.source.pause(false);
-            self.shared.set_retrying(None);
+            self.shared.set_retrying(&self.topic, None);
             *retry = Retry::default();
         }
     }
 }
+
+/// How long shutdown waits for a batch being written before leaving it for
+/// the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Backoff of a batch retried after transient failures: exponential from
 /// 100 ms to 5 s, with jitter so that hosts of one group do not retry in step.

@@ -14,7 +14,8 @@ pub async fn connect_mysql(url: &str, max_connections: u32) -> anyhow::Result<My
         .parse()
         .with_context(|| format!("invalid MySQL URL {}", redact_url(url)))?;
     // Strict mode turns truncation into an error (which dead-letters the
-    // event) instead of silently storing something else; UTC everywhere.
+    // event) instead of silently storing something else; UTC everywhere;
+    // READ COMMITTED (see below).
     let options = options
         .pipes_as_concat(false)
         .timezone(Some("+00:00".to_owned()))
@@ -26,6 +27,15 @@ pub async fn connect_mysql(url: &str, max_connections: u32) -> anyhow::Result<My
         .after_connect(|conn, _| {
             Box::pin(async move {
                 sqlx::query("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', SESSION innodb_lock_wait_timeout = 10")
+                    .execute(&mut *conn)
+                    .await?;
+                // Every write of a domain happens in its own lane, under the
+                // lock of its partitions' positions (the fence), so the
+                // batches need no gap locks: under REPEATABLE READ the
+                // fence's locking read of positions not stored yet took gap
+                // locks, and two lanes inserting their first positions
+                // deadlocked on each other's gaps.
+                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .execute(conn)
                     .await?;
                 Ok(())
