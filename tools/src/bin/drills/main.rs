@@ -26,20 +26,25 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::MySqlPool;
 
+mod edges;
+
 #[derive(Parser)]
 #[command(
-    about = "Fault drills: kill -9, broker restart, MariaDB outage, SIGTERM during it, backend kill, hot reload"
+    about = "Fault drills: kill -9, broker restart, MariaDB outage, SIGTERM during it, backend kill, hot reload, edge cases, replay under load"
 )]
 struct Args {
     /// Fewer events per drill (the form scripts/test runs).
     #[arg(long)]
     short: bool,
-    /// Run only these drills (kill9, broker, mariadb, sigterm, backend, reload).
+    /// Run only these drills (kill9, broker, mariadb, sigterm, backend, reload, edges, replay).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Seed of the generated streams and the random kill points.
     #[arg(long, default_value_t = 20261126)]
     seed: u64,
+    /// Keep the process logs even when every drill passes.
+    #[arg(long)]
+    keep_logs: bool,
     /// How long MariaDB stays down in the outage drill (seconds).
     #[arg(long, default_value_t = 20)]
     outage_secs: u64,
@@ -104,7 +109,17 @@ impl Ctx {
             .join(",")
     }
 
-    fn spawn_host(&self, h: &HostSpec<'_>, log_name: &str) -> anyhow::Result<Child> {
+    fn spawn_host(&self, h: &HostSpec<'_>, log_name: &str) -> anyhow::Result<Proc> {
+        self.spawn_host_with(h, log_name, &[])
+    }
+
+    /// [`Ctx::spawn_host`] with more environment.
+    fn spawn_host_with(
+        &self,
+        h: &HostSpec<'_>,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,9 +144,11 @@ impl Ctx {
                 if h.watch { "true" } else { "false" },
             )
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         cmd.spawn()
+            .map(Proc)
             .context("the projector binary starts (cargo build first)")
     }
 
@@ -139,6 +156,25 @@ impl Ctx {
         std::env::var_os("PROJECTOR_COMPONENTS_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| self.root.join("build/projections"))
+    }
+
+    /// A test-only component (`build/test-projections/<name>.wasm`).
+    fn test_component(&self, name: &str) -> PathBuf {
+        self.components()
+            .join(format!("../test-projections/{name}.wasm"))
+    }
+
+    /// A scratch copy of the five components, for drills that swap one.
+    fn components_copy(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.scratch.path().join(self.unique("components"));
+        std::fs::create_dir_all(&dir)?;
+        for d in ["user", "supplier", "product", "order", "post"] {
+            std::fs::copy(
+                self.components().join(format!("{d}.wasm")),
+                dir.join(format!("{d}.wasm")),
+            )?;
+        }
+        Ok(dir)
     }
 
     fn stack(&self, args: &[&str]) -> anyhow::Result<()> {
@@ -156,6 +192,11 @@ impl Ctx {
     }
 
     fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.producer_with(&[])
+    }
+
+    /// A producer with settings of `extra` on top of the backend's.
+    fn producer_with(&self, extra: &[(&str, &str)]) -> anyhow::Result<FutureProducer> {
         let mut config = ClientConfig::new();
         let kafka = events::KafkaSettings {
             bootstrap_servers: self.kafka.clone(),
@@ -163,6 +204,12 @@ impl Ctx {
         };
         for (k, v) in kafka.producer_config() {
             config.set(k, v);
+        }
+        // A broker restart on a stack holding thousands of test partitions
+        // takes longer than the backend's 30 s: the drills' producers wait.
+        config.set("message.timeout.ms", "180000");
+        for (k, v) in extra {
+            config.set(*k, *v);
         }
         Ok(config.create()?)
     }
@@ -178,6 +225,9 @@ impl Ctx {
 /// and group, a free admin port.
 struct Run {
     events: Vec<Generated>,
+    /// Events a replay projected a second time: their row writes are
+    /// expected twice.
+    replayed: Vec<Generated>,
     db: Db,
     prefix: String,
     group: String,
@@ -226,6 +276,7 @@ impl Ctx {
     async fn begin(&mut self, components: PathBuf) -> anyhow::Result<Run> {
         Ok(Run {
             events: self.stream(12_000),
+            replayed: Vec::new(),
             db: self.fresh_db().await?,
             prefix: self.unique("t"),
             group: self.unique("g"),
@@ -318,6 +369,32 @@ async fn wait_count(pool: &MySqlPool, sql: &str, n: i64, timeout: Duration) -> a
     }
 }
 
+/// A child process killed when dropped, so a drill that fails half-way
+/// leaves no host running into the next one.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn sigterm(child: &mut Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -407,7 +484,10 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         .iter()
         .filter(|e| !applied_ids.contains(e.event_id.as_str()))
         .count();
-    let (want, want_writes) = reference(ctx, events).await?;
+    let (want, mut want_writes) = reference(ctx, events).await?;
+    if !run.replayed.is_empty() {
+        want_writes += reference(ctx, &run.replayed).await?.1;
+    }
     let got = projector_tools::snapshot::dump(&db.pool).await?;
     let got_writes = projector_tools::audit::writes(&db.pool).await?;
     let (missing, extra) = diff(&got, &want);
@@ -420,7 +500,14 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         applied: applied_ids.len() as i64,
         lost: lost_events + missing + (-surplus).max(0) as usize,
         duplicated: extra + surplus.max(0) as usize,
-        note: format!("{note} [audited row writes {got_writes}, oracle {want_writes}]"),
+        note: format!(
+            "{note} [audited row writes {got_writes}, oracle {want_writes}{}]",
+            if run.replayed.is_empty() {
+                String::new()
+            } else {
+                format!(" with {} events replayed", run.replayed.len())
+            }
+        ),
     };
     ctx.drop_db(run.db).await;
     Ok(verdict)
@@ -595,7 +682,7 @@ fn spawn_backend(
     database: &str,
     prefix: &str,
     relay: bool,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<Proc> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -610,6 +697,7 @@ fn spawn_backend(
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Proc)
         .context("the projector-backend binary starts (cargo build first)")
 }
 
@@ -721,15 +809,29 @@ async fn drill_backend(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     Ok(v)
 }
 
+/// Deletes the messages of `topic`'s `partition` below `offset`, as
+/// retention would.
+async fn delete_records_below(
+    kafka: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()?;
+    let mut upto = rdkafka::TopicPartitionList::new();
+    upto.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .context("delete records")?;
+    Ok(())
+}
+
 async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
-    let dir = ctx.scratch.path().join(ctx.unique("components"));
-    std::fs::create_dir_all(&dir)?;
-    for d in ["user", "supplier", "product", "order", "post"] {
-        std::fs::copy(
-            ctx.components().join(format!("{d}.wasm")),
-            dir.join(format!("{d}.wasm")),
-        )?;
-    }
+    let dir = ctx.components_copy()?;
     let run = ctx.begin(dir.clone()).await?;
     let url = run.url();
     let mut host = ctx.spawn_host(&run.spec(true), "reload.log")?;
@@ -795,7 +897,9 @@ async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::env::var_os("PROJECTOR_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
     let bin_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -820,7 +924,9 @@ async fn main() -> std::process::ExitCode {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut failed = 0;
     let outage = Duration::from_secs(args.outage_secs);
-    for name in ["kill9", "broker", "mariadb", "sigterm", "backend", "reload"] {
+    for name in [
+        "kill9", "broker", "mariadb", "sigterm", "backend", "reload", "edges", "replay",
+    ] {
         if !wanted(name) {
             continue;
         }
@@ -831,7 +937,9 @@ async fn main() -> std::process::ExitCode {
             "mariadb" => drill_mariadb(&mut ctx, outage).await,
             "sigterm" => drill_sigterm(&mut ctx).await,
             "backend" => drill_backend(&mut ctx).await,
-            _ => drill_reload(&mut ctx).await,
+            "reload" => drill_reload(&mut ctx).await,
+            "edges" => edges::drill_edges(&mut ctx).await,
+            _ => edges::drill_replay(&mut ctx).await,
         };
         match result {
             Ok(v) => {
@@ -854,6 +962,9 @@ async fn main() -> std::process::ExitCode {
         ));
         std::process::ExitCode::FAILURE
     } else {
+        if args.keep_logs {
+            say(format!("process logs kept in {}", ctx.scratch.keep().display()));
+        }
         std::process::ExitCode::SUCCESS
     }
 }
