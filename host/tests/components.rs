@@ -182,6 +182,38 @@ fn a_hoarding_guest_hits_the_memory_cap() {
     assert!(session.project(&envelope(&v, &data)).is_ok());
 }
 
+/// Runs `f` on a thread of its own and fails the test if it has not
+/// returned within `limit` (a guest that hangs the host's thread would
+/// otherwise hang the test run).
+fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("the guest call did not return within {limit:?}"))
+}
+
+#[test]
+fn sleeping_clock_reading_and_recursing_guests_trap_and_the_session_goes_on() {
+    let loaded = std::sync::Arc::new(runtime().load_file(&chaos_path()).unwrap());
+    for chaos in ["sleep", "clock", "recurse"] {
+        let loaded = loaded.clone();
+        let (err, recovered) = within(Duration::from_secs(20), move || {
+            let mut session = loaded.session();
+            let (v, data) = fixture("user.created");
+            let err = session
+                .project(&envelope(&v, &format!(r#"{{"chaos": "{chaos}"}}"#)))
+                .unwrap_err();
+            (err, session.project(&envelope(&v, &data)).is_ok())
+        });
+        // A trap, not an answer: the guest reached no clock and no poll.
+        assert!(matches!(&err, GuestFailure::Trap(_)), "{chaos}: {err:?}");
+        assert_eq!(err.class(), "guest_trap");
+        assert!(recovered, "{chaos}: the next event projects");
+    }
+}
+
 #[test]
 fn garbage_and_core_modules_are_refused_with_a_reason() {
     let rt = runtime();

@@ -4,6 +4,11 @@
 //! - `"loop"`: spins forever (the host's deadline must stop it);
 //! - `"alloc"`: allocates without bound (the memory cap must stop it);
 //! - `"panic"`: panics, which traps the instance;
+//! - `"sleep"`: sleeps for an hour (a WASI poll on a monotonic-clock
+//!   pollable, which no epoch deadline interrupts);
+//! - `"clock"`: reads the wall clock into its output (a projection that
+//!   depends on when it runs);
+//! - `"recurse"`: recurses without bound (the wasm stack limit must stop it);
 //! - `"undeclared"`: writes a table it did not declare;
 //! - `"undeclared_column"`: writes an undeclared column of a declared table.
 
@@ -14,12 +19,30 @@ use projection_sdk::bindings::projector::projection::types::{
 struct Component;
 
 fn marker(data: &str) -> Option<&'static str> {
-    ["undeclared_column", "undeclared", "loop", "alloc", "panic"]
-        .into_iter()
-        .find(|m| {
-            data.contains(&format!("\"chaos\":\"{m}\""))
-                || data.contains(&format!("\"chaos\": \"{m}\""))
-        })
+    [
+        "undeclared_column",
+        "undeclared",
+        "loop",
+        "alloc",
+        "panic",
+        "sleep",
+        "clock",
+        "recurse",
+    ]
+    .into_iter()
+    .find(|m| {
+        data.contains(&format!("\"chaos\":\"{m}\""))
+            || data.contains(&format!("\"chaos\": \"{m}\""))
+    })
+}
+
+/// Recurses until the stack runs out (the bound is never reached).
+fn depth(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 32]);
+    if frame[0] == u64::MAX {
+        return 0;
+    }
+    depth(frame[31] + 1) + frame[1]
 }
 
 impl projection_sdk::bindings::Guest for Component {
@@ -45,6 +68,28 @@ impl projection_sdk::bindings::Guest for Component {
                 }
             }
             Some("panic") => panic!("chaos: asked to panic"),
+            Some("sleep") => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                projection_sdk::project(&projection_sdk::flatten::USER, event)
+            }
+            Some("clock") => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                Err(ProjectionError::Internal(format!("it is {now}")))
+            }
+            Some("recurse") => Ok(vec![RowOp::Upsert(Upsert {
+                table: "users".into(),
+                key: vec![Column {
+                    name: "user_id".into(),
+                    value: Value::Text(event.entity_id),
+                }],
+                values: vec![Column {
+                    name: "display_name".into(),
+                    value: Value::Text(depth(0).to_string()),
+                }],
+            })]),
             Some("undeclared") => Ok(vec![RowOp::Upsert(Upsert {
                 table: "orders".into(),
                 key: vec![Column {

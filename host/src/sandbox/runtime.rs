@@ -9,11 +9,15 @@
 //!   interruption. A trap (deadline, memory cap, guest panic) poisons only
 //!   that instance: the session drops it and instantiates again on the next
 //!   call.
-//! - Guests get no filesystem (no preopens), no network (every socket address
-//!   and name lookup denied), no environment or arguments, no stdio, a wall
-//!   clock and a monotonic clock stuck at zero, and fixed-seed randomness. The
-//!   `wasi:*` interfaces are linked only because a guest built with Rust `std`
-//!   imports them.
+//! - The only host functions a guest can reach are `wasi:random/*`, with
+//!   fixed seeds (Rust's `std` may seed a `HashMap` from them; fixed seeds
+//!   keep a projection a pure function of its event). Every other import a
+//!   component declares (a guest built with `std` imports clocks, poll,
+//!   streams, stdio, environment, filesystem and sockets whether it uses
+//!   them or not) is linked to a function that traps: a guest that sleeps,
+//!   polls, reads a clock or writes to stderr stops at once with a trap
+//!   instead of blocking the host's thread, which no epoch deadline could
+//!   interrupt.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,9 +27,9 @@ use anyhow::Context as _;
 use flatten::{Info, ProjectionError, RowOp};
 use rand_wasi::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -97,40 +101,22 @@ impl GuestFailure {
     }
 }
 
-/// Per-store state: the (empty) WASI context and the limits.
+/// Per-store state: the WASI context (only its fixed-seed randomness is
+/// reachable) and the limits.
 pub struct GuestState {
     wasi: WasiCtx,
-    table: ResourceTable,
     limits: StoreLimits,
 }
 
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-struct FrozenClock;
-
-impl wasmtime_wasi::HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
-    }
+/// Links `wasi:random/*` (fixed seeds, from the store's `WasiCtx`) and
+/// nothing else.
+fn link_random(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::random;
+    use wasmtime_wasi::random::WasiRandom;
+    random::random::add_to_linker::<GuestState, WasiRandom>(linker, |s| s.wasi.random())?;
+    random::insecure::add_to_linker::<GuestState, WasiRandom>(linker, |s| s.wasi.random())?;
+    random::insecure_seed::add_to_linker::<GuestState, WasiRandom>(linker, |s| s.wasi.random())?;
+    Ok(())
 }
 
 /// The process-wide engine and linker.
@@ -149,8 +135,7 @@ impl Runtime {
         let engine = Engine::new(&config)
             .map_err(|e| anyhow::anyhow!("failed to create the wasmtime engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| anyhow::anyhow!("failed to link WASI: {e:#}"))?;
+        link_random(&mut linker).map_err(|e| anyhow::anyhow!("failed to link WASI: {e:#}"))?;
 
         // The epoch ticker stops when the runtime is dropped (the weak
         // reference can no longer be upgraded).
@@ -195,8 +180,12 @@ impl Runtime {
         let digest = hex::encode(Sha256::digest(bytes));
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         check_version(&component, &self.engine)?;
-        let instance_pre = self
-            .linker
+        // Whatever else the component imports traps when called.
+        let mut linker = (*self.linker).clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(LoadError::Imports)?;
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(LoadError::Imports)?;
         let pre = ProjectionPre::new(instance_pre).map_err(LoadError::Exports)?;
@@ -262,15 +251,11 @@ impl LoadedComponent {
     }
 
     fn new_store(&self) -> Store<GuestState> {
+        // Only its randomness is linked (see the module's header).
         let wasi = WasiCtxBuilder::new()
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
             .secure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
             .insecure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
             .insecure_random_seed(0)
-            .allow_ip_name_lookup(false)
-            .allow_tcp(false)
-            .allow_udp(false)
             .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes())
@@ -279,14 +264,7 @@ impl LoadedComponent {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(
-            &self.engine,
-            GuestState {
-                wasi,
-                table: ResourceTable::new(),
-                limits,
-            },
-        );
+        let mut store = Store::new(&self.engine, GuestState { wasi, limits });
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store

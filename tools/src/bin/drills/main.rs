@@ -963,7 +963,10 @@ async fn main() -> std::process::ExitCode {
         std::process::ExitCode::FAILURE
     } else {
         if args.keep_logs {
-            say(format!("process logs kept in {}", ctx.scratch.keep().display()));
+            say(format!(
+                "process logs kept in {}",
+                ctx.scratch.keep().display()
+            ));
         }
         std::process::ExitCode::SUCCESS
     }
