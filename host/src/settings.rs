@@ -18,6 +18,8 @@
 //! | `PROJECTOR_MAX_EVENT_BYTES`  | `batch.max_event_bytes`    |
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
 //! | `PROJECTOR_GUEST_MEMORY_MB`  | `sandbox.memory_mb`        |
+//! | `PROJECTOR_GUEST_MAX_ROWS`   | `sandbox.max_rows`         |
+//! | `PROJECTOR_GUEST_MAX_OUTPUT_BYTES` | `sandbox.max_output_bytes` |
 //! | `PROJECTOR_STATEMENT_TIMEOUT_MS` | `mysql.statement_timeout` |
 //! | `PROJECTOR_START_WITHOUT_POSITION` | `start_without_position` (earliest/latest) |
 //! | `PROJECTOR_PRUNE_EVERY_MS`   | `prune.every` (0: never)   |
@@ -188,7 +190,7 @@ impl Default for AdminSettings {
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 18] = [
+const ENV: [(&str, &str); 20] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
     ("PROJECTOR_TOPICS", "topics"),
@@ -203,6 +205,11 @@ const ENV: [(&str, &str); 18] = [
     ("PROJECTOR_MAX_EVENT_BYTES", "batch.max_event_bytes"),
     ("PROJECTOR_CALL_DEADLINE_MS", "sandbox.call_deadline"),
     ("PROJECTOR_GUEST_MEMORY_MB", "sandbox.memory_mb"),
+    ("PROJECTOR_GUEST_MAX_ROWS", "sandbox.max_rows"),
+    (
+        "PROJECTOR_GUEST_MAX_OUTPUT_BYTES",
+        "sandbox.max_output_bytes",
+    ),
     ("PROJECTOR_STATEMENT_TIMEOUT_MS", "mysql.statement_timeout"),
     ("PROJECTOR_START_WITHOUT_POSITION", "start_without_position"),
     ("PROJECTOR_PRUNE_EVERY_MS", "prune.every"),
@@ -269,6 +276,12 @@ pub struct SandboxLimits {
     pub call_deadline: Duration,
     /// Linear memory one instance may grow to, in MiB.
     pub memory_mb: usize,
+    /// Most rows one `project` call may return (an upsert, update or delete
+    /// is one; a replace counts its rows).
+    pub max_rows: usize,
+    /// Most bytes one `project` call may return (names, text and JSON
+    /// values, 8 per other value).
+    pub max_output_bytes: usize,
 }
 
 impl SandboxLimits {
@@ -283,6 +296,8 @@ impl Default for SandboxLimits {
         SandboxLimits {
             call_deadline: Duration::from_millis(200),
             memory_mb: 64,
+            max_rows: 1000,
+            max_output_bytes: 8 << 20,
         }
     }
 }

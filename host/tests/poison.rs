@@ -159,6 +159,7 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
         "sleep",
         "clock",
         "recurse",
+        "flood",
         "none",
     ]
     .iter()
@@ -167,7 +168,7 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
         let mut e = fixture(
             "user.created",
             &object_id(),
-            &format!("2026-01-01T00:00:0{i}Z"),
+            &format!("2026-01-01T00:00:{i:02}Z"),
         );
         e["data"]["chaos"] = json!(chaos);
         produce(&producer, &topic, &key, e.to_string().as_bytes()).await;
@@ -175,7 +176,7 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
     }
     let host = RunningHost::start(s, Mode::Wasm).await;
     wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
-    let mut letters = read_topic(&format!("dlq.{topic}"), 8, Duration::from_secs(60)).await;
+    let mut letters = read_topic(&format!("dlq.{topic}"), 9, Duration::from_secs(60)).await;
     letters.sort_by_key(|(v, _)| v["offset"].as_i64());
     host.stop().await;
 
@@ -207,6 +208,7 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
     for (class, _) in &classes[4..8] {
         assert_eq!(*class, "guest_trap");
     }
+    assert_eq!(classes[8].0, "guest_output_too_large");
     assert!(
         letters
             .iter()

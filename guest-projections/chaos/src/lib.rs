@@ -9,6 +9,8 @@
 //! - `"clock"`: reads the wall clock into its output (a projection that
 //!   depends on when it runs);
 //! - `"recurse"`: recurses without bound (the wasm stack limit must stop it);
+//! - `"flood"`: answers 5000 upserts for one event (the output caps must
+//!   refuse it);
 //! - `"undeclared"`: writes a table it did not declare;
 //! - `"undeclared_column"`: writes an undeclared column of a declared table.
 
@@ -28,6 +30,7 @@ fn marker(data: &str) -> Option<&'static str> {
         "sleep",
         "clock",
         "recurse",
+        "flood",
     ]
     .into_iter()
     .find(|m| {
@@ -79,6 +82,18 @@ impl projection_sdk::bindings::Guest for Component {
                     .unwrap_or(0);
                 Err(ProjectionError::Internal(format!("it is {now}")))
             }
+            Some("flood") => Ok((0..5000)
+                .map(|i| {
+                    RowOp::Upsert(Upsert {
+                        table: "users".into(),
+                        key: vec![Column {
+                            name: "user_id".into(),
+                            value: Value::Text(format!("{}-{i}", event.entity_id)),
+                        }],
+                        values: vec![],
+                    })
+                })
+                .collect()),
             Some("recurse") => Ok(vec![RowOp::Upsert(Upsert {
                 table: "users".into(),
                 key: vec![Column {

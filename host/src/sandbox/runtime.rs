@@ -86,6 +86,10 @@ pub enum GuestFailure {
     /// A new instance could not be created.
     #[error("component could not be instantiated: {0}")]
     Instantiate(String),
+    /// The answer is past the output caps (`sandbox.max_rows`,
+    /// `sandbox.max_output_bytes`).
+    #[error("component answered too much: {0}")]
+    Output(String),
 }
 
 impl GuestFailure {
@@ -96,6 +100,7 @@ impl GuestFailure {
             GuestFailure::Rejected(ProjectionError::Unsupported(_)) => "unsupported",
             GuestFailure::Rejected(ProjectionError::Internal(_)) => "guest_error",
             GuestFailure::Trap(_) => "guest_trap",
+            GuestFailure::Output(_) => "guest_output_too_large",
             GuestFailure::Instantiate(_) => "guest_instantiate",
         }
     }
@@ -332,10 +337,64 @@ impl Session<'_> {
             data: env.data.to_owned(),
         };
         match self.call(|store, p| p.call_project(store, &envelope))? {
-            Ok(ops) => Ok(ops.into_iter().map(op_from_wit).collect()),
+            Ok(ops) => {
+                let ops: Vec<RowOp> = ops.into_iter().map(op_from_wit).collect();
+                check_output(&ops, &self.component.limits)?;
+                Ok(ops)
+            }
             Err(e) => Err(GuestFailure::Rejected(error_from_wit(e))),
         }
     }
+}
+
+/// Refuses an answer past `sandbox.max_rows` or `sandbox.max_output_bytes`:
+/// one event must not turn into an unbounded amount of database work.
+fn check_output(ops: &[RowOp], limits: &SandboxLimits) -> Result<(), GuestFailure> {
+    fn value_bytes(v: &flatten::Value) -> usize {
+        match v {
+            flatten::Value::Text(s) | flatten::Value::Timestamp(s) | flatten::Value::Json(s) => {
+                s.len()
+            }
+            _ => 8,
+        }
+    }
+    fn cols_bytes(cols: &[flatten::Column]) -> usize {
+        cols.iter()
+            .map(|c| c.name.len() + value_bytes(&c.value))
+            .sum()
+    }
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    for op in ops {
+        bytes += op.table().len();
+        match op {
+            RowOp::Upsert(u) | RowOp::Update(u) => {
+                rows += 1;
+                bytes += cols_bytes(&u.key) + cols_bytes(&u.values);
+            }
+            RowOp::Replace(r) => {
+                rows += r.rows.len().max(1);
+                bytes +=
+                    cols_bytes(&r.parent) + r.rows.iter().map(|c| cols_bytes(c)).sum::<usize>();
+            }
+            RowOp::SoftDelete(k) | RowOp::Delete(k) => {
+                rows += 1;
+                bytes += cols_bytes(&k.key);
+            }
+        }
+    }
+    if rows > limits.max_rows {
+        return Err(GuestFailure::Output(format!(
+            "{rows} rows in one answer, more than sandbox.max_rows ({})",
+            limits.max_rows
+        )));
+    }
+    if bytes > limits.max_output_bytes {
+        return Err(GuestFailure::Output(format!(
+            "{bytes} bytes in one answer, more than sandbox.max_output_bytes ({})",
+            limits.max_output_bytes
+        )));
+    }
+    Ok(())
 }
 
 fn describe_trap(e: &wasmtime::Error) -> String {
