@@ -14,6 +14,8 @@
 //! | `PROJECTOR_ADMIN_ADDR`       | `admin.listen`             |
 //! | `PROJECTOR_LAG_INTERVAL_MS`  | `admin.lag_interval`       |
 //! | `PROJECTOR_LAG_ERROR_THRESHOLD` | `admin.lag_error_threshold` |
+//! | `PROJECTOR_ADMIN_TOKEN`      | `admin.token`              |
+//! | `PROJECTOR_ADMIN_TOKEN_FILE` | `admin.token_file`         |
 //! | `PROJECTOR_WATCH_COMPONENTS` | `components.watch` (true/false) |
 //! | `PROJECTOR_MAX_EVENT_BYTES`  | `batch.max_event_bytes`    |
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
@@ -131,6 +133,30 @@ pub struct AdminSettings {
     pub lag_window: usize,
     /// Lag above which a partition is ERR (and the host not ready).
     pub lag_error_threshold: i64,
+    /// Bearer token the mutating routes (`POST /projections/reload`)
+    /// require; without it (or `token_file`) they answer 403.
+    pub token: Option<String>,
+    /// A file holding the token (trailing whitespace ignored); wins over
+    /// `token`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminSettings {
+    /// The configured token, read from `token_file` if set.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
+            let t = t.trim_end().to_owned();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "admin.token_file {} is empty",
+                path.display()
+            );
+            return Ok(Some(t));
+        }
+        Ok(self.token.clone().filter(|t| !t.is_empty()))
+    }
 }
 
 impl Default for Settings {
@@ -185,12 +211,14 @@ impl Default for AdminSettings {
             lag_interval: Duration::from_secs(5),
             lag_window: 10,
             lag_error_threshold: 100_000,
+            token: None,
+            token_file: None,
         }
     }
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 20] = [
+const ENV: [(&str, &str); 22] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
     ("PROJECTOR_TOPICS", "topics"),
@@ -201,6 +229,8 @@ const ENV: [(&str, &str); 20] = [
     ("PROJECTOR_ADMIN_ADDR", "admin.listen"),
     ("PROJECTOR_LAG_INTERVAL_MS", "admin.lag_interval"),
     ("PROJECTOR_LAG_ERROR_THRESHOLD", "admin.lag_error_threshold"),
+    ("PROJECTOR_ADMIN_TOKEN", "admin.token"),
+    ("PROJECTOR_ADMIN_TOKEN_FILE", "admin.token_file"),
     ("PROJECTOR_WATCH_COMPONENTS", "components.watch"),
     ("PROJECTOR_MAX_EVENT_BYTES", "batch.max_event_bytes"),
     ("PROJECTOR_CALL_DEADLINE_MS", "sandbox.call_deadline"),

@@ -157,6 +157,7 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
         projector_host::ops::Admin {
             shared: shared.clone(),
             reloader: None,
+            token: None,
         },
     )
     .await
@@ -291,6 +292,7 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
     // The endpoint reloads on demand; nothing changed since the last swap.
     let r = reqwest::Client::new()
         .post(format!("{url}/projections/reload"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -364,6 +366,7 @@ async fn replay_after_a_rule_change_rebuilds_the_domain_while_the_others_flow() 
     );
     let r = reqwest::Client::new()
         .post(format!("{url}/projections/reload"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -549,6 +552,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
     );
     let r = reqwest::Client::new()
         .post(format!("{url}/projections/reload"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -614,5 +618,101 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
         .expect("the oversized event is dead-lettered again with retry_count 1");
     assert_eq!(resent.0["original_size"], large["original_size"]);
     host.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_needs_the_admin_token_and_the_status_page_escapes_payload_text() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    // An event type no projection handles, echoed into the error text.
+    let mut e = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    e["event_type"] = json!("<script>alert(1)</script>");
+    produce(
+        &producer(),
+        &topics.of("user.created"),
+        "k",
+        e.to_string().as_bytes(),
+    )
+    .await;
+    let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
+    let url = host.admin_url().await;
+    let client = reqwest::Client::new();
+    let reload = format!("{url}/projections/reload");
+
+    // No token, another token, a cross-site form post: 401, nothing reloaded.
+    let none = client.post(&reload).send().await.unwrap();
+    assert_eq!(none.status().as_u16(), 401);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let body: serde_json::Value = none.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let wrong = client
+        .post(&reload)
+        .bearer_auth("test-admin-tokeX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let form = client
+        .post(&reload)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "http://evil.example")
+        .body("token=test-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status().as_u16(), 401);
+    let ok = client
+        .post(&reload)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+
+    // The dead letter's reason shows on the page, escaped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        let page = client
+            .get(format!("{url}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page.contains("alert(1)") || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    host.stop().await;
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_token_mutating_routes_are_off() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.admin.token = None;
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let url = host.admin_url().await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/projections/reload"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    host.stop().await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"], "no_admin_token");
     db.drop_db().await;
 }

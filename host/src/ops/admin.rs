@@ -9,6 +9,13 @@
 //! | `GET /metrics`            | Prometheus text format                            |
 //! | `GET /status.json`        | what the status page shows, as JSON               |
 //! | `POST /projections/reload`| reload changed components now; 200, or 422 if any was refused |
+//!
+//! Mutating routes (`POST`) need `Authorization: Bearer <admin.token>`:
+//! 401 without it or with another token (compared in constant time), 403
+//! when no token is configured. A browser cannot send that header
+//! cross-site without a CORS preflight this server never grants, so no form
+//! on another site can trigger them. Everything the status page shows is
+//! HTML-escaped (error texts echo payloads).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,10 +23,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use super::lag::LagStatus;
 use super::state::{Check, Shared};
@@ -29,6 +37,45 @@ use crate::sandbox::Reloader;
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub reloader: Option<Arc<Reloader>>,
+    /// SHA-256 of the admin token; none: mutating routes are refused.
+    pub token: Option<[u8; 32]>,
+}
+
+impl Admin {
+    /// Keeps only the digest of `token`.
+    pub fn digest(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// Whether `headers` carry the admin token; the error response if not.
+    #[allow(clippy::result_large_err)]
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(want) = &self.token else {
+            return Err((
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "no_admin_token", "message": "mutating routes are off: set admin.token or admin.token_file (PROJECTOR_ADMIN_TOKEN, PROJECTOR_ADMIN_TOKEN_FILE)"})),
+            )
+                .into_response());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(Admin::digest);
+        // Digests of equal length, compared without an early exit.
+        let same =
+            given.is_some_and(|g| g.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+        if same {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "unauthorized", "message": "this route needs Authorization: Bearer <admin token>"})),
+            )
+                .into_response())
+        }
+    }
 }
 
 pub fn router(admin: Admin) -> Router {
@@ -113,7 +160,10 @@ async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn reload(State(admin): State<Admin>) -> Response {
+async fn reload(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(refused) = admin.authorize(&headers) {
+        return refused;
+    }
     let Some(reloader) = &admin.reloader else {
         return (
             StatusCode::CONFLICT,

@@ -207,6 +207,7 @@ impl Host {
             Admin {
                 shared: self.shared.clone(),
                 reloader: reloader.clone(),
+                token: self.settings.admin.token()?.as_deref().map(Admin::digest),
             },
         )
         .await?;

@@ -122,6 +122,10 @@ impl Topics {
 }
 
 /// Settings of a host for one test.
+/// The admin token of the tests' hosts.
+#[allow(dead_code)]
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 pub fn settings(db: &TestDb, topics: &Topics, group: &str) -> Settings {
     let mut s = Settings::default();
     s.kafka.bootstrap_servers = kafka_bootstrap();
@@ -137,6 +141,7 @@ pub fn settings(db: &TestDb, topics: &Topics, group: &str) -> Settings {
     s.admin.listen = "127.0.0.1:0".parse().unwrap();
     s.admin.lag_interval = Duration::from_millis(500);
     s.admin.lag_window = 4;
+    s.admin.token = Some(ADMIN_TOKEN.to_owned());
     // Tests that reload call the endpoint; a watcher would race with them.
     s.components.watch = false;
     s
