@@ -16,6 +16,7 @@
 //! | `PROJECTOR_LAG_ERROR_THRESHOLD` | `admin.lag_error_threshold` |
 //! | `PROJECTOR_ADMIN_TOKEN`      | `admin.token`              |
 //! | `PROJECTOR_ADMIN_TOKEN_FILE` | `admin.token_file`         |
+//! | `PROJECTOR_METRICS_ADDR`     | `admin.metrics_listen`     |
 //! | `PROJECTOR_WATCH_COMPONENTS` | `components.watch` (true/false) |
 //! | `PROJECTOR_MAX_EVENT_BYTES`  | `batch.max_event_bytes`    |
 //! | `PROJECTOR_CALL_DEADLINE_MS` | `sandbox.call_deadline`    |
@@ -139,6 +140,10 @@ pub struct AdminSettings {
     /// A file holding the token (trailing whitespace ignored); wins over
     /// `token`.
     pub token_file: Option<PathBuf>,
+    /// A second listener serving only `/metrics` and `/health/*`, for a
+    /// Prometheus or a load balancer on another address while the admin
+    /// routes stay on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AdminSettings {
@@ -213,12 +218,13 @@ impl Default for AdminSettings {
             lag_error_threshold: 100_000,
             token: None,
             token_file: None,
+            metrics_listen: None,
         }
     }
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 22] = [
+const ENV: [(&str, &str); 23] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
     ("PROJECTOR_TOPICS", "topics"),
@@ -231,6 +237,7 @@ const ENV: [(&str, &str); 22] = [
     ("PROJECTOR_LAG_ERROR_THRESHOLD", "admin.lag_error_threshold"),
     ("PROJECTOR_ADMIN_TOKEN", "admin.token"),
     ("PROJECTOR_ADMIN_TOKEN_FILE", "admin.token_file"),
+    ("PROJECTOR_METRICS_ADDR", "admin.metrics_listen"),
     ("PROJECTOR_WATCH_COMPONENTS", "components.watch"),
     ("PROJECTOR_MAX_EVENT_BYTES", "batch.max_event_bytes"),
     ("PROJECTOR_CALL_DEADLINE_MS", "sandbox.call_deadline"),
@@ -312,6 +319,12 @@ pub struct SandboxLimits {
     /// Most bytes one `project` call may return (names, text and JSON
     /// values, 8 per other value).
     pub max_output_bytes: usize,
+    /// Most instances, tables and memories a component may create, and
+    /// elements one table may grow to.
+    pub max_instances: usize,
+    pub max_tables: usize,
+    pub max_memories: usize,
+    pub max_table_elements: usize,
 }
 
 impl SandboxLimits {
@@ -328,6 +341,10 @@ impl Default for SandboxLimits {
             memory_mb: 64,
             max_rows: 1000,
             max_output_bytes: 8 << 20,
+            max_instances: 16,
+            max_tables: 16,
+            max_memories: 4,
+            max_table_elements: 100_000,
         }
     }
 }

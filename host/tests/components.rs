@@ -262,6 +262,43 @@ fn an_answer_past_the_output_caps_is_refused() {
 }
 
 #[test]
+fn the_table_and_instance_caps_are_the_settings() {
+    // A std guest's function table has more than one element and it is
+    // one instance of several: caps this low make instantiation fail, the
+    // defaults do not.
+    let (v, data) = fixture("user.created");
+    let event = envelope(&v, &data);
+    for (name, limits) in [
+        (
+            "max_table_elements",
+            SandboxLimits {
+                max_table_elements: 1,
+                ..SandboxLimits::default()
+            },
+        ),
+        (
+            "max_instances",
+            SandboxLimits {
+                max_instances: 1,
+                ..SandboxLimits::default()
+            },
+        ),
+    ] {
+        let rt = Runtime::new(limits).unwrap();
+        let loaded = rt.load_file(&component_path("user"));
+        let failed = match loaded {
+            Err(LoadError::Describe(_)) => true,
+            Err(e) => panic!("{name}: {e}"),
+            Ok(c) => c.session().project(&event).is_err(),
+        };
+        assert!(failed, "{name} = 1 stops the guest");
+    }
+    let rt = Runtime::new(SandboxLimits::default()).unwrap();
+    let loaded = rt.load_file(&component_path("user")).unwrap();
+    assert!(loaded.session().project(&event).is_ok());
+}
+
+#[test]
 fn garbage_and_core_modules_are_refused_with_a_reason() {
     let rt = runtime();
     let err = rt.load(b"not wasm at all", "garbage.wasm").unwrap_err();

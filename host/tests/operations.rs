@@ -716,3 +716,44 @@ async fn without_a_configured_token_mutating_routes_are_off() {
     assert_eq!(body["error"], "no_admin_token");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_monitoring_and_nothing_else() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.admin.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let _ = host.admin_url().await;
+    let addr = host.shared.metrics_addr.get().copied().expect("bound");
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    let metrics = get("/metrics").await.unwrap();
+    let metrics_ok = metrics.status().as_u16() == 200
+        && metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("projector_envelope_unknown_fields_total");
+    let live = get("/health/live").await.unwrap().status().as_u16();
+    let page = get("/").await.unwrap().status().as_u16();
+    let status = get("/status.json").await.unwrap().status().as_u16();
+    let reload = client
+        .post(format!("{base}/projections/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    host.stop().await;
+    assert!(metrics_ok, "/metrics served");
+    assert_eq!(live, 200);
+    assert_eq!(
+        (page, status, reload),
+        (404, 404, 404),
+        "no page, status or control route"
+    );
+    db.drop_db().await;
+}

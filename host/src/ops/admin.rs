@@ -89,24 +89,54 @@ pub fn router(admin: Admin) -> Router {
         .with_state(admin)
 }
 
+/// Only what monitoring reads: `/metrics` and `/health/*`.
+pub fn read_only_router(admin: Admin) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
 /// Binds `addr` and serves until the task is dropped; returns the bound
 /// address (port 0 picks one).
 pub async fn serve(
     addr: std::net::SocketAddr,
     admin: Admin,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let shared = admin.shared.clone();
+    let (bound, task) = listen(addr, router(admin), "admin server").await?;
+    let _ = shared.admin_addr.set(bound);
+    tracing::info!(%bound, "admin server listening (/, /health/ready, /metrics)");
+    Ok((bound, task))
+}
+
+/// Serves [`read_only_router`] on `addr` (`admin.metrics_listen`).
+pub async fn serve_read_only(
+    addr: std::net::SocketAddr,
+    admin: Admin,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let shared = admin.shared.clone();
+    let (bound, task) = listen(addr, read_only_router(admin), "metrics listener").await?;
+    let _ = shared.metrics_addr.set(bound);
+    tracing::info!(%bound, "metrics listener (/metrics, /health/*)");
+    Ok((bound, task))
+}
+
+async fn listen(
+    addr: std::net::SocketAddr,
+    app: Router,
+    what: &'static str,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("admin server cannot listen on {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{what} cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    let _ = admin.shared.admin_addr.set(bound);
-    let app = router(admin);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin server stopped");
+            tracing::error!(error = %e, "{what} stopped");
         }
     });
-    tracing::info!(%bound, "admin server listening (/, /health/ready, /metrics)");
     Ok((bound, task))
 }
 

@@ -81,6 +81,8 @@ pub struct Shared {
     pub started_at: DateTime<Utc>,
     /// The admin server's bound address, once it listens.
     pub admin_addr: OnceLock<std::net::SocketAddr>,
+    /// Where the read-only listener (`admin.metrics_listen`) is bound.
+    pub metrics_addr: OnceLock<std::net::SocketAddr>,
     observed: Mutex<Observed>,
 }
 
@@ -93,6 +95,7 @@ impl Shared {
             registry,
             started_at: Utc::now(),
             admin_addr: OnceLock::new(),
+            metrics_addr: OnceLock::new(),
             observed: Mutex::new(Observed::default()),
         };
         shared.components_changed();

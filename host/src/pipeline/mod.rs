@@ -202,15 +202,15 @@ impl Host {
     async fn start_services(&self) -> anyhow::Result<Services> {
         let reloader = self.reloader();
         let mut tasks = Vec::new();
-        let (_, server) = admin::serve(
-            self.settings.admin.listen,
-            Admin {
-                shared: self.shared.clone(),
-                reloader: reloader.clone(),
-                token: self.settings.admin.token()?.as_deref().map(Admin::digest),
-            },
-        )
-        .await?;
+        let admin = Admin {
+            shared: self.shared.clone(),
+            reloader: reloader.clone(),
+            token: self.settings.admin.token()?.as_deref().map(Admin::digest),
+        };
+        if let Some(addr) = self.settings.admin.metrics_listen {
+            tasks.push(admin::serve_read_only(addr, admin.clone()).await?.1);
+        }
+        let (_, server) = admin::serve(self.settings.admin.listen, admin).await?;
         tasks.push(server);
         let monitor = Monitor::new(&self.settings, self.pool.clone(), self.shared.clone())?;
         tasks.push(tokio::spawn(monitor.run()));

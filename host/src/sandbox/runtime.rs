@@ -264,9 +264,10 @@ impl LoadedComponent {
             .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes())
-            .instances(16)
-            .tables(16)
-            .memories(4)
+            .instances(self.limits.max_instances)
+            .tables(self.limits.max_tables)
+            .memories(self.limits.max_memories)
+            .table_elements(self.limits.max_table_elements)
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(&self.engine, GuestState { wasi, limits });
