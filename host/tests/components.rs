@@ -219,45 +219,35 @@ fn sleeping_clock_reading_and_recursing_guests_trap_and_the_session_goes_on() {
 fn an_answer_past_the_output_caps_is_refused() {
     let (v, _) = fixture("user.created");
     let flood = envelope(&v, r#"{"chaos": "flood"}"#);
+    let flood_under = |limits: SandboxLimits| {
+        Runtime::new(limits)
+            .unwrap()
+            .load_file(&chaos_path())
+            .unwrap()
+            .session()
+            .project(&flood)
+    };
     // 5000 rows against the default cap of 1000.
-    let rt = runtime();
-    let err = rt
-        .load_file(&chaos_path())
-        .unwrap()
-        .session()
-        .project(&flood)
-        .unwrap_err();
+    let err = flood_under(SandboxLimits::default()).unwrap_err();
     assert_eq!(err.class(), "guest_output_too_large", "{err}");
     assert!(err.to_string().contains("5000 rows"), "{err}");
     // The same answer under a byte cap it does not fit.
-    let rt = Runtime::new(SandboxLimits {
+    let err = flood_under(SandboxLimits {
         max_rows: 10_000,
         max_output_bytes: 4096,
         ..SandboxLimits::default()
     })
-    .unwrap();
-    let err = rt
-        .load_file(&chaos_path())
-        .unwrap()
-        .session()
-        .project(&flood)
-        .unwrap_err();
+    .unwrap_err();
     assert!(
         err.to_string().contains("sandbox.max_output_bytes"),
         "{err}"
     );
     // And within generous caps it is an answer.
-    let rt = Runtime::new(SandboxLimits {
+    let ops = flood_under(SandboxLimits {
         max_rows: 10_000,
         ..SandboxLimits::default()
     })
     .unwrap();
-    let ops = rt
-        .load_file(&chaos_path())
-        .unwrap()
-        .session()
-        .project(&flood)
-        .unwrap();
     assert_eq!(ops.len(), 5000);
 }
 

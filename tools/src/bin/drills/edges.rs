@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use projector_tools::generate::{Generated, Generator};
-use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 use super::{Ctx, Run, Verdict, judge, kill9, metric, sigterm, wait_count, wait_http};
@@ -204,16 +203,7 @@ async fn produce_in_order(ctx: &Ctx, prefix: &str, events: &[Generated]) -> anyh
     let mut pending = Vec::with_capacity(events.len());
     for chunk in events.chunks(500) {
         for e in chunk {
-            let topic = format!("{prefix}.{}", e.domain);
-            pending.push(
-                producer
-                    .send_result(
-                        FutureRecord::to(&topic)
-                            .key(&e.entity_id)
-                            .payload(&e.payload),
-                    )
-                    .map_err(|(e, _)| e)?,
-            );
+            pending.push(super::send(&producer, prefix, e)?);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -436,17 +426,8 @@ pub(super) async fn drill_replay(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
             for (i, e) in orders.iter().enumerate() {
                 let due = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
-                let topic = format!("{prefix}.order");
                 sent.push((e.event_id.clone(), SystemTime::now()));
-                pending.push(
-                    producer
-                        .send_result(
-                            FutureRecord::to(&topic)
-                                .key(&e.entity_id)
-                                .payload(&e.payload),
-                        )
-                        .map_err(|(e, _)| e)?,
-                );
+                pending.push(super::send(&producer, &prefix, e)?);
                 if ended.lock().unwrap().is_some() {
                     let from = *tail_from.get_or_insert(i);
                     if i - from >= rate as usize {

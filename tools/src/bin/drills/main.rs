@@ -316,6 +316,22 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// Hands `e` to the producer for `<prefix>.<domain>`, keyed by its entity.
+fn send(
+    producer: &FutureProducer,
+    prefix: &str,
+    e: &Generated,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    let topic = format!("{prefix}.{}", e.domain);
+    producer
+        .send_result(
+            FutureRecord::to(&topic)
+                .key(&e.entity_id)
+                .payload(&e.payload),
+        )
+        .map_err(|(e, _)| e.into())
+}
+
 /// Produces the events to `<prefix>.<domain>` over about `over`, returning
 /// once every one is acknowledged.
 async fn produce(
@@ -329,16 +345,7 @@ async fn produce(
     let mut pending = Vec::new();
     for chunk in events.chunks(per) {
         for e in chunk {
-            let topic = format!("{prefix}.{}", e.domain);
-            pending.push(
-                producer
-                    .send_result(
-                        FutureRecord::to(&topic)
-                            .key(&e.entity_id)
-                            .payload(&e.payload),
-                    )
-                    .map_err(|(e, _)| e)?,
-            );
+            pending.push(send(producer, prefix, e)?);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
