@@ -325,6 +325,20 @@ pub struct SandboxLimits {
     pub max_tables: usize,
     pub max_memories: usize,
     pub max_table_elements: usize,
+    /// Most bytes one host call may produce for a guest (today the only
+    /// host calls are `wasi:random`): what a guest can make the host do
+    /// between two deadline checks.
+    pub max_host_call_bytes: u64,
+    /// Instances that may exist at once across all components (every guest
+    /// call gets its own; one lane calls one at a time). Slots are reserved
+    /// up front by the pooling allocator; a call that finds none free waits
+    /// for one.
+    pub instance_pool: u32,
+    /// Bytes at the start of a pooled instance's memory kept resident and
+    /// reset in place between calls instead of being returned to the
+    /// kernel (a guest's stack and the first of its heap): fewer page
+    /// faults per call, at most this much RSS per slot.
+    pub keep_resident_bytes: usize,
 }
 
 impl SandboxLimits {
@@ -345,6 +359,9 @@ impl Default for SandboxLimits {
             max_tables: 16,
             max_memories: 4,
             max_table_elements: 100_000,
+            max_host_call_bytes: 4096,
+            instance_pool: 64,
+            keep_resident_bytes: 1 << 20,
         }
     }
 }

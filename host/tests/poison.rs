@@ -160,6 +160,9 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
         "clock",
         "recurse",
         "flood",
+        "entropy",
+        "remember",
+        "remember",
         "none",
     ]
     .iter()
@@ -174,9 +177,21 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
         produce(&producer, &topic, &key, e.to_string().as_bytes()).await;
         sent.push(e);
     }
+    // Another domain's events, beside the misbehaving one.
+    let suppliers = topics.of("supplier.created");
+    for i in 0..3 {
+        let mut e = fixture(
+            "supplier.created",
+            &object_id(),
+            &format!("2026-01-01T00:01:{i:02}Z"),
+        );
+        e["data"]["id"] = e["entity_id"].clone();
+        let key = e["entity_id"].as_str().unwrap().to_owned();
+        produce(&producer, &suppliers, &key, e.to_string().as_bytes()).await;
+    }
     let host = RunningHost::start(s, Mode::Wasm).await;
-    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
-    let mut letters = read_topic(&format!("dlq.{topic}"), 9, Duration::from_secs(60)).await;
+    wait_processed(&db.pool, 7, Duration::from_secs(60)).await;
+    let mut letters = read_topic(&format!("dlq.{topic}"), 10, Duration::from_secs(60)).await;
     letters.sort_by_key(|(v, _)| v["offset"].as_i64());
     host.stop().await;
 
@@ -209,6 +224,8 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
         assert_eq!(*class, "guest_trap");
     }
     assert_eq!(classes[8].0, "guest_output_too_large");
+    assert_eq!(classes[9].0, "guest_trap");
+    assert!(classes[9].1.contains("exceeds limit"), "{}", classes[9].1);
     assert!(
         letters
             .iter()
@@ -217,9 +234,16 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
     let d = dump(&db.pool).await;
     assert_eq!(
         d["users"].len(),
-        2,
+        4,
         "the good events before and after landed"
     );
+    // Two events in one batch, and neither saw the other's instance.
+    let unremembering = d["users"]
+        .iter()
+        .filter(|u| u["display_name"].as_deref() == Some("nothing before"))
+        .count();
+    assert_eq!(unremembering, 2);
+    assert_eq!(d["suppliers"].len(), 3, "the supplier domain kept flowing");
     assert!(
         d["orders"].is_empty(),
         "nothing reached a table the component did not declare"

@@ -11,6 +11,12 @@
 //! - `"recurse"`: recurses without bound (the wasm stack limit must stop it);
 //! - `"flood"`: answers 5000 upserts for one event (the output caps must
 //!   refuse it);
+//! - `"entropy"`: asks the host for 32 MiB of random bytes in one call
+//!   (work the host does outside any deadline check: the host-call cap must
+//!   refuse it);
+//! - `"remember"`: projects normally but puts the entity id of the event
+//!   this instance saw before (kept in a static) into `display_name`, so
+//!   an instance carried from one event to the next shows;
 //! - `"undeclared"`: writes a table it did not declare;
 //! - `"undeclared_column"`: writes an undeclared column of a declared table.
 
@@ -19,6 +25,9 @@ use projection_sdk::bindings::projector::projection::types::{
 };
 
 struct Component;
+
+/// The entity id of the previous event this instance projected, if any.
+static PREVIOUS: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 fn marker(data: &str) -> Option<&'static str> {
     [
@@ -31,6 +40,8 @@ fn marker(data: &str) -> Option<&'static str> {
         "clock",
         "recurse",
         "flood",
+        "entropy",
+        "remember",
     ]
     .into_iter()
     .find(|m| {
@@ -56,6 +67,10 @@ impl projection_sdk::bindings::Guest for Component {
     }
 
     fn project(event: Envelope) -> Result<Vec<RowOp>, ProjectionError> {
+        let previous = PREVIOUS
+            .lock()
+            .map(|mut p| p.replace(event.entity_id.clone()))
+            .unwrap_or(None);
         match marker(&event.data) {
             Some("loop") => {
                 let mut n: u64 = 0;
@@ -103,6 +118,24 @@ impl projection_sdk::bindings::Guest for Component {
                 values: vec![Column {
                     name: "display_name".into(),
                     value: Value::Text(depth(0).to_string()),
+                }],
+            })]),
+            Some("entropy") => {
+                let bytes = wasip2::random::random::get_random_bytes(32 << 20);
+                Err(ProjectionError::Internal(format!(
+                    "the host handed over {} random bytes",
+                    bytes.len()
+                )))
+            }
+            Some("remember") => Ok(vec![RowOp::Upsert(Upsert {
+                table: "users".into(),
+                key: vec![Column {
+                    name: "user_id".into(),
+                    value: Value::Text(event.entity_id),
+                }],
+                values: vec![Column {
+                    name: "display_name".into(),
+                    value: Value::Text(previous.unwrap_or_else(|| "nothing before".into())),
                 }],
             })]),
             Some("undeclared") => Ok(vec![RowOp::Upsert(Upsert {

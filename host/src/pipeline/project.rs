@@ -1,7 +1,6 @@
 //! Routing and projecting: each message is decoded, routed by its event type
 //! to its domain's projection, projected, and its operations validated.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use rdkafka::Message as _;
@@ -9,7 +8,7 @@ use rdkafka::message::OwnedMessage;
 
 use crate::dlq::{ComponentRef, Failure};
 use crate::ops::Shared;
-use crate::sandbox::{GuestFailure, Projection, Registry, Session, envelope_view};
+use crate::sandbox::{GuestFailure, Projection, Registry, envelope_view};
 use crate::sink::{self, Applied, Schema};
 
 /// The component behind a projection, as dead letters name it.
@@ -48,7 +47,6 @@ pub fn project_all_observed(
     max_bytes: usize,
     shared: Option<&Shared>,
 ) -> (Vec<Projected>, Vec<(usize, Failure)>) {
-    let mut sessions: HashMap<String, Session<'_>> = HashMap::new();
     let mut applied = Vec::with_capacity(messages.len());
     let mut failed = Vec::new();
     for (index, m) in messages.iter().enumerate() {
@@ -64,7 +62,7 @@ pub fn project_all_observed(
             ));
             continue;
         }
-        match project_one(registry, schema, &mut sessions, m, shared) {
+        match project_one(registry, schema, m, shared) {
             Ok((inner, component)) => applied.push(Projected {
                 component_ref: Some(component),
                 inner,
@@ -76,10 +74,9 @@ pub fn project_all_observed(
     (applied, failed)
 }
 
-fn project_one<'r>(
-    registry: &'r Registry,
+fn project_one(
+    registry: &Registry,
     schema: &Schema,
-    sessions: &mut HashMap<String, Session<'r>>,
     m: &OwnedMessage,
     shared: Option<&Shared>,
 ) -> Result<(Applied, ComponentRef), Failure> {
@@ -114,12 +111,7 @@ fn project_one<'r>(
     let component = component_ref(projection);
     let started = Instant::now();
     let ops = envelope_view(&envelope, |env| match projection {
-        Projection::Wasm(c) => {
-            let session = sessions
-                .entry(c.info.domain.clone())
-                .or_insert_with(|| c.session());
-            session.project(env)
-        }
+        Projection::Wasm(c) => c.session().project(env),
         Projection::Native(n) => (n.domain.project)(env).map_err(GuestFailure::Rejected),
     });
     let info = projection.info();

@@ -26,17 +26,18 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::MySqlPool;
 
+mod chaos;
 mod edges;
 
 #[derive(Parser)]
 #[command(
-    about = "Fault drills: kill -9, broker restart, MariaDB outage, SIGTERM during it, backend kill, hot reload, edge cases, replay under load"
+    about = "Fault drills: kill -9, broker restart, MariaDB outage, SIGTERM during it, backend kill, hot reload, edge cases, replay under load, misbehaving components"
 )]
 struct Args {
     /// Fewer events per drill (the form scripts/test runs).
     #[arg(long)]
     short: bool,
-    /// Run only these drills (kill9, broker, mariadb, sigterm, backend, reload, edges, replay).
+    /// Run only these drills (kill9, broker, mariadb, sigterm, backend, reload, edges, replay, chaos).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Seed of the generated streams and the random kill points.
@@ -932,7 +933,7 @@ async fn main() -> std::process::ExitCode {
     let mut failed = 0;
     let outage = Duration::from_secs(args.outage_secs);
     for name in [
-        "kill9", "broker", "mariadb", "sigterm", "backend", "reload", "edges", "replay",
+        "kill9", "broker", "mariadb", "sigterm", "backend", "reload", "edges", "replay", "chaos",
     ] {
         if !wanted(name) {
             continue;
@@ -946,7 +947,8 @@ async fn main() -> std::process::ExitCode {
             "backend" => drill_backend(&mut ctx).await,
             "reload" => drill_reload(&mut ctx).await,
             "edges" => edges::drill_edges(&mut ctx).await,
-            _ => edges::drill_replay(&mut ctx).await,
+            "replay" => edges::drill_replay(&mut ctx).await,
+            _ => chaos::drill_chaos(&mut ctx).await,
         };
         match result {
             Ok(v) => {
