@@ -42,13 +42,20 @@ pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `projector check FILE...`: loads each component as the host would and
-/// prints its declaration, or why it is refused. Fails if any is refused.
+/// `projector check FILE...`: loads each component as the host would
+/// (sandbox, contract, the domain's grant in the settings) and prints its
+/// declaration, or why it is refused. Fails if any is refused.
 pub fn check(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(settings.sandbox)?;
     let mut refused = 0;
     for file in files {
-        match runtime.load_file(file) {
+        match runtime
+            .load_file(file)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                settings.grants.check(&c.info)?;
+                Ok(c)
+            }) {
             Ok(c) => {
                 println!(
                     "ok      {}  {}  sha256:{}",

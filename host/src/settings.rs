@@ -28,6 +28,7 @@
 //! | `PROJECTOR_PRUNE_EVERY_MS`   | `prune.every` (0: never)   |
 //! | `PROJECTOR_TOMBSTONE_DAYS`   | `prune.tombstone_days`     |
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +56,59 @@ pub struct Settings {
     pub batch: BatchSettings,
     pub admin: AdminSettings,
     pub prune: PruneSettings,
+    /// Which tables each domain's projection may write, and so which tables
+    /// a replay of the domain may clear: the operator's decision, not the
+    /// component's. A settings file's `[grants]` entries replace the
+    /// default's one domain at a time (`post = []` revokes, `review =
+    /// ["reviews"]` adds a domain).
+    pub grants: Grants,
+}
+
+/// Tables granted per domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Grants(pub BTreeMap<String, Vec<String>>);
+
+impl Default for Grants {
+    /// The seven projection tables, each to the domain that ships with it.
+    fn default() -> Self {
+        let grant = |domain: &str, tables: &[&str]| {
+            (
+                domain.to_owned(),
+                tables.iter().map(|t| (*t).to_owned()).collect(),
+            )
+        };
+        Grants(BTreeMap::from([
+            grant("user", &["users"]),
+            grant("supplier", &["suppliers"]),
+            grant("product", &["products", "product_variants"]),
+            grant("order", &["orders", "order_items"]),
+            grant("post", &["posts"]),
+        ]))
+    }
+}
+
+impl Grants {
+    /// Refuses a declaration that names a table outside the domain's grant.
+    pub fn check(&self, info: &flatten::Info) -> Result<(), String> {
+        let granted = self.0.get(&info.domain).map_or(&[][..], Vec::as_slice);
+        for table in &info.writes {
+            if !granted.contains(&table.table) {
+                return Err(format!(
+                    "declares table {:?}, outside its grant (grants.{} = {:?} in the settings)",
+                    table.table, info.domain, granted
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `domain` may write `table`.
+    pub fn allows(&self, domain: &str, table: &str) -> bool {
+        self.0
+            .get(domain)
+            .is_some_and(|tables| tables.iter().any(|t| t == table))
+    }
 }
 
 /// The host's own schedule of `projector prune`.
@@ -176,6 +230,7 @@ impl Default for Settings {
             batch: BatchSettings::default(),
             admin: AdminSettings::default(),
             prune: PruneSettings::default(),
+            grants: Grants::default(),
         }
     }
 }
@@ -465,6 +520,28 @@ mod tests {
             assert_eq!(s.admin.listen.port(), 0);
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_default_grants_cover_the_shipped_projections_and_a_file_changes_one_domain() {
+        let grants = Grants::default();
+        for domain in flatten::DOMAINS {
+            assert_eq!(grants.check(&(domain.info)()), Ok(()), "{}", domain.name);
+        }
+        let mut post = (flatten::POST.info)();
+        post.writes.extend((flatten::USER.info)().writes);
+        let err = grants.check(&post).unwrap_err();
+        assert!(err.contains("\"users\", outside its grant"), "{err}");
+
+        let s = Settings::figment(None)
+            .merge(Toml::string(
+                "[grants]\npost = []\nreview = [\"reviews\"]\n",
+            ))
+            .extract_checked()
+            .unwrap();
+        assert!(!s.grants.allows("post", "posts"), "revoked");
+        assert!(s.grants.allows("review", "reviews"), "added");
+        assert!(s.grants.allows("order", "order_items"), "the others kept");
     }
 
     #[test]

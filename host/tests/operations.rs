@@ -757,3 +757,76 @@ async fn the_metrics_listener_serves_monitoring_and_nothing_else() {
     );
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_outside_its_grant_is_refused_and_the_live_one_keeps_serving() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let dir = components_copy();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.components.dir = dir.path().to_owned();
+
+    // At start: the user domain's grant revoked, the host refuses to run.
+    let mut revoked = s.clone();
+    revoked.grants.0.insert("user".into(), vec![]);
+    let err = projector_host::pipeline::Host::build(revoked, Mode::Wasm)
+        .await
+        .err()
+        .expect("a component outside its grant stops the start");
+    assert!(
+        format!("{err:#}").contains("outside its grant (grants.user = []"),
+        "{err:#}"
+    );
+
+    // At reload: a user build that also declares `posts` is refused, the
+    // serving one stays and goes on projecting.
+    let host = RunningHost::start(s.clone(), Mode::Wasm).await;
+    let url = host.admin_url().await;
+    let serving = std::fs::read(dir.path().join("user.wasm")).unwrap();
+    install_file(
+        &dir.path().join("user.wasm"),
+        &std::fs::read(test_component("user-greedy")).unwrap(),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{url}/projections/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        report
+            .to_string()
+            .contains("declares table \\\"posts\\\", outside its grant"),
+        "{report}"
+    );
+    let e = fixture("user.created", &object_id(), "2026-01-01T00:00:00Z");
+    let key = e["entity_id"].as_str().unwrap().to_owned();
+    produce(
+        &producer(),
+        &topics.of("user.created"),
+        &key,
+        e.to_string().as_bytes(),
+    )
+    .await;
+    wait_processed(&db.pool, 1, Duration::from_secs(60)).await;
+    let component: String = sqlx::query_scalar("SELECT component FROM processed_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    host.stop().await;
+    let digest = hex::encode(sha2::Sha256::digest(&serving));
+    assert!(
+        component.ends_with(&digest[..12]),
+        "{component} is not the serving build"
+    );
+
+    // A replay of the domain with that build in the folder refuses before
+    // it clears anything.
+    let schema = projector_host::sink::Schema::load(&db.pool).await.unwrap();
+    let err = projector_host::ops::replay::tables_of(&s, &schema, "user").unwrap_err();
+    assert!(format!("{err:#}").contains("outside its grant"), "{err:#}");
+    assert_eq!(dump(&db.pool).await["users"].len(), 1);
+    db.drop_db().await;
+}

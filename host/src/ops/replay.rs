@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -61,9 +62,11 @@ pub fn tables_of(
     domain: &str,
 ) -> anyhow::Result<Vec<String>> {
     let runtime = Runtime::new(settings.sandbox)?;
-    let registry = Registry::load_dir(&runtime, &settings.components.dir, &|info| {
-        schema.check_declaration(info)
-    })?;
+    // The same admission as a running host: a declaration outside the
+    // domain's grant is refused, so a replay never clears another domain's
+    // tables.
+    let admit = crate::pipeline::admission(&Arc::new(schema.clone()), &settings.grants);
+    let registry = Registry::load_dir(&runtime, &settings.components.dir, &*admit)?;
     let (_, projection) = registry
         .domains()
         .find(|(d, _)| d.as_str() == domain)

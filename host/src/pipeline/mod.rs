@@ -124,6 +124,17 @@ struct Lane {
     source: Source,
 }
 
+/// What a projection must satisfy to be loaded: its declared tables within
+/// the domain's grant (the operator's settings), and every declared table
+/// and column present in the live schema.
+pub fn admission(schema: &Arc<Schema>, grants: &crate::settings::Grants) -> Admission {
+    let (schema, grants) = (schema.clone(), grants.clone());
+    Arc::new(move |info| {
+        grants.check(info)?;
+        schema.check_declaration(info)
+    })
+}
+
 impl Host {
     /// Connects to MySQL (running migrations), loads the projections, and
     /// subscribes to the topics.
@@ -131,16 +142,16 @@ impl Host {
         let pool = sink::connect_mysql(&settings.mysql.url, settings.mysql.max_connections).await?;
         sink::migrate(&pool).await?;
         let schema = Arc::new(Schema::load(&pool).await?);
-        let admit = |info: &flatten::Info| schema.check_declaration(info);
+        let admit = admission(&schema, &settings.grants);
         let (registry, runtime) = match mode {
             Mode::Wasm => {
                 let runtime = Arc::new(Runtime::new(settings.sandbox)?);
                 (
-                    Registry::load_dir(&runtime, &settings.components.dir, &admit)?,
+                    Registry::load_dir(&runtime, &settings.components.dir, &*admit)?,
                     Some(runtime),
                 )
             }
-            Mode::Native => (Registry::native(&admit)?, None),
+            Mode::Native => (Registry::native(&*admit)?, None),
         };
         let sources = settings
             .topics
@@ -183,8 +194,7 @@ impl Host {
     /// The hot reloader of this host's components folder (none in native mode).
     pub fn reloader(&self) -> Option<Arc<Reloader>> {
         self.runtime.as_ref().map(|runtime| {
-            let schema = self.schema.clone();
-            let admission: Admission = Arc::new(move |info| schema.check_declaration(info));
+            let admission = admission(&self.schema, &self.settings.grants);
             let shared = self.shared.clone();
             Arc::new(Reloader::new(
                 runtime.clone(),
