@@ -830,3 +830,78 @@ async fn a_component_outside_its_grant_is_refused_and_the_live_one_keeps_serving
     assert_eq!(dump(&db.pool).await["users"].len(), 1);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let dir = components_copy();
+    let mut s = settings(&db, &topics, &unique("g"));
+    s.components.dir = dir.path().to_owned();
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let url = host.admin_url().await;
+    let user = object_id();
+    let producer = producer();
+    let send = async |e: serde_json::Value| {
+        produce(
+            &producer,
+            &topics.of(e["event_type"].as_str().unwrap()),
+            &user,
+            e.to_string().as_bytes(),
+        )
+        .await
+    };
+    send(fixture("user.created", &user, "2026-01-01T00:00:00Z")).await;
+    wait_processed(&db.pool, 1, Duration::from_secs(60)).await;
+    let reload = async || {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/projections/reload"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+
+    // A component writing a column the database lacks: refused.
+    install_file(
+        &dir.path().join("user.wasm"),
+        &std::fs::read(test_component("user-verified")).unwrap(),
+    );
+    let (status, report) = reload().await;
+    assert_eq!(status, 422, "{report}");
+    assert!(report.to_string().contains("users.verified_at"), "{report}");
+
+    // The operator applies the migration; the next reload sees it, no restart.
+    sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (status, report) = reload().await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["loaded"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("user@1.2.0+"),
+        "{report}"
+    );
+    let mut verified = fixture("user.created", &user, "2026-01-02T03:04:05.678901Z");
+    verified["event_type"] = json!("user.verified");
+    verified["data"] = json!({"user_id": user});
+    send(verified).await;
+    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
+    let at: Option<String> = sqlx::query_scalar(
+        "SELECT DATE_FORMAT(verified_at, '%Y-%m-%dT%H:%i:%s.%f') FROM users WHERE user_id = ?",
+    )
+    .bind(&user)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    host.stop().await;
+    assert_eq!(at.as_deref(), Some("2026-01-02T03:04:05.678901"));
+    db.drop_db().await;
+}

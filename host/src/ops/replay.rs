@@ -27,7 +27,7 @@ use sqlx::{Connection as _, MySqlPool, Row as _};
 
 use crate::sandbox::{Registry, Runtime};
 use crate::settings::Settings;
-use crate::sink::Schema;
+use crate::sink::{Schema, SchemaCell};
 
 /// What a reset did.
 #[derive(Debug)]
@@ -65,7 +65,8 @@ pub fn tables_of(
     // The same admission as a running host: a declaration outside the
     // domain's grant is refused, so a replay never clears another domain's
     // tables.
-    let admit = crate::pipeline::admission(&Arc::new(schema.clone()), &settings.grants);
+    let admit =
+        crate::pipeline::admission(&Arc::new(SchemaCell::new(schema.clone())), &settings.grants);
     let registry = Registry::load_dir(&runtime, &settings.components.dir, &*admit)?;
     let (_, projection) = registry
         .domains()

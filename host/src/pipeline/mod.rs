@@ -77,9 +77,9 @@ use tokio_util::sync::CancellationToken;
 use crate::consume::{self, PartitionKey, Source};
 use crate::dlq::Publisher;
 use crate::ops::{Admin, Monitor, Shared, admin};
-use crate::sandbox::{Admission, Registry, Reloader, Runtime};
+use crate::sandbox::{Admission, Registry, Reloader, Runtime, SchemaRefresh};
 use crate::settings::{Settings, redact_url};
-use crate::sink::{self, Schema};
+use crate::sink::{self, Schema, SchemaCell};
 
 mod project;
 mod writer;
@@ -101,7 +101,7 @@ pub enum Mode {
 pub struct Host {
     pub settings: Settings,
     pub pool: sqlx::MySqlPool,
-    pub schema: Arc<Schema>,
+    pub schema: Arc<SchemaCell>,
     pub shared: Arc<Shared>,
     writer: Arc<Writer>,
     registry: Arc<watch::Sender<Arc<Registry>>>,
@@ -117,7 +117,7 @@ struct Lane {
     topic: String,
     settings: Settings,
     pool: sqlx::MySqlPool,
-    schema: Arc<Schema>,
+    schema: Arc<SchemaCell>,
     shared: Arc<Shared>,
     writer: Arc<Writer>,
     registry: Arc<watch::Sender<Arc<Registry>>>,
@@ -126,12 +126,12 @@ struct Lane {
 
 /// What a projection must satisfy to be loaded: its declared tables within
 /// the domain's grant (the operator's settings), and every declared table
-/// and column present in the live schema.
-pub fn admission(schema: &Arc<Schema>, grants: &crate::settings::Grants) -> Admission {
+/// and column present in the schema in force.
+pub fn admission(schema: &Arc<SchemaCell>, grants: &crate::settings::Grants) -> Admission {
     let (schema, grants) = (schema.clone(), grants.clone());
     Arc::new(move |info| {
         grants.check(info)?;
-        schema.check_declaration(info)
+        schema.get().check_declaration(info)
     })
 }
 
@@ -141,7 +141,7 @@ impl Host {
     pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Host> {
         let pool = sink::connect_mysql(&settings.mysql.url, settings.mysql.max_connections).await?;
         sink::migrate(&pool).await?;
-        let schema = Arc::new(Schema::load(&pool).await?);
+        let schema = Arc::new(SchemaCell::new(Schema::load(&pool).await?));
         let admit = admission(&schema, &settings.grants);
         let (registry, runtime) = match mode {
             Mode::Wasm => {
@@ -195,14 +195,28 @@ impl Host {
     pub fn reloader(&self) -> Option<Arc<Reloader>> {
         self.runtime.as_ref().map(|runtime| {
             let admission = admission(&self.schema, &self.settings.grants);
+            // Before each reload, the schema is read again: a migration
+            // applied while the host runs counts for the next reload.
+            let (pool, cell) = (self.pool.clone(), self.schema.clone());
+            let refresh: SchemaRefresh = Arc::new(move || {
+                let (pool, cell) = (pool.clone(), cell.clone());
+                Box::pin(async move {
+                    let schema = Schema::load(&pool).await.map_err(|e| format!("{e:#}"))?;
+                    cell.set(schema);
+                    Ok(())
+                })
+            });
             let shared = self.shared.clone();
-            Arc::new(Reloader::new(
-                runtime.clone(),
-                admission,
-                self.settings.components.dir.clone(),
-                self.registry.clone(),
-                Arc::new(move |event| shared.reloaded(event)),
-            ))
+            Arc::new(
+                Reloader::new(
+                    runtime.clone(),
+                    admission,
+                    self.settings.components.dir.clone(),
+                    self.registry.clone(),
+                    Arc::new(move |event| shared.reloaded(event)),
+                )
+                .refreshing(refresh),
+            )
         })
     }
 
@@ -442,7 +456,7 @@ impl Lane {
         let offsets = Source::next_offsets(&messages);
         // Guest calls are CPU work: run them on a blocking thread.
         let registry = self.registry();
-        let schema = self.schema.clone();
+        let schema = self.schema.get();
         let shared = self.shared.clone();
         let limit = self.settings.batch.max_event_bytes;
         let (messages, applied, failed) = tokio::task::spawn_blocking(move || {

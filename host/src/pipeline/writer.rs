@@ -17,7 +17,7 @@ use super::project::Projected;
 use crate::consume::{Expected, PartitionKey};
 use crate::dlq::{Failure, Publisher};
 use crate::ops::Shared;
-use crate::sink::{self, Applied, BatchOutcome, ExecError, Schema};
+use crate::sink::{self, Applied, BatchOutcome, ExecError, SchemaCell};
 
 /// A batch aligned and projected, ready to write.
 pub struct Prepared {
@@ -72,7 +72,7 @@ fn unclassified_attempt(p: &Prepared, e: sqlx::Error) -> Attempt {
 /// while this one commits.
 pub struct Writer {
     pub(super) pool: MySqlPool,
-    pub(super) schema: Arc<Schema>,
+    pub(super) schema: Arc<SchemaCell>,
     pub(super) group: String,
     pub(super) dlq: Publisher,
     pub(super) shared: Arc<Shared>,
@@ -182,7 +182,8 @@ impl Writer {
         let work = async {
             let mut tx = conn.begin().await?;
             sink::fence(&mut tx, group, expected).await?;
-            let outcome = sink::apply_batch(&mut tx, &self.schema, group, &events, offsets).await?;
+            let outcome =
+                sink::apply_batch(&mut tx, &self.schema.get(), group, &events, offsets).await?;
             tx.commit().await?;
             Ok(outcome)
         };
@@ -231,8 +232,14 @@ impl Writer {
                 .execute(&mut *tx)
                 .await
                 .map_err(transient)?;
-            match sink::apply_batch(&mut tx, &self.schema, group, &[&a.inner], &BTreeMap::new())
-                .await
+            match sink::apply_batch(
+                &mut tx,
+                &self.schema.get(),
+                group,
+                &[&a.inner],
+                &BTreeMap::new(),
+            )
+            .await
             {
                 Ok(o) => {
                     outcome.applied += o.applied;
@@ -277,7 +284,7 @@ impl Writer {
             .collect();
         // Dead letters are acknowledged before the offsets move past them.
         self.dead_letter(messages, &failures).await?;
-        sink::apply_batch(&mut tx, &self.schema, group, &[], offsets)
+        sink::apply_batch(&mut tx, &self.schema.get(), group, &[], offsets)
             .await
             .map_err(|e| anyhow::anyhow!("recording offsets failed: {e}"))?;
         tx.commit().await.map_err(transient)?;

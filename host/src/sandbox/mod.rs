@@ -18,7 +18,7 @@ pub mod runtime;
 pub mod selftest;
 
 pub use registry::{Admission, Projection, Registry};
-pub use reload::{ReloadReport, Reloader};
+pub use reload::{ReloadReport, Reloader, SchemaRefresh};
 pub use runtime::{GuestFailure, LoadError, LoadedComponent, Runtime, Session};
 
 /// Calls `f` with the projection contract's view of a decoded envelope (the

@@ -65,6 +65,15 @@ pub enum ReloadEvent<'a> {
 /// Told about every component a reload swaps in or refuses.
 pub type ReloadObserver = Arc<dyn Fn(ReloadEvent<'_>) + Send + Sync>;
 
+/// Run before every reload so the admission sees the database as it is now
+/// (the host re-reads the live schema); an error is logged and the reload
+/// goes on against the schema it had.
+pub type SchemaRefresh = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Reloads components from a folder into a live registry.
 pub struct Reloader {
     runtime: Arc<Runtime>,
@@ -72,6 +81,7 @@ pub struct Reloader {
     dir: PathBuf,
     registry: Arc<watch::Sender<Arc<Registry>>>,
     observer: ReloadObserver,
+    refresh: Option<SchemaRefresh>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -92,8 +102,15 @@ impl Reloader {
             dir,
             registry,
             observer,
+            refresh: None,
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Runs `refresh` before every reload.
+    pub fn refreshing(mut self, refresh: SchemaRefresh) -> Reloader {
+        self.refresh = Some(refresh);
+        self
     }
 
     /// Loads every new or changed component of the folder; each one that
@@ -101,6 +118,11 @@ impl Reloader {
     pub async fn reload(&self) -> ReloadReport {
         let _busy = self.busy.lock().await;
         let mut report = ReloadReport::default();
+        if let Some(refresh) = &self.refresh
+            && let Err(e) = refresh().await
+        {
+            tracing::warn!(error = %e, "could not re-read the schema; this reload checks against the one read before");
+        }
         let files = match wasm_files(&self.dir) {
             Ok(f) => f,
             Err(e) => {

@@ -189,6 +189,37 @@ pub struct Schema {
     pub tables: BTreeMap<String, TableInfo>,
 }
 
+/// The schema a running host validates and writes against. It is read at
+/// start and again before every reload, so a migration applied while the
+/// host runs is seen by the next reload without a restart. Readers take a
+/// snapshot per batch; a newer snapshot only ever adds to what a batch
+/// validated against an older one needs (columns are never dropped under a
+/// running host).
+#[derive(Debug)]
+pub struct SchemaCell(std::sync::RwLock<std::sync::Arc<Schema>>);
+
+impl SchemaCell {
+    pub fn new(schema: Schema) -> SchemaCell {
+        SchemaCell(std::sync::RwLock::new(std::sync::Arc::new(schema)))
+    }
+
+    /// The schema in force.
+    pub fn get(&self) -> std::sync::Arc<Schema> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the schema in force.
+    pub fn set(&self, schema: Schema) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(schema);
+    }
+}
+
 impl Schema {
     /// Reads tables, columns, keys and foreign keys of the connected database.
     pub async fn load(pool: &MySqlPool) -> anyhow::Result<Schema> {

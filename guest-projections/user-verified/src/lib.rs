@@ -1,0 +1,46 @@
+//! The `user` projection extended as the author's guide does it: it also
+//! handles `user.verified` and writes `users.verified_at` (the event time), a
+//! column the shipped schema does not have. The host's tests apply the
+//! column's migration while a host runs, then hot-reload this component.
+
+use projection_sdk::flatten::{
+    self, Domain, Envelope, Info, ProjectionError, RowOp, Upsert, Value, col,
+    doc::normalize_timestamp,
+};
+
+fn info() -> Info {
+    let mut info = (flatten::USER.info)();
+    info.version = "1.2.0".into();
+    info.handles.push("user.verified".into());
+    for t in &mut info.writes {
+        if t.table == "users" {
+            t.columns.push("verified_at".into());
+        }
+    }
+    info
+}
+
+fn project(env: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
+    if env.event_type != "user.verified" {
+        return (flatten::USER.project)(env);
+    }
+    let at = normalize_timestamp(env.timestamp).ok_or_else(|| {
+        ProjectionError::InvalidEvent(format!("timestamp {:?} is not RFC 3339", env.timestamp))
+    })?;
+    Ok(vec![RowOp::Update(Upsert {
+        table: "users".into(),
+        key: vec![col("user_id", Value::Text(env.entity_id.to_owned()))],
+        values: vec![
+            col("verified_at", Value::Timestamp(at.clone())),
+            col("updated_at", Value::Timestamp(at)),
+        ],
+    })])
+}
+
+const USER_VERIFIED: Domain = Domain {
+    name: "user",
+    info,
+    project,
+};
+
+projection_sdk::component!(USER_VERIFIED);
