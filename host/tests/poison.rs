@@ -68,7 +68,8 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
         [
             "invalid_envelope",
             "invalid_event",
-            "rejected_by_database",
+            // Longer than the column: refused before any SQL, not by MySQL.
+            "invalid_op",
             "unknown_event_type",
             "invalid_envelope"
         ]
@@ -90,13 +91,9 @@ async fn poison_messages_are_dead_lettered_and_the_good_ones_around_them_land() 
     assert!(wrong["failed_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(headers["x-error-class"], "invalid_event");
     assert_eq!(headers["x-source-offset"], "2");
-    assert!(
-        letters[2].0["error"]
-            .as_str()
-            .unwrap()
-            .contains("display_name"),
-        "{}",
-        letters[2].0["error"]
+    assert_eq!(
+        letters[2].0["error"],
+        "column users.display_name: 300 characters, longer than varchar(255)"
     );
     assert!(
         letters[0].0["error"]
@@ -161,6 +158,8 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
         "recurse",
         "flood",
         "entropy",
+        "wrong_type",
+        "too_long",
         "remember",
         "remember",
         "none",
@@ -191,7 +190,7 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
     }
     let host = RunningHost::start(s, Mode::Wasm).await;
     wait_processed(&db.pool, 7, Duration::from_secs(60)).await;
-    let mut letters = read_topic(&format!("dlq.{topic}"), 10, Duration::from_secs(60)).await;
+    let mut letters = read_topic(&format!("dlq.{topic}"), 12, Duration::from_secs(60)).await;
     letters.sort_by_key(|(v, _)| v["offset"].as_i64());
     host.stop().await;
 
@@ -226,6 +225,21 @@ async fn looping_hoarding_and_trespassing_components_are_contained() {
     assert_eq!(classes[8].0, "guest_output_too_large");
     assert_eq!(classes[9].0, "guest_trap");
     assert!(classes[9].1.contains("exceeds limit"), "{}", classes[9].1);
+    // Values that do not fit their column, refused before any SQL and named.
+    assert_eq!(
+        classes[10],
+        (
+            "invalid_op",
+            "column users.display_name: an integer does not fit varchar(255)"
+        )
+    );
+    assert_eq!(
+        classes[11],
+        (
+            "invalid_op",
+            "column users.display_name: 300 characters, longer than varchar(255)"
+        )
+    );
     assert!(
         letters
             .iter()

@@ -17,6 +17,8 @@
 //! - `"remember"`: projects normally but puts the entity id of the event
 //!   this instance saw before (kept in a static) into `display_name`, so
 //!   an instance carried from one event to the next shows;
+//! - `"wrong_type"`: writes an integer into `display_name` (a VARCHAR);
+//! - `"too_long"`: writes a 300-character `display_name` (VARCHAR(255));
 //! - `"undeclared"`: writes a table it did not declare;
 //! - `"undeclared_column"`: writes an undeclared column of a declared table.
 
@@ -42,6 +44,8 @@ fn marker(data: &str) -> Option<&'static str> {
         "flood",
         "entropy",
         "remember",
+        "wrong_type",
+        "too_long",
     ]
     .into_iter()
     .find(|m| {
@@ -136,6 +140,21 @@ impl projection_sdk::bindings::Guest for Component {
                 values: vec![Column {
                     name: "display_name".into(),
                     value: Value::Text(previous.unwrap_or_else(|| "nothing before".into())),
+                }],
+            })]),
+            Some(m @ ("wrong_type" | "too_long")) => Ok(vec![RowOp::Upsert(Upsert {
+                table: "users".into(),
+                key: vec![Column {
+                    name: "user_id".into(),
+                    value: Value::Text(event.entity_id),
+                }],
+                values: vec![Column {
+                    name: "display_name".into(),
+                    value: if m == "wrong_type" {
+                        Value::Int(42)
+                    } else {
+                        Value::Text("x".repeat(300))
+                    },
                 }],
             })]),
             Some("undeclared") => Ok(vec![RowOp::Upsert(Upsert {

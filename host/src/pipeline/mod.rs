@@ -454,18 +454,22 @@ impl Lane {
         }
         let started = Instant::now();
         let offsets = Source::next_offsets(&messages);
-        // Guest calls are CPU work: run them on a blocking thread.
-        let registry = self.registry();
         let schema = self.schema.get();
-        let shared = self.shared.clone();
-        let limit = self.settings.batch.max_event_bytes;
-        let (messages, applied, failed) = tokio::task::spawn_blocking(move || {
-            let (applied, failed) =
-                project_all_observed(&registry, &schema, &messages, limit, Some(&shared));
-            (messages, applied, failed)
-        })
-        .await
-        .context("projection thread failed")?;
+        let (mut messages, mut applied, mut failed) =
+            self.project(messages, schema.clone()).await?;
+        // A value refused against the schema this host read may fit the
+        // live one (a column widened since, before a redrive): read it again
+        // and project once more if it changed.
+        if failed.iter().any(|(_, f)| f.class == "invalid_op")
+            && let Ok(live) = Schema::load(&self.pool).await
+            && live != *schema
+        {
+            tracing::info!(
+                "the schema changed since it was read; projecting the batch again against the live one"
+            );
+            self.schema.set(live);
+            (messages, applied, failed) = self.project(messages, self.schema.get()).await?;
+        }
         Ok(Some(Arc::new(Prepared {
             messages,
             applied,
@@ -476,6 +480,29 @@ impl Lane {
             dead_lettered: std::sync::atomic::AtomicBool::new(false),
             unclassified: std::sync::atomic::AtomicU32::new(0),
         })))
+    }
+
+    /// Projects and validates `messages` on a blocking thread (guest calls
+    /// are CPU work).
+    async fn project(
+        &self,
+        messages: Vec<rdkafka::message::OwnedMessage>,
+        schema: Arc<Schema>,
+    ) -> anyhow::Result<(
+        Vec<rdkafka::message::OwnedMessage>,
+        Vec<project::Projected>,
+        Vec<(usize, crate::dlq::Failure)>,
+    )> {
+        let registry = self.registry();
+        let shared = self.shared.clone();
+        let limit = self.settings.batch.max_event_bytes;
+        tokio::task::spawn_blocking(move || {
+            let (applied, failed) =
+                project_all_observed(&registry, &schema, &messages, limit, Some(&shared));
+            (messages, applied, failed)
+        })
+        .await
+        .context("projection thread failed")
     }
 
     /// The stored positions, if aligning `batch` needs them.

@@ -127,7 +127,7 @@ fn project_one(
         .iter()
         .map(|op| sink::validate(op, info, schema))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail("disallowed_op", e, Some(component.clone())))?;
+        .map_err(|e| fail(e.class(), e.to_string(), Some(component.clone())))?;
     let applied = Applied {
         event_id: envelope.event_id.to_string(),
         event_type: envelope.event_type.clone(),

@@ -211,6 +211,7 @@ mod tests {
                 TableInfo {
                     name: Ident::parse(name).unwrap(),
                     columns,
+                    types: Default::default(),
                     primary_key: vec![cols[0].to_owned()],
                     unique_keys: vec![],
                     parent: None,

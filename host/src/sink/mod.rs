@@ -32,7 +32,7 @@ pub use classify::ExecError;
 pub use connect::connect_mysql;
 pub use rows::write_ops;
 pub use schema::{Schema, SchemaCell, migrate};
-pub use validate::{Bind, ValidOp, parse_timestamp, validate};
+pub use validate::{Bind, OpError, ValidOp, parse_timestamp, validate};
 
 use bookkeeping::{already_processed, record_offsets, record_processed};
 

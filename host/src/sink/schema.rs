@@ -158,11 +158,172 @@ pub struct ForeignKey {
     pub parent_columns: Vec<String>,
 }
 
+/// The SQL type family of a column, as far as checking a value goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// CHAR, VARCHAR, the TEXTs, ENUM, SET (MariaDB reports JSON as LONGTEXT).
+    Text,
+    /// TINYINT … BIGINT, with their range.
+    Int { min: i128, max: i128 },
+    /// DECIMAL(p, s): |value rounded to s places| < 10^(p - s).
+    Decimal { integer_digits: u32, scale: u32 },
+    /// FLOAT, DOUBLE.
+    Float,
+    /// DATETIME and DATE (years 1000 to 9999), TIMESTAMP (1970 to 2038).
+    Time { timestamp: bool },
+    /// JSON (MySQL 8).
+    Json,
+    /// Anything else: values are not checked before SQL.
+    Other,
+}
+
+/// What a value written to a column must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnType {
+    pub kind: Kind,
+    /// The SQL type as the server shows it (`varchar(255)`), for messages.
+    pub sql: String,
+    /// Longest text in characters (CHAR/VARCHAR/TEXT).
+    pub max_chars: Option<u64>,
+    pub nullable: bool,
+}
+
+impl ColumnType {
+    /// From `information_schema.COLUMNS`' DATA_TYPE, COLUMN_TYPE,
+    /// CHARACTER_MAXIMUM_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE and
+    /// IS_NULLABLE.
+    pub fn from_information_schema(
+        data_type: &str,
+        column_type: &str,
+        max_chars: Option<u64>,
+        precision: Option<u64>,
+        scale: Option<u64>,
+        nullable: bool,
+    ) -> ColumnType {
+        let unsigned = column_type.contains("unsigned");
+        let int = |bits: u32| {
+            if unsigned {
+                Kind::Int {
+                    min: 0,
+                    max: (1i128 << bits) - 1,
+                }
+            } else {
+                Kind::Int {
+                    min: -(1i128 << (bits - 1)),
+                    max: (1i128 << (bits - 1)) - 1,
+                }
+            }
+        };
+        let kind = match data_type.to_ascii_lowercase().as_str() {
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum"
+            | "set" => Kind::Text,
+            "tinyint" => int(8),
+            "smallint" => int(16),
+            "mediumint" => int(24),
+            "int" | "integer" => int(32),
+            "bigint" => int(64),
+            "decimal" | "numeric" => Kind::Decimal {
+                integer_digits: precision.unwrap_or(10).saturating_sub(scale.unwrap_or(0)) as u32,
+                scale: scale.unwrap_or(0) as u32,
+            },
+            "float" | "double" | "real" => Kind::Float,
+            "datetime" | "date" => Kind::Time { timestamp: false },
+            "timestamp" => Kind::Time { timestamp: true },
+            "json" => Kind::Json,
+            _ => Kind::Other,
+        };
+        ColumnType {
+            kind,
+            sql: column_type.to_owned(),
+            max_chars: max_chars.filter(|_| kind == Kind::Text),
+            nullable,
+        }
+    }
+
+    /// Why `value` cannot be written to this column, if it cannot.
+    pub fn check(&self, value: &flatten::Value) -> Result<(), String> {
+        use flatten::Value as V;
+        let sql = &self.sql;
+        let refuse = |what: &str| Err(format!("{what} does not fit {sql}"));
+        match (value, self.kind) {
+            (V::Null, _) if !self.nullable => Err(format!("NULL in a NOT NULL {sql} column")),
+            (V::Null, _) | (_, Kind::Other) => Ok(()),
+            (V::Text(s), Kind::Text) => match self.max_chars {
+                Some(max) if s.chars().count() as u64 > max => Err(format!(
+                    "{} characters, longer than {sql}",
+                    s.chars().count()
+                )),
+                _ => Ok(()),
+            },
+            (V::Json(s), Kind::Text | Kind::Json) => match self.max_chars {
+                Some(max) if s.chars().count() as u64 > max => Err(format!(
+                    "{} characters of JSON, longer than {sql}",
+                    s.chars().count()
+                )),
+                _ => Ok(()),
+            },
+            (V::Int(i), Kind::Int { min, max }) => {
+                if (min..=max).contains(&i128::from(*i)) {
+                    Ok(())
+                } else {
+                    Err(format!("{i} is out of the range of {sql}"))
+                }
+            }
+            (V::Boolean(_), Kind::Int { .. }) => Ok(()),
+            (V::Int(_) | V::Float(_), Kind::Float) => Ok(()),
+            (
+                V::Int(_) | V::Float(_),
+                Kind::Decimal {
+                    integer_digits,
+                    scale,
+                },
+            ) => {
+                let x = match value {
+                    V::Int(i) => *i as f64,
+                    V::Float(f) => *f,
+                    _ => 0.0,
+                };
+                let places = 10f64.powi(scale as i32);
+                let rounded = (x * places).round() / places;
+                if rounded.abs() < 10f64.powi(integer_digits as i32) {
+                    Ok(())
+                } else {
+                    Err(format!("{x} is out of the range of {sql}"))
+                }
+            }
+            (V::Timestamp(t), Kind::Time { timestamp }) => {
+                let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) else {
+                    return Err(format!("{t:?} is not RFC 3339"));
+                };
+                let at = at.with_timezone(&chrono::Utc);
+                let fits = if timestamp {
+                    (1..=i64::from(i32::MAX)).contains(&at.timestamp())
+                } else {
+                    (1000..=9999).contains(&chrono::Datelike::year(&at))
+                };
+                if fits {
+                    Ok(())
+                } else {
+                    Err(format!("{t} is out of the range of {sql}"))
+                }
+            }
+            (V::Text(_), _) => refuse("a text value"),
+            (V::Int(_), _) => refuse("an integer"),
+            (V::Float(_), _) => refuse("a number"),
+            (V::Boolean(_), _) => refuse("a boolean"),
+            (V::Timestamp(_), _) => refuse("a timestamp"),
+            (V::Json(_), _) => refuse("a JSON value"),
+        }
+    }
+}
+
 /// What the host knows of one table of the live schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
     pub name: Ident,
     pub columns: BTreeSet<String>,
+    /// The type of each column in `columns`.
+    pub types: BTreeMap<String, ColumnType>,
     /// Primary key columns, in key order.
     pub primary_key: Vec<String>,
     /// Unique keys (besides the primary key), each in key order.
@@ -224,7 +385,10 @@ impl Schema {
     /// Reads tables, columns, keys and foreign keys of the connected database.
     pub async fn load(pool: &MySqlPool) -> anyhow::Result<Schema> {
         let columns = sqlx::query(
-            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, \
+                    CAST(CHARACTER_MAXIMUM_LENGTH AS UNSIGNED), CAST(NUMERIC_PRECISION AS UNSIGNED), \
+                    CAST(NUMERIC_SCALE AS UNSIGNED), IS_NULLABLE \
+             FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION",
         )
         .fetch_all(pool)
@@ -257,13 +421,58 @@ impl Schema {
             let info = tables.entry(table).or_insert_with(|| TableInfo {
                 name,
                 columns: BTreeSet::new(),
+                types: BTreeMap::new(),
                 primary_key: vec![],
                 unique_keys: vec![],
                 parent: None,
                 stamped: false,
             });
             if Ident::parse(&column).is_ok() {
+                let text = |i: usize| -> anyhow::Result<String> {
+                    // information_schema text may come back as bytes.
+                    Ok(row.try_get::<String, _>(i).or_else(|_| {
+                        row.try_get::<Vec<u8>, _>(i)
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    })?)
+                };
+                let ty = ColumnType::from_information_schema(
+                    &text(2)?,
+                    &text(3)?,
+                    row.try_get::<Option<u64>, _>(4)?,
+                    row.try_get::<Option<u64>, _>(5)?,
+                    row.try_get::<Option<u64>, _>(6)?,
+                    text(7)? == "YES",
+                );
+                info.types.insert(column.clone(), ty);
                 info.columns.insert(column);
+            }
+        }
+        // MariaDB stores JSON as LONGTEXT with CHECK (json_valid(`col`)).
+        let checks = sqlx::query(
+            "SELECT tc.TABLE_NAME, cc.CHECK_CLAUSE \
+             FROM information_schema.TABLE_CONSTRAINTS tc \
+             JOIN information_schema.CHECK_CONSTRAINTS cc \
+               ON cc.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA \
+              AND cc.CONSTRAINT_NAME = tc.CONSTRAINT_NAME \
+             WHERE tc.TABLE_SCHEMA = DATABASE() AND tc.CONSTRAINT_TYPE = 'CHECK'",
+        )
+        .fetch_all(pool)
+        .await
+        .context("failed to read the schema's check constraints")?;
+        for row in checks {
+            let table: String = row.try_get(0)?;
+            let clause: String = row.try_get(1)?;
+            let column = clause
+                .trim()
+                .strip_prefix("json_valid(`")
+                .and_then(|c| c.strip_suffix("`)"));
+            if let (Some(info), Some(column)) = (tables.get_mut(&table), column)
+                && let Some(ty) = info.types.get_mut(column)
+                && ty.kind == Kind::Text
+            {
+                ty.kind = Kind::Json;
+                ty.sql = "json".into();
+                ty.max_chars = None;
             }
         }
         let mut uniques: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();

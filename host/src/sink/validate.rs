@@ -72,6 +72,33 @@ pub fn parse_timestamp(s: &str) -> Option<NaiveDateTime> {
         .map(|t| t.with_timezone(&Utc).naive_utc())
 }
 
+/// Why an operation cannot be executed: it reaches outside what its
+/// component declared or the schema allows (`disallowed_op`), or a value does
+/// not fit its column (`invalid_op`). Both are decided before any SQL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Disallowed(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl OpError {
+    /// The dead-letter class.
+    pub fn class(&self) -> &'static str {
+        match self {
+            OpError::Disallowed(_) => "disallowed_op",
+            OpError::Invalid(_) => "invalid_op",
+        }
+    }
+}
+
+impl From<String> for OpError {
+    fn from(reason: String) -> OpError {
+        OpError::Disallowed(reason)
+    }
+}
+
 fn to_bind(column: &str, v: &Value) -> Result<Bind, String> {
     Ok(match v {
         Value::Null => Bind::Null,
@@ -123,28 +150,36 @@ fn columns(
     cols: &[Column],
     table: &TableInfo,
     seen: &mut HashSet<String>,
-) -> Result<Vec<(String, Bind)>, String> {
+) -> Result<Vec<(String, Bind)>, OpError> {
     cols.iter()
         .map(|c| {
-            Ident::parse(&c.name).map_err(|e| e.to_string())?;
+            Ident::parse(&c.name).map_err(|e| OpError::Disallowed(e.to_string()))?;
             if flatten::HOST_COLUMNS.contains(&c.name.as_str()) {
-                return Err(format!(
+                return Err(OpError::Disallowed(format!(
                     "{}.{} is written by the host only",
                     table.name.as_str(),
                     c.name
-                ));
+                )));
             }
             if !table.columns.contains(&c.name) {
-                return Err(format!(
+                return Err(OpError::Disallowed(format!(
                     "{}.{} does not exist in the schema",
                     table.name.as_str(),
                     c.name
-                ));
+                )));
             }
             if !seen.insert(c.name.clone()) {
-                return Err(format!("{}.{} appears twice", table.name.as_str(), c.name));
+                return Err(format!("{}.{} appears twice", table.name.as_str(), c.name).into());
             }
-            Ok((c.name.clone(), to_bind(&c.name, &c.value)?))
+            let qualified = format!("{}.{}", table.name.as_str(), c.name);
+            if let Some(ty) = table.types.get(&c.name) {
+                ty.check(&c.value)
+                    .map_err(|e| OpError::Invalid(format!("column {qualified}: {e}")))?;
+            }
+            Ok((
+                c.name.clone(),
+                to_bind(&qualified, &c.value).map_err(OpError::Invalid)?,
+            ))
         })
         .collect()
 }
@@ -155,14 +190,14 @@ fn key_names(key: &[(String, Bind)]) -> BTreeSet<&str> {
 
 /// Checks one operation against what the component declared and what the
 /// schema has. The error says why the operation is not allowed.
-pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp, String> {
+pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp, OpError> {
     if !declared.allows(op) {
-        return Err(format!(
+        return Err(OpError::Disallowed(format!(
             "writes {} columns {:?}, which {} did not declare",
             op.table(),
             op.column_names(),
             declared.domain
-        ));
+        )));
     }
     let table = schema
         .tables
@@ -177,7 +212,7 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
     let name = table.name.as_str().to_owned();
     let nonempty_key = |key: &[(String, Bind)]| {
         if key.iter().any(|(_, v)| *v == Bind::Null) {
-            Err(format!("{name}: a key column is NULL"))
+            Err(OpError::Invalid(format!("{name}: a key column is NULL")))
         } else {
             Ok(())
         }
@@ -193,7 +228,8 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
                 if key_names(&key) != pk {
                     return Err(format!(
                         "upsert on {name} must be keyed by its primary key {pk:?}"
-                    ));
+                    )
+                    .into());
                 }
                 Ok(ValidOp::Upsert {
                     table: name,
@@ -202,10 +238,10 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
                 })
             } else {
                 if !table.is_unique_key(&key_names(&key)) {
-                    return Err(format!("update on {name} must be keyed by a unique key"));
+                    return Err(format!("update on {name} must be keyed by a unique key").into());
                 }
                 if values.is_empty() {
-                    return Err(format!("update on {name} sets nothing"));
+                    return Err(format!("update on {name} sets nothing").into());
                 }
                 Ok(ValidOp::Update {
                     table: name,
@@ -219,14 +255,14 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
                 columns: fk_cols, ..
             }) = &table.parent
             else {
-                return Err(format!("replace on {name}, which has no parent table"));
+                return Err(format!("replace on {name}, which has no parent table").into());
             };
             let mut seen = HashSet::new();
             let parent = columns(&r.parent, table, &mut seen)?;
             nonempty_key(&parent)?;
             let fk: BTreeSet<&str> = fk_cols.iter().map(String::as_str).collect();
             if key_names(&parent) != fk {
-                return Err(format!("replace on {name} must name its parent by {fk:?}"));
+                return Err(format!("replace on {name} must name its parent by {fk:?}").into());
             }
             let rows = r
                 .rows
@@ -243,13 +279,13 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
             let key = columns(&k.key, table, &mut HashSet::new())?;
             nonempty_key(&key)?;
             if !table.is_unique_key(&key_names(&key)) {
-                return Err(format!("delete on {name} must be keyed by a unique key"));
+                return Err(format!("delete on {name} must be keyed by a unique key").into());
             }
             if matches!(op, RowOp::SoftDelete(_)) {
                 if !table.columns.contains("deleted_at") {
-                    return Err(format!(
-                        "soft delete on {name}, which has no deleted_at column"
-                    ));
+                    return Err(
+                        format!("soft delete on {name}, which has no deleted_at column").into(),
+                    );
                 }
                 Ok(ValidOp::SoftDelete { table: name, key })
             } else {

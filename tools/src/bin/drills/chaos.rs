@@ -29,6 +29,8 @@ const MATRIX: &[(&str, &str, usize)] = &[
     ("alloc", "guest_trap", 20),
     ("entropy", "guest_trap", 3),
     ("flood", "guest_output_too_large", 3),
+    ("wrong_type", "invalid_op", 3),
+    ("too_long", "invalid_op", 3),
     ("undeclared", "disallowed_op", 3),
     ("undeclared_column", "disallowed_op", 3),
 ];
