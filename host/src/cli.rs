@@ -81,6 +81,70 @@ pub fn check(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode>
     })
 }
 
+/// `projector new <domain> [--dir DIR] [--sdk PATH]`.
+pub fn new(domain: &str, dir: Option<PathBuf>, sdk: &Path) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("{domain}-projection")));
+    for file in crate::author::scaffold(domain, &dir, sdk)? {
+        println!("created {}", file.display());
+    }
+    println!(
+        "next: projector test {0}   (then cargo build --release --target wasm32-wasip2 in {0}, and projector check or deploy the .wasm)",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `projector test [DIR]`: fails if either build misses a golden file.
+pub fn test(settings: &Settings, dir: &Path) -> anyhow::Result<ExitCode> {
+    crate::author::test(settings, dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `projector deploy FILE [--url URL]`: sends a component to a running
+/// host's `POST /projections/deploy`. Exit 0 when it is in force; 1 when the
+/// host refused it (the reason is printed) or cannot be reached.
+pub fn deploy(settings: &Settings, file: &Path, url: Option<&str>) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let token = settings
+        .admin
+        .token()?
+        .context("no admin token: set admin.token or admin.token_file (PROJECTOR_ADMIN_TOKEN[_FILE]) to the host's")?;
+    let url = url.map_or_else(
+        || format!("http://{}", settings.admin.listen),
+        |u| u.trim_end_matches('/').to_owned(),
+    );
+    tokio_runtime()?.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{url}/projections/deploy"))
+            .bearer_auth(token)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the host at {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if status.is_success() {
+            println!(
+                "deployed {}: {} is in force",
+                file.display(),
+                body["loaded"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        } else if status.as_u16() == 422 {
+            println!(
+                "refused {}: {}",
+                file.display(),
+                body["message"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::FAILURE)
+        } else {
+            anyhow::bail!("the host answered {status}: {body}")
+        }
+    })
+}
+
 /// `projector project [--components DIR] FILE...`: routes each envelope file
 /// to the component of its domain and prints the row operations it returns.
 pub fn project(

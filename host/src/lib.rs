@@ -14,7 +14,9 @@
 //! | `ops`       | shared state, metrics, lag monitor, admin server, replay      |
 //! | `settings`  | typed settings (depends on nothing)                           |
 //! | `cli`       | the subcommands behind `projector`                            |
+//! | `author`    | `projector new` and `projector test`: the authoring loop      |
 
+pub mod author;
 pub mod cli;
 pub mod consume;
 pub mod dlq;

@@ -78,6 +78,36 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Scaffold a projection component crate: one table, three event types,
+    /// fixtures with their golden operations, a native test.
+    New {
+        /// The domain (lower-case; its topic, event type prefix and table `<domain>s`).
+        domain: String,
+        /// Where to create the crate (default: ./<domain>-projection).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The projection-sdk crate (default: ./guest-projections/sdk).
+        #[arg(long, default_value = "guest-projections/sdk")]
+        sdk: PathBuf,
+    },
+    /// Run a component crate's fixtures through its native build (cargo
+    /// test) and its WASM build in the sandbox, against their golden files.
+    Test {
+        /// The component crate's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Send a component to a running host, which validates it (sandbox,
+    /// contract, grants, live schema), writes it into its components folder
+    /// and swaps it in; or says why not (the old one keeps serving).
+    Deploy {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The host's admin address (default: http://<admin.listen>); the
+        /// token is `admin.token` or `admin.token_file`.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Project envelope files (JSON) through the components of a folder and print the row operations.
     Project {
         /// Folder of `<domain>.wasm` components (default: the configured one).
@@ -175,6 +205,9 @@ fn main() -> ExitCode {
             ),
         },
         Command::Check { files } => cli::check(&settings, &files),
+        Command::New { domain, dir, sdk } => cli::new(&domain, dir, &sdk),
+        Command::Test { dir } => cli::test(&settings, &dir),
+        Command::Deploy { file, url } => cli::deploy(&settings, &file, url.as_deref()),
         Command::Project { components, files } => {
             cli::project(&settings, components.as_deref(), &files)
         }

@@ -514,7 +514,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
             "invalid_event",
             "guest_trap",
             "unknown_event_type",
-            "rejected_by_database",
+            "invalid_op",
         ]
     );
     let (trap, headers) = &letters[1];
@@ -564,7 +564,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
 
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
     assert!(ok && out.contains("2 redriven"), "{out}");
-    let (ok, out) = cli(&["dlq", "redrive", "--class", "rejected_by_database"]);
+    let (ok, out) = cli(&["dlq", "redrive", "--class", "invalid_op"]);
     assert!(ok && out.contains("1 redriven"), "{out}");
     wait_processed(&db.pool, 5, Duration::from_secs(30)).await;
     // Whole tables: what the oracle makes of the five good events once the
@@ -903,5 +903,103 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
     .unwrap();
     host.stop().await;
     assert_eq!(at.as_deref(), Some("2026-01-02T03:04:05.678901"));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_event_type_and_column_are_deployed_while_events_flow() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let dir = components_copy();
+    let mut s = settings(&db, &topics, &group);
+    s.components.dir = dir.path().to_owned();
+    let host = RunningHost::start(s, Mode::Wasm).await;
+    let url = host.admin_url().await;
+    let all = events(30);
+    let deleted: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|e| e["event_type"] == "user.deleted")
+        .map(|e| &e["entity_id"])
+        .collect();
+    let users: Vec<String> = all
+        .iter()
+        .filter(|e| e["event_type"] == "user.created" && !deleted.contains(&&e["entity_id"]))
+        .map(|e| e["entity_id"].as_str().unwrap().to_owned())
+        .take(5)
+        .collect();
+    assert_eq!(users.len(), 5);
+    let producing = {
+        let (prefix, all) = (topics.prefix.clone(), all.clone());
+        tokio::spawn(async move {
+            let topics = Topics { prefix };
+            for chunk in all.chunks(40) {
+                produce_all(&topics, chunk).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let deploy = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+            .args(["deploy", test_component("user-verified").to_str().unwrap()])
+            .args(["--url", &url])
+            .env("PROJECTOR_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Before its column exists: refused, and nothing in the folder changes.
+    let before = std::fs::read(dir.path().join("user.wasm")).unwrap();
+    let (ok, out) = deploy();
+    assert!(!ok, "{out}");
+    assert!(out.contains("users.verified_at"), "{out}");
+    assert_eq!(std::fs::read(dir.path().join("user.wasm")).unwrap(), before);
+    // The column, then the component, while the stream goes on.
+    sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (ok, out) = deploy();
+    assert!(ok, "{out}");
+    assert!(out.contains("user@1.2.0+"), "{out}");
+    assert_eq!(
+        std::fs::read(dir.path().join("user.wasm")).unwrap(),
+        std::fs::read(test_component("user-verified")).unwrap(),
+        "a restart loads what is in force"
+    );
+    producing.await.unwrap();
+    // The producer's new event, for users created before the deploy.
+    let p = producer();
+    for u in &users {
+        let mut e = fixture("user.created", u, "2030-01-01T00:00:00.5Z");
+        e["event_type"] = json!("user.verified");
+        e["data"] = json!({"user_id": u});
+        produce(&p, &topics.of("user.verified"), u, e.to_string().as_bytes()).await;
+    }
+    let total = (all.len() + users.len()) as i64;
+    wait_processed(&db.pool, total, Duration::from_secs(90)).await;
+    let verified: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT user_id, DATE_FORMAT(verified_at, '%Y-%m-%dT%H:%i:%s.%f') FROM users",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let by_new_rule: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM processed_events WHERE event_type = 'user.verified' AND component LIKE 'user@1.2.0+%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    host.stop().await;
+    assert_eq!(by_new_rule, users.len() as i64);
+    for (id, at) in &verified {
+        let want = users
+            .contains(id)
+            .then(|| "2030-01-01T00:00:00.500000".to_owned());
+        assert_eq!(at, &want, "{id}");
+    }
     db.drop_db().await;
 }

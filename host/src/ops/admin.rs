@@ -9,6 +9,7 @@
 //! | `GET /metrics`            | Prometheus text format                            |
 //! | `GET /status.json`        | what the status page shows, as JSON               |
 //! | `POST /projections/reload`| reload changed components now; 200, or 422 if any was refused |
+//! | `POST /projections/deploy`| body: a component; validated, written into the folder and swapped in (200), or refused (422) |
 //!
 //! Mutating routes (`POST`) need `Authorization: Bearer <admin.token>`:
 //! 401 without it or with another token (compared in constant time), 403
@@ -86,6 +87,10 @@ pub fn router(admin: Admin) -> Router {
         .route("/metrics", get(metrics))
         .route("/status.json", get(status))
         .route("/projections/reload", post(reload))
+        .route(
+            "/projections/deploy",
+            post(deploy).layer(axum::extract::DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
         .with_state(admin)
 }
 
@@ -208,6 +213,37 @@ async fn reload(State(admin): State<Admin>, headers: HeaderMap) -> Response {
         StatusCode::UNPROCESSABLE_ENTITY
     };
     (code, Json(report)).into_response()
+}
+
+/// The largest component `POST /projections/deploy` accepts.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// `POST /projections/deploy`: the body is a component; 200 with its label
+/// once it is in force, 422 with the reason if it is refused (the old one
+/// keeps serving).
+async fn deploy(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(refused) = admin.authorize(&headers) {
+        return refused;
+    }
+    let Some(reloader) = &admin.reloader else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "not_reloadable", "message": "this host runs the native projections; there is nothing to deploy to"})),
+        )
+            .into_response();
+    };
+    match reloader.deploy(body.to_vec()).await {
+        Ok(label) => (StatusCode::OK, Json(json!({"loaded": label}))).into_response(),
+        Err(reason) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "refused", "message": reason})),
+        )
+            .into_response(),
+    }
 }
 
 fn esc(s: &str) -> String {

@@ -16,7 +16,10 @@
 //!
 //! Write components by renaming a finished file into the folder (as
 //! `scripts/build-projections` does): a half-written file is refused and
-//! retried on the next change.
+//! retried on the next change. Or send one to a running host
+//! ([`Reloader::deploy`], `projector deploy`): it is validated first and
+//! written into the folder only once it is accepted, so a refused build
+//! never replaces the file in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,6 +191,72 @@ impl Reloader {
             }
         }
         report
+    }
+
+    /// Validates a component sent to the host (as a reload would: sandbox,
+    /// contract, grants, the live schema read again) and, if it is accepted,
+    /// writes it into the folder in place of the file serving its domain
+    /// (`<domain>.wasm` for a new domain, renamed into place) and swaps it
+    /// in. Returns its label, or why it was refused; a refused component
+    /// changes nothing.
+    pub async fn deploy(&self, bytes: Vec<u8>) -> Result<String, String> {
+        let _busy = self.busy.lock().await;
+        if let Some(refresh) = &self.refresh
+            && let Err(e) = refresh().await
+        {
+            tracing::warn!(error = %e, "could not re-read the schema; this deploy checks against the one read before");
+        }
+        let runtime = self.runtime.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || runtime.load(&bytes, "deploy").map(|c| (c, bytes)))
+                .await
+                .map_err(|e| format!("compilation thread failed: {e}"))?;
+        let (mut loaded, bytes) = match loaded {
+            Ok(l) => l,
+            Err(e) => return Err(self.refused_deploy(None, format!("{e:#}"))),
+        };
+        let domain = loaded.info.domain.clone();
+        let current = self.registry.borrow().clone();
+        let serving = current.domains().find_map(|(d, p)| match p {
+            Projection::Wasm(c) if *d == domain => Some(PathBuf::from(&c.source)),
+            _ => None,
+        });
+        let path = serving.unwrap_or_else(|| self.dir.join(format!("{domain}.wasm")));
+        loaded.source = path.display().to_string();
+        let projection = Projection::Wasm(Arc::new(loaded));
+        let label = projection.label();
+        let next = current
+            .with(projection, &*self.admission)
+            .map_err(|e| self.refused_deploy(Some(&domain), format!("{e:#}")))?;
+        // Into the folder first, so a restart loads what is in force.
+        let staging = self.dir.join(format!(".{domain}.wasm.deploy"));
+        std::fs::write(&staging, &bytes)
+            .and_then(|()| std::fs::rename(&staging, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&staging);
+                self.refused_deploy(
+                    Some(&domain),
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+        self.registry.send_replace(Arc::new(next));
+        (self.observer)(ReloadEvent::Loaded {
+            domain: &domain,
+            label: &label,
+        });
+        tracing::info!(component = %label, file = %path.display(), "deployed projection component");
+        Ok(label)
+    }
+
+    fn refused_deploy(&self, domain: Option<&str>, reason: String) -> String {
+        let file = Path::new("deploy");
+        tracing::error!(%reason, "deployed component refused; the previous one keeps serving");
+        (self.observer)(ReloadEvent::Refused {
+            domain: domain.unwrap_or("unknown"),
+            file,
+            reason: &reason,
+        });
+        reason
     }
 
     fn refuse(&self, report: &mut ReloadReport, file: &Path, domain: Option<&str>, reason: String) {
