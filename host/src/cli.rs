@@ -42,11 +42,25 @@ pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `projector check FILE...`: loads each component as the host would
-/// (sandbox, contract, the domain's grant in the settings) and prints its
+/// `projector check [--against MYSQL_URL] FILE...`: loads each component as
+/// the host would (sandbox, contract, the domain's grant in the settings,
+/// and with `--against` the live schema of that database) and prints its
 /// declaration, or why it is refused. Fails if any is refused.
-pub fn check(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn check(
+    settings: &Settings,
+    against: Option<&str>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(settings.sandbox)?;
+    let schema = match against {
+        Some(url) => Some(tokio_runtime()?.block_on(async {
+            let pool = connect_mysql(url, 1).await?;
+            let schema = crate::sink::Schema::load(&pool).await;
+            pool.close().await;
+            schema
+        })?),
+        None => None,
+    };
     let mut refused = 0;
     for file in files {
         match runtime
@@ -54,6 +68,9 @@ pub fn check(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode>
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 settings.grants.check(&c.info)?;
+                if let Some(schema) = &schema {
+                    schema.check_declaration(&c.info)?;
+                }
                 Ok(c)
             }) {
             Ok(c) => {

@@ -74,6 +74,10 @@ enum Command {
     },
     /// Load component files in the sandbox, validate them and print what they declare.
     Check {
+        /// Also check each declaration against this database's live schema
+        /// (tables, columns, keys), as a host connected to it would.
+        #[arg(long, value_name = "MYSQL_URL")]
+        against: Option<String>,
         /// `.wasm` component files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -204,7 +208,7 @@ fn main() -> ExitCode {
                 dry_run,
             ),
         },
-        Command::Check { files } => cli::check(&settings, &files),
+        Command::Check { against, files } => cli::check(&settings, against.as_deref(), &files),
         Command::New { domain, dir, sdk } => cli::new(&domain, dir, &sdk),
         Command::Test { dir } => cli::test(&settings, &dir),
         Command::Deploy { file, url } => cli::deploy(&settings, &file, url.as_deref()),

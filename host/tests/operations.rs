@@ -875,11 +875,31 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
     assert_eq!(status, 422, "{report}");
     assert!(report.to_string().contains("users.verified_at"), "{report}");
 
+    // `check --against` says the same, before anything is deployed.
+    let wasm = test_component("user-verified");
+    let check = || {
+        projector(
+            &db.url,
+            &topics,
+            "unused",
+            dir.path(),
+            &["check", "--against", &db.url, wasm.to_str().unwrap()],
+        )
+    };
+    let (ok, out) = check();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("declares column users.verified_at, which the schema does not have"),
+        "{out}"
+    );
+
     // The operator applies the migration; the next reload sees it, no restart.
     sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
         .execute(&db.pool)
         .await
         .unwrap();
+    let (ok, out) = check();
+    assert!(ok, "{out}");
     let (status, report) = reload().await;
     assert_eq!(status, 200, "{report}");
     assert!(
