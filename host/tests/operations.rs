@@ -971,6 +971,35 @@ async fn a_new_event_type_and_column_are_deployed_while_events_flow() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
+    // Self-test fixtures beside the file it replaces run first: a golden
+    // file it does not match refuses it.
+    let selftest = dir.path().join("user.selftest");
+    std::fs::create_dir(&selftest).unwrap();
+    let fixtures = repo().join("guest-projections/fixtures");
+    std::fs::copy(
+        fixtures.join("user.created.json"),
+        selftest.join("user.created.json"),
+    )
+    .unwrap();
+    let golden = std::fs::read_to_string(fixtures.join("user.created.ops.json")).unwrap();
+    std::fs::write(
+        selftest.join("user.created.ops.json"),
+        golden.replace("Zoë Müller", "Someone Else"),
+    )
+    .unwrap();
+    sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (ok, out) = deploy();
+    assert!(!ok, "{out}");
+    assert!(out.contains("self-test"), "{out}");
+    std::fs::write(selftest.join("user.created.ops.json"), &golden).unwrap();
+    sqlx::query("ALTER TABLE users DROP COLUMN verified_at")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
     // Before its column exists: refused, and nothing in the folder changes.
     let before = std::fs::read(dir.path().join("user.wasm")).unwrap();
     let (ok, out) = deploy();

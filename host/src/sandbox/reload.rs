@@ -194,7 +194,8 @@ impl Reloader {
     }
 
     /// Validates a component sent to the host (as a reload would: sandbox,
-    /// contract, grants, the live schema read again) and, if it is accepted,
+    /// contract, grants, the live schema read again, the self-test fixtures
+    /// beside the file it replaces) and, if it is accepted,
     /// writes it into the folder in place of the file serving its domain
     /// (`<domain>.wasm` for a new domain, renamed into place) and swaps it
     /// in. Returns its label, or why it was refused; a refused component
@@ -223,7 +224,17 @@ impl Reloader {
         });
         let path = serving.unwrap_or_else(|| self.dir.join(format!("{domain}.wasm")));
         loaded.source = path.display().to_string();
-        let projection = Projection::Wasm(Arc::new(loaded));
+        let loaded = Arc::new(loaded);
+        // The self-test fixtures beside the file it replaces, as a reload
+        // of that file would run them.
+        if let Some(fixtures) = selftest_dir(&path) {
+            let component = loaded.clone();
+            tokio::task::spawn_blocking(move || run_selftest(&component, &fixtures))
+                .await
+                .map_err(|e| format!("self-test thread failed: {e}"))?
+                .map_err(|e| self.refused_deploy(Some(&domain), format!("{e:#}")))?;
+        }
+        let projection = Projection::Wasm(loaded);
         let label = projection.label();
         let next = current
             .with(projection, &*self.admission)
