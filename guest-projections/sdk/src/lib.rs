@@ -114,7 +114,8 @@ fn row_op(op: flatten::RowOp) -> wit::RowOp {
 }
 
 /// Exports a component whose `describe` and `project` are those of a
-/// [`flatten::Domain`].
+/// [`flatten::Domain`]; the version it reports is the calling crate's
+/// `CARGO_PKG_VERSION`.
 #[macro_export]
 macro_rules! component {
     ($domain:expr) => {
@@ -122,7 +123,11 @@ macro_rules! component {
 
         impl $crate::bindings::Guest for Component {
             fn describe() -> $crate::bindings::projector::projection::types::Info {
-                $crate::describe(&$domain)
+                // The component crate's own version (its Cargo.toml), so
+                // each component versions on its own.
+                let mut info = $crate::describe(&$domain);
+                info.version = ::core::env!("CARGO_PKG_VERSION").into();
+                info
             }
 
             fn project(

@@ -8,7 +8,6 @@ use projection_sdk::flatten::{self, Domain, Info};
 fn info() -> Info {
     let mut info = (flatten::USER.info)();
     info.writes.extend((flatten::POST.info)().writes);
-    info.version = "1.0.0-greedy".into();
     info
 }
 

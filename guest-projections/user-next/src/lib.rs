@@ -1,14 +1,8 @@
 //! The `user` projection with one rule changed, as a projection author would
-//! ship a new version: `display_name` is stored upper-cased and the version is
-//! 1.1.0. The host's tests hot-reload it and replay the user domain through it.
+//! ship a new version: `display_name` is stored upper-cased and the crate's
+//! version (which the component reports) is 1.1.0. The host's tests hot-reload it and replay the user domain through it.
 
-use projection_sdk::flatten::{self, Domain, Envelope, Info, ProjectionError, RowOp, Value};
-
-fn info() -> Info {
-    let mut info = (flatten::USER.info)();
-    info.version = "1.1.0".into();
-    info
-}
+use projection_sdk::flatten::{self, Domain, Envelope, ProjectionError, RowOp, Value};
 
 fn project(envelope: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
     let mut ops = (flatten::USER.project)(envelope)?;
@@ -28,7 +22,7 @@ fn project(envelope: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
 
 const USER_NEXT: Domain = Domain {
     name: "user",
-    info,
+    info: flatten::USER.info,
     project,
 };
 

@@ -10,7 +10,6 @@ use projection_sdk::flatten::{
 
 fn info() -> Info {
     let mut info = (flatten::USER.info)();
-    info.version = "1.2.0".into();
     info.handles.push("user.verified".into());
     for t in &mut info.writes {
         if t.table == "users" {
