@@ -6,24 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
 fn projector(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_projector"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the projector binary runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    run_projector(args, &[])
 }
 
 #[test]

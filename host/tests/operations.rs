@@ -35,6 +35,17 @@ async fn metrics(url: &str) -> BTreeMap<String, f64> {
     parse_prometheus(&text)
 }
 
+/// `POST /projections/reload` with the admin token: the status and the report.
+async fn reload(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/projections/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 fn sum(m: &BTreeMap<String, f64>, prefix: &str, contains: &str) -> f64 {
     m.iter()
         .filter(|(k, _)| k.starts_with(prefix) && k.contains(contains))
@@ -290,14 +301,8 @@ async fn hot_reload_swaps_a_component_ten_times_under_load_and_refuses_a_broken_
     }
     producing.await.unwrap();
     // The endpoint reloads on demand; nothing changed since the last swap.
-    let r = reqwest::Client::new()
-        .post(format!("{url}/projections/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let report: serde_json::Value = r.json().await.unwrap();
+    let (status, report) = reload(&url).await;
+    assert_eq!(status, 200, "{report}");
     assert_eq!(report["unchanged"], 5, "{report}");
 
     all.extend(probes);
@@ -364,14 +369,8 @@ async fn replay_after_a_rule_change_rebuilds_the_domain_while_the_others_flow() 
         &dir.path().join("user.wasm"),
         &std::fs::read(test_component("user-next")).unwrap(),
     );
-    let r = reqwest::Client::new()
-        .post(format!("{url}/projections/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let report: serde_json::Value = r.json().await.unwrap();
+    let (status, report) = reload(&url).await;
+    assert_eq!(status, 200, "{report}");
     assert!(
         report["loaded"][0]
             .as_str()
@@ -550,13 +549,8 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
         &dir.path().join("user.wasm"),
         &std::fs::read(components_dir().join("user.wasm")).unwrap(),
     );
-    let r = reqwest::Client::new()
-        .post(format!("{url}/projections/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, report) = reload(&url).await;
+    assert_eq!(status, 200, "{report}");
     sqlx::query("ALTER TABLE users MODIFY display_name VARCHAR(512) NULL")
         .execute(&db.pool)
         .await
@@ -787,14 +781,8 @@ async fn a_component_outside_its_grant_is_refused_and_the_live_one_keeps_serving
         &dir.path().join("user.wasm"),
         &std::fs::read(test_component("user-greedy")).unwrap(),
     );
-    let r = reqwest::Client::new()
-        .post(format!("{url}/projections/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 422);
-    let report: serde_json::Value = r.json().await.unwrap();
+    let (status, report) = reload(&url).await;
+    assert_eq!(status, 422, "{report}");
     assert!(
         report
             .to_string()
@@ -853,25 +841,13 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
     };
     send(fixture("user.created", &user, "2026-01-01T00:00:00Z")).await;
     wait_processed(&db.pool, 1, Duration::from_secs(60)).await;
-    let reload = async || {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/projections/reload"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<serde_json::Value>().await.unwrap(),
-        )
-    };
 
     // A component writing a column the database lacks: refused.
     install_file(
         &dir.path().join("user.wasm"),
         &std::fs::read(test_component("user-verified")).unwrap(),
     );
-    let (status, report) = reload().await;
+    let (status, report) = reload(&url).await;
     assert_eq!(status, 422, "{report}");
     assert!(report.to_string().contains("users.verified_at"), "{report}");
 
@@ -900,7 +876,7 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
         .unwrap();
     let (ok, out) = check();
     assert!(ok, "{out}");
-    let (status, report) = reload().await;
+    let (status, report) = reload(&url).await;
     assert_eq!(status, 200, "{report}");
     assert!(
         report["loaded"][0]
@@ -959,16 +935,11 @@ async fn a_new_event_type_and_column_are_deployed_while_events_flow() {
             }
         })
     };
+    let wasm = test_component("user-verified");
     let deploy = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-            .args(["deploy", test_component("user-verified").to_str().unwrap()])
-            .args(["--url", &url])
-            .env("PROJECTOR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+        run_projector(
+            &["deploy", wasm.to_str().unwrap(), "--url", &url],
+            &[("PROJECTOR_ADMIN_TOKEN", ADMIN_TOKEN)],
         )
     };
     // Self-test fixtures beside the file it replaces run first: a golden

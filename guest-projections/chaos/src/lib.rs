@@ -54,6 +54,21 @@ fn marker(data: &str) -> Option<&'static str> {
     })
 }
 
+/// One upsert of `table` keyed `key = id`, setting `column` to `value`.
+fn one_row(table: &str, key: &str, id: String, column: &str, value: Value) -> Vec<RowOp> {
+    vec![RowOp::Upsert(Upsert {
+        table: table.into(),
+        key: vec![Column {
+            name: key.into(),
+            value: Value::Text(id),
+        }],
+        values: vec![Column {
+            name: column.into(),
+            value,
+        }],
+    })]
+}
+
 /// Recurses until the stack runs out (the bound is never reached).
 fn depth(n: u64) -> u64 {
     let frame = std::hint::black_box([n; 32]);
@@ -113,17 +128,13 @@ impl projection_sdk::bindings::Guest for Component {
                     })
                 })
                 .collect()),
-            Some("recurse") => Ok(vec![RowOp::Upsert(Upsert {
-                table: "users".into(),
-                key: vec![Column {
-                    name: "user_id".into(),
-                    value: Value::Text(event.entity_id),
-                }],
-                values: vec![Column {
-                    name: "display_name".into(),
-                    value: Value::Text(depth(0).to_string()),
-                }],
-            })]),
+            Some("recurse") => Ok(one_row(
+                "users",
+                "user_id",
+                event.entity_id,
+                "display_name",
+                Value::Text(depth(0).to_string()),
+            )),
             Some("entropy") => {
                 let bytes = wasip2::random::random::get_random_bytes(32 << 20);
                 Err(ProjectionError::Internal(format!(
@@ -131,54 +142,38 @@ impl projection_sdk::bindings::Guest for Component {
                     bytes.len()
                 )))
             }
-            Some("remember") => Ok(vec![RowOp::Upsert(Upsert {
-                table: "users".into(),
-                key: vec![Column {
-                    name: "user_id".into(),
-                    value: Value::Text(event.entity_id),
-                }],
-                values: vec![Column {
-                    name: "display_name".into(),
-                    value: Value::Text(previous.unwrap_or_else(|| "nothing before".into())),
-                }],
-            })]),
-            Some(m @ ("wrong_type" | "too_long")) => Ok(vec![RowOp::Upsert(Upsert {
-                table: "users".into(),
-                key: vec![Column {
-                    name: "user_id".into(),
-                    value: Value::Text(event.entity_id),
-                }],
-                values: vec![Column {
-                    name: "display_name".into(),
-                    value: if m == "wrong_type" {
-                        Value::Int(42)
-                    } else {
-                        Value::Text("x".repeat(300))
-                    },
-                }],
-            })]),
-            Some("undeclared") => Ok(vec![RowOp::Upsert(Upsert {
-                table: "orders".into(),
-                key: vec![Column {
-                    name: "order_id".into(),
-                    value: Value::Text(event.entity_id),
-                }],
-                values: vec![Column {
-                    name: "status".into(),
-                    value: Value::Text("hijacked".into()),
-                }],
-            })]),
-            Some("undeclared_column") => Ok(vec![RowOp::Upsert(Upsert {
-                table: "users".into(),
-                key: vec![Column {
-                    name: "user_id".into(),
-                    value: Value::Text(event.entity_id),
-                }],
-                values: vec![Column {
-                    name: "password_hash".into(),
-                    value: Value::Text("x".into()),
-                }],
-            })]),
+            Some("remember") => Ok(one_row(
+                "users",
+                "user_id",
+                event.entity_id,
+                "display_name",
+                Value::Text(previous.unwrap_or_else(|| "nothing before".into())),
+            )),
+            Some(m @ ("wrong_type" | "too_long")) => Ok(one_row(
+                "users",
+                "user_id",
+                event.entity_id,
+                "display_name",
+                if m == "wrong_type" {
+                    Value::Int(42)
+                } else {
+                    Value::Text("x".repeat(300))
+                },
+            )),
+            Some("undeclared") => Ok(one_row(
+                "orders",
+                "order_id",
+                event.entity_id,
+                "status",
+                Value::Text("hijacked".into()),
+            )),
+            Some("undeclared_column") => Ok(one_row(
+                "users",
+                "user_id",
+                event.entity_id,
+                "password_hash",
+                Value::Text("x".into()),
+            )),
             _ => projection_sdk::project(&projection_sdk::flatten::USER, event),
         }
     }

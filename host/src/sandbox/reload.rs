@@ -110,7 +110,17 @@ impl Reloader {
         }
     }
 
-    /// Runs `refresh` before every reload.
+    /// Runs the schema refresh, if any; on failure the admission checks
+    /// against the schema read before.
+    async fn refresh_schema(&self) {
+        if let Some(refresh) = &self.refresh
+            && let Err(e) = refresh().await
+        {
+            tracing::warn!(error = %e, "could not re-read the schema; checking against the one read before");
+        }
+    }
+
+    /// Runs `refresh` before every reload and deploy.
     pub fn refreshing(mut self, refresh: SchemaRefresh) -> Reloader {
         self.refresh = Some(refresh);
         self
@@ -121,11 +131,7 @@ impl Reloader {
     pub async fn reload(&self) -> ReloadReport {
         let _busy = self.busy.lock().await;
         let mut report = ReloadReport::default();
-        if let Some(refresh) = &self.refresh
-            && let Err(e) = refresh().await
-        {
-            tracing::warn!(error = %e, "could not re-read the schema; this reload checks against the one read before");
-        }
+        self.refresh_schema().await;
         let files = match wasm_files(&self.dir) {
             Ok(f) => f,
             Err(e) => {
@@ -202,11 +208,7 @@ impl Reloader {
     /// changes nothing.
     pub async fn deploy(&self, bytes: Vec<u8>) -> Result<String, String> {
         let _busy = self.busy.lock().await;
-        if let Some(refresh) = &self.refresh
-            && let Err(e) = refresh().await
-        {
-            tracing::warn!(error = %e, "could not re-read the schema; this deploy checks against the one read before");
-        }
+        self.refresh_schema().await;
         let runtime = self.runtime.clone();
         let loaded =
             tokio::task::spawn_blocking(move || runtime.load(&bytes, "deploy").map(|c| (c, bytes)))

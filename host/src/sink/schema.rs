@@ -248,11 +248,12 @@ impl ColumnType {
         match (value, self.kind) {
             (V::Null, _) if !self.nullable => Err(format!("NULL in a NOT NULL {sql} column")),
             (V::Null, _) | (_, Kind::Other) => Ok(()),
+            // A text no longer in bytes than the limit in characters fits
+            // without counting them.
             (V::Text(s), Kind::Text) => match self.max_chars {
-                Some(max) if s.chars().count() as u64 > max => Err(format!(
-                    "{} characters, longer than {sql}",
-                    s.chars().count()
-                )),
+                Some(max) if s.len() as u64 > max && s.chars().count() as u64 > max => Err(
+                    format!("{} characters, longer than {sql}", s.chars().count()),
+                ),
                 _ => Ok(()),
             },
             (V::Json(s), Kind::Text | Kind::Json) => match self.max_chars {

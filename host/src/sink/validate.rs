@@ -99,20 +99,22 @@ impl From<String> for OpError {
     }
 }
 
-fn to_bind(column: &str, v: &Value) -> Result<Bind, String> {
+/// The bound form of a value, or why it has none (the caller names the
+/// column).
+fn to_bind(v: &Value) -> Result<Bind, String> {
     Ok(match v {
         Value::Null => Bind::Null,
         Value::Text(s) => Bind::Text(s.clone()),
         Value::Int(i) => Bind::Int(*i),
         Value::Float(f) if f.is_finite() => Bind::Float(*f),
-        Value::Float(f) => return Err(format!("column {column}: {f} is not a finite number")),
+        Value::Float(f) => return Err(format!("{f} is not a finite number")),
         Value::Boolean(b) => Bind::Bool(*b),
-        Value::Timestamp(s) => Bind::Timestamp(
-            parse_timestamp(s).ok_or_else(|| format!("column {column}: {s:?} is not RFC 3339"))?,
-        ),
+        Value::Timestamp(s) => {
+            Bind::Timestamp(parse_timestamp(s).ok_or_else(|| format!("{s:?} is not RFC 3339"))?)
+        }
         Value::Json(s) => {
             serde_json::from_str::<serde::de::IgnoredAny>(s)
-                .map_err(|e| format!("column {column}: not valid JSON: {e}"))?;
+                .map_err(|e| format!("not valid JSON: {e}"))?;
             Bind::Json(s.clone())
         }
     })
@@ -171,15 +173,14 @@ fn columns(
             if !seen.insert(c.name.clone()) {
                 return Err(format!("{}.{} appears twice", table.name.as_str(), c.name).into());
             }
-            let qualified = format!("{}.{}", table.name.as_str(), c.name);
+            // Named only when refused: nothing is formatted on the way through.
+            let invalid = |e: String| {
+                OpError::Invalid(format!("column {}.{}: {e}", table.name.as_str(), c.name))
+            };
             if let Some(ty) = table.types.get(&c.name) {
-                ty.check(&c.value)
-                    .map_err(|e| OpError::Invalid(format!("column {qualified}: {e}")))?;
+                ty.check(&c.value).map_err(invalid)?;
             }
-            Ok((
-                c.name.clone(),
-                to_bind(&qualified, &c.value).map_err(OpError::Invalid)?,
-            ))
+            Ok((c.name.clone(), to_bind(&c.value).map_err(invalid)?))
         })
         .collect()
 }
@@ -302,14 +303,14 @@ mod tests {
     #[test]
     fn values_are_converted_and_checked() {
         assert_eq!(
-            to_bind("t", &Value::Timestamp("2025-01-02T03:04:05.000006Z".into())).unwrap(),
+            to_bind(&Value::Timestamp("2025-01-02T03:04:05.000006Z".into())).unwrap(),
             Bind::Timestamp(parse_timestamp("2025-01-02T03:04:05.000006+00:00").unwrap())
         );
-        assert!(to_bind("t", &Value::Timestamp("yesterday".into())).is_err());
-        assert!(to_bind("j", &Value::Json("{not json".into())).is_err());
-        assert!(to_bind("f", &Value::Float(f64::NAN)).is_err());
+        assert!(to_bind(&Value::Timestamp("yesterday".into())).is_err());
+        assert!(to_bind(&Value::Json("{not json".into())).is_err());
+        assert!(to_bind(&Value::Float(f64::NAN)).is_err());
         assert_eq!(
-            to_bind("j", &Value::Json("[1]".into())).unwrap(),
+            to_bind(&Value::Json("[1]".into())).unwrap(),
             Bind::Json("[1]".into())
         );
     }

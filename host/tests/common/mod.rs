@@ -639,13 +639,29 @@ pub fn projector(
     components: &Path,
     args: &[&str],
 ) -> (bool, String) {
+    let topics = topics.all().join(",");
+    let kafka = kafka_bootstrap();
+    run_projector(
+        args,
+        &[
+            ("MYSQL_URL", mysql_url),
+            ("KAFKA_BOOTSTRAP", &kafka),
+            ("PROJECTOR_GROUP_ID", group),
+            ("PROJECTOR_TOPICS", &topics),
+            (
+                "PROJECTOR_COMPONENTS_DIR",
+                &components.display().to_string(),
+            ),
+        ],
+    )
+}
+
+/// `projector ARGS` with only `env` added; (success, stdout+stderr).
+#[allow(dead_code)]
+pub fn run_projector(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
         .args(args)
-        .env("MYSQL_URL", mysql_url)
-        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
-        .env("PROJECTOR_GROUP_ID", group)
-        .env("PROJECTOR_TOPICS", topics.all().join(","))
-        .env("PROJECTOR_COMPONENTS_DIR", components)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .output()
         .expect("the projector binary runs");

@@ -16,7 +16,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::json;
 
-use super::{Ctx, Verdict, judge, say, sigterm, wait_http};
+use super::{Ctx, Verdict, judge, say, sigterm, wait_ready};
 
 /// Each misbehaviour the chaos component knows, the dead-letter class the
 /// host must give it, and how often it is sent.
@@ -102,13 +102,7 @@ pub(super) async fn drill_chaos(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let host = ctx.spawn_host(&run.spec(false), "chaos.log")?;
     let url = run.url();
-    wait_http(
-        &format!("{url}/health/ready"),
-        200,
-        "ready",
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_ready(&url, Duration::from_secs(60)).await?;
     // Every lane consuming (the group settled after its joins) before
     // anything is timed.
     super::wait_count(

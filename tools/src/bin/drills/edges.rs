@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use projector_tools::generate::{Generated, Generator};
 use serde_json::{Value, json};
 
-use super::{Ctx, Run, Verdict, judge, kill9, metric, sigterm, wait_count, wait_http};
+use super::{Ctx, Run, Verdict, judge, kill9, metric, sigterm, wait_count, wait_http, wait_ready};
 
 /// A non-UTF-8 value this close to the broker's default limit (1,048,588):
 /// hex-encoded as is it would be twice over it.
@@ -222,13 +222,7 @@ pub(super) async fn drill_edges(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     let extra_env = [("PROJECTOR_MAX_EVENT_BYTES", "2097152")];
     let mut host = ctx.spawn_host_with(&run.spec(true), "edges.log", &extra_env)?;
     let url = run.url();
-    wait_http(
-        &format!("{url}/health/ready"),
-        200,
-        "ready",
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_ready(&url, Duration::from_secs(30)).await?;
 
     // Halfway, a user component whose version no label can hold.
     let half = woven.sequence.len() / 2;
@@ -390,13 +384,7 @@ pub(super) async fn drill_replay(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     let history = [run.events.clone(), users].concat();
     let mut host = ctx.spawn_host(&run.spec(false), "replay.log")?;
     let url = run.url();
-    wait_http(
-        &format!("{url}/health/ready"),
-        200,
-        "ready",
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_ready(&url, Duration::from_secs(30)).await?;
     produce_in_order(ctx, &run.prefix, &history).await?;
     wait_count(
         &run.db.pool,

@@ -549,6 +549,11 @@ async fn wait_http(
     }
 }
 
+/// Waits until the host at `url` reports ready.
+async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    wait_http(&format!("{url}/health/ready"), 200, "ready", timeout).await
+}
+
 async fn metric(url: &str, prefix: &str) -> f64 {
     let (_, text) = http_status(&format!("{url}/metrics")).await;
     text.lines()
@@ -843,13 +848,7 @@ async fn drill_reload(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     let run = ctx.begin(dir.clone()).await?;
     let url = run.url();
     let mut host = ctx.spawn_host(&run.spec(true), "reload.log")?;
-    wait_http(
-        &format!("{url}/health/ready"),
-        200,
-        "ready",
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_ready(&url, Duration::from_secs(30)).await?;
     let over = Duration::from_secs(if ctx.short { 8 } else { 15 });
     let producing = ctx.start_producing(&run, over)?;
     let user = dir.join("user.wasm");
