@@ -278,6 +278,34 @@ impl Source {
         }
     }
 
+    /// Resumes fetching after a pause, and seeks every positioned partition
+    /// to where it continues (past the messages held while paused). A pause
+    /// drops librdkafka's fetch state, and a partition positioned by an
+    /// asynchronous seek just before it, with nothing delivered yet, would
+    /// otherwise resume from Kafka's committed offset: after a fresh database
+    /// under an old group that is the end of the log, and the partition's
+    /// whole history would silently never arrive.
+    pub fn resume(&mut self) {
+        self.drain_rebalances();
+        self.pause(false);
+        for (key, pos) in &self.positions {
+            let after_held = self
+                .held
+                .iter()
+                .filter(|m| m.topic() == key.0 && m.partition() == key.1)
+                .map(|m| m.offset() + 1)
+                .max();
+            let offset = match after_held {
+                Some(next) => Offset::Offset(next.max(pos.next)),
+                None if pos.next == 0 => Offset::Beginning,
+                None => Offset::Offset(pos.next),
+            };
+            if let Err(e) = self.consumer.seek(&key.0, key.1, offset, Duration::ZERO) {
+                tracing::debug!(topic = %key.0, partition = key.1, error = %e, "seek on resume failed");
+            }
+        }
+    }
+
     /// Where a partition without a stored position starts by the policy:
     /// (the offset to seek to, the next offset expected). `earliest` is the
     /// log's beginning, resolved by the broker as it fetches (if retention

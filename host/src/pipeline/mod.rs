@@ -634,7 +634,7 @@ impl Lane {
                 attempts = retry.attempts,
                 "recovered from transient failures; resuming"
             );
-            self.source.pause(false);
+            self.source.resume();
             self.shared.set_retrying(&self.topic, None);
             *retry = Retry::default();
         }
