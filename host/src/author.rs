@@ -57,36 +57,43 @@ strip = true
 
 const LIB_RS: &str = r#"//! `{domain}.*` -> `{table}` (soft delete).
 //!
-//! | column      | source                                  |
-//! |-------------|-----------------------------------------|
-//! | {domain}_id | entity_id                               |
-//! | name        | data.name                               |
-//! | deleted_at  | data.deleted_at; {domain}.deleted sets it |
-//! | created_at  | data.created_at                         |
-//! | updated_at  | data.updated_at, else the event time    |
+//! The table and where each column comes from are declared in [`TABLE`];
+//! the host creates the table when it first loads the component, and adds a
+//! column you declare later (nullable) when it loads the new version.
 //!
 //! Build the component with `cargo build --release --target wasm32-wasip2`
 //! (or `cargo component build --release`); test it with `projector test .`.
 
+use projection_sdk::flatten::SqlType::*;
 use projection_sdk::flatten::doc::{Obj, normalize_timestamp};
+use projection_sdk::flatten::table::{Table, not_null, nullable};
 use projection_sdk::flatten::{
-    Domain, Envelope, Info, Keyed, ProjectionError, RowOp, TableUse, Upsert, Value, col,
+    Domain, Envelope, Info, Keyed, ProjectionError, RowOp, Upsert, Value, col, make_info,
 };
 
-pub const TABLE: &str = "{table}";
-const COLUMNS: [&str; 5] = ["{domain}_id", "name", "deleted_at", "created_at", "updated_at"];
+/// The table this component writes: the one place its columns are defined.
+pub const TABLE: Table = Table {
+    name: "{table}",
+    doc: "One row per {domain}; `{domain}.deleted` sets `deleted_at` (soft delete).",
+    columns: &[
+        not_null("{domain}_id", Varchar(64), "entity_id"),
+        nullable("name", Varchar(255), "data.name"),
+        nullable("deleted_at", Datetime, "data.deleted_at; {domain}.deleted sets the event time"),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable("updated_at", Datetime, "data.updated_at, else the event time"),
+    ],
+    primary_key: &["{domain}_id"],
+    unique_keys: &[],
+    indexes: &[&["created_at"]],
+    parent: None,
+};
+
 const HANDLES: [&str; 3] = ["{domain}.created", "{domain}.updated", "{domain}.deleted"];
 
 fn info() -> Info {
-    Info {
-        domain: "{domain}".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        handles: HANDLES.iter().map(|h| (*h).to_owned()).collect(),
-        writes: vec![TableUse {
-            table: TABLE.into(),
-            columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
-        }],
-    }
+    let mut info = make_info("{domain}", &HANDLES, &[&TABLE]);
+    info.version = env!("CARGO_PKG_VERSION").into();
+    info
 }
 
 fn project(env: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
@@ -107,7 +114,7 @@ fn project(env: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
                 t => t,
             };
             Ok(vec![RowOp::Upsert(Upsert {
-                table: TABLE.into(),
+                table: TABLE.name.into(),
                 key,
                 values: vec![
                     col("name", data.text("name")?),
@@ -118,7 +125,7 @@ fn project(env: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
             })])
         }
         "{domain}.deleted" => Ok(vec![RowOp::SoftDelete(Keyed {
-            table: TABLE.into(),
+            table: TABLE.name.into(),
             key,
         })]),
         other => Err(ProjectionError::Unsupported(format!(

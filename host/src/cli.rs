@@ -43,37 +43,54 @@ pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 /// `projector check [--against MYSQL_URL] FILE...`: loads each component as
-/// the host would (sandbox, contract, the domain's grant in the settings,
-/// and with `--against` the live schema of that database) and prints its
-/// declaration, or why it is refused. Fails if any is refused.
+/// the host would (sandbox, contract, the domain's grant in the settings)
+/// and prints its declaration, or why it is refused. With `--against`, it
+/// also prints the schema changes loading it into that database would
+/// apply, refuse (with the SQL) or leave alone, changing nothing; a 1.0
+/// component, which declares no typed tables, is checked against the live
+/// tables. Fails if any is refused.
 pub fn check(
     settings: &Settings,
     against: Option<&str>,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(settings.sandbox)?;
-    let schema = match against {
-        Some(url) => Some(tokio_runtime()?.block_on(async {
+    let rt = tokio_runtime()?;
+    let database = match against {
+        Some(url) => Some(rt.block_on(async {
             let pool = connect_mysql(url, 1).await?;
-            let schema = crate::sink::Schema::load(&pool).await;
-            pool.close().await;
-            schema
+            let schema = crate::sink::Schema::load(&pool).await?;
+            anyhow::Ok((pool, schema))
         })?),
         None => None,
     };
     let mut refused = 0;
     for file in files {
-        match runtime
+        let checked = runtime
             .load_file(file)
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 settings.grants.check(&c.info)?;
-                if let Some(schema) = &schema {
-                    schema.check_declaration(&c.info)?;
+                let plan = match &database {
+                    Some((pool, _)) if !c.info.tables.is_empty() => Some(
+                        rt.block_on(crate::sink::reconcile::plan_against(pool, &c.info.tables))
+                            .map_err(|e| format!("{e:#}"))?,
+                    ),
+                    Some((_, schema)) => {
+                        schema.check_declaration(&c.info)?;
+                        None
+                    }
+                    None => None,
+                };
+                match plan {
+                    Some(plan) if !plan.refuse.is_empty() => Err(format!(
+                        "the schema change it needs is not additive, so a host would refuse it:\n{plan}"
+                    )),
+                    _ => Ok((c, plan)),
                 }
-                Ok(c)
-            }) {
-            Ok(c) => {
+            });
+        match checked {
+            Ok((c, plan)) => {
                 println!(
                     "ok      {}  {}  sha256:{}",
                     file.display(),
@@ -84,6 +101,14 @@ pub fn check(
                 for t in &c.info.writes {
                     println!("        writes {} ({} columns)", t.table, t.columns.len());
                 }
+                if c.info.tables.is_empty() {
+                    println!("        declares no typed tables (a 1.0 component)");
+                }
+                if let Some(plan) = plan {
+                    for line in plan.to_string().lines() {
+                        println!("        {line}");
+                    }
+                }
             }
             Err(e) => {
                 refused += 1;
@@ -91,11 +116,59 @@ pub fn check(
             }
         }
     }
+    if let Some((pool, _)) = database {
+        rt.block_on(pool.close());
+    }
     Ok(if refused == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `projector schema-doc [--write FILE] [FILE...]`: the schema reference
+/// generated from the components' declarations, printed or spliced into
+/// `FILE` between its marker lines.
+pub fn schema_doc(
+    settings: &Settings,
+    write: Option<&Path>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(settings.sandbox)?;
+    let files = if files.is_empty() {
+        crate::sandbox::registry::wasm_files(&settings.components.dir)?
+    } else {
+        files.to_vec()
+    };
+    let infos = files
+        .iter()
+        .map(|f| {
+            runtime
+                .load_file(f)
+                .map(|c| c.info)
+                .with_context(|| format!("component {} refused", f.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let section = crate::schema_doc::render(&infos);
+    match write {
+        None => print!("{section}"),
+        Some(path) => {
+            let doc = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let Some(next) = crate::schema_doc::splice(&doc, &section) else {
+                anyhow::bail!(
+                    "{} has no generated section: add the lines\n{}\n{}",
+                    path.display(),
+                    crate::schema_doc::BEGIN,
+                    crate::schema_doc::END
+                );
+            };
+            std::fs::write(path, next)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote the generated section of {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `projector new <domain> [--dir DIR] [--sdk PATH]`.

@@ -112,6 +112,15 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Print the schema reference generated from the components' typed
+    /// table declarations, or rewrite it in a file between its markers.
+    SchemaDoc {
+        /// Rewrite the generated section of this file (e.g. docs/schema.md).
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// `.wasm` component files (default: every one in the configured folder).
+        files: Vec<PathBuf>,
+    },
     /// Project envelope files (JSON) through the components of a folder and print the row operations.
     Project {
         /// Folder of `<domain>.wasm` components (default: the configured one).
@@ -212,6 +221,7 @@ fn main() -> ExitCode {
         Command::New { domain, dir, sdk } => cli::new(&domain, dir, &sdk),
         Command::Test { dir } => cli::test(&settings, &dir),
         Command::Deploy { file, url } => cli::deploy(&settings, &file, url.as_deref()),
+        Command::SchemaDoc { write, files } => cli::schema_doc(&settings, write.as_deref(), &files),
         Command::Project { components, files } => {
             cli::project(&settings, components.as_deref(), &files)
         }

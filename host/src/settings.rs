@@ -92,11 +92,16 @@ impl Grants {
     /// Refuses a declaration that names a table outside the domain's grant.
     pub fn check(&self, info: &flatten::Info) -> Result<(), String> {
         let granted = self.0.get(&info.domain).map_or(&[][..], Vec::as_slice);
-        for table in &info.writes {
-            if !granted.contains(&table.table) {
+        let declared = info
+            .writes
+            .iter()
+            .map(|t| &t.table)
+            .chain(info.tables.iter().map(|t| &t.name));
+        for table in declared {
+            if !granted.contains(table) {
                 return Err(format!(
-                    "declares table {:?}, outside its grant (grants.{} = {:?} in the settings)",
-                    table.table, info.domain, granted
+                    "declares table {table:?}, outside its grant (grants.{} = {:?} in the settings)",
+                    info.domain, granted
                 ));
             }
         }

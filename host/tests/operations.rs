@@ -131,7 +131,7 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
     assert_eq!(m["projector_ready"], 1.0);
     assert_eq!(m["projector_lag_status"], 0.0);
     assert_eq!(
-        sum(&m, "projector_component_info{", "version=\"1.0.0\""),
+        sum(&m, "projector_component_info{", "version=\"1.1.0\""),
         5.0
     );
     assert_eq!(sum(&m, "projector_dead_letters_total", ""), 0.0);
@@ -820,7 +820,7 @@ async fn a_component_outside_its_grant_is_refused_and_the_live_one_keeps_serving
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
+async fn a_declared_column_is_added_at_reload_and_a_destructive_change_is_refused_with_its_sql() {
     let db = TestDb::new().await;
     let topics = Topics::new();
     let dir = components_copy();
@@ -841,19 +841,18 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
     };
     send(fixture("user.created", &user, "2026-01-01T00:00:00Z")).await;
     wait_processed(&db.pool, 1, Duration::from_secs(60)).await;
-
-    // A component writing a column the database lacks: refused.
-    install_file(
-        &dir.path().join("user.wasm"),
-        &std::fs::read(test_component("user-verified")).unwrap(),
-    );
-    let (status, report) = reload(&url).await;
-    assert_eq!(status, 422, "{report}");
-    assert!(report.to_string().contains("users.verified_at"), "{report}");
-
-    // `check --against` says the same, before anything is deployed.
-    let wasm = test_component("user-verified");
-    let check = || {
+    let users_table = async || -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'users' ORDER BY COLUMN_NAME",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = users_table().await;
+    let check = |name: &str| {
+        let wasm = test_component(name);
         projector(
             &db.url,
             &topics,
@@ -862,20 +861,47 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
             &["check", "--against", &db.url, wasm.to_str().unwrap()],
         )
     };
-    let (ok, out) = check();
+
+    // A type change and a NOT NULL column: `check --against` and the reload
+    // both refuse with the SQL an operator would run; nothing changes and
+    // the serving component goes on.
+    let refused_sql = [
+        "ALTER TABLE `users` MODIFY COLUMN `phone` BIGINT NULL",
+        "ALTER TABLE `users` ADD COLUMN `score` BIGINT NOT NULL",
+    ];
+    let (ok, out) = check("user-narrowing");
     assert!(!ok, "{out}");
+    for sql in refused_sql {
+        assert!(out.contains(sql), "{out}");
+    }
+    install_file(
+        &dir.path().join("user.wasm"),
+        &std::fs::read(test_component("user-narrowing")).unwrap(),
+    );
+    let (status, report) = reload(&url).await;
+    assert_eq!(status, 422, "{report}");
+    let reason = report["refused"][0]["reason"].as_str().unwrap_or_default();
+    for sql in refused_sql {
+        assert!(reason.contains(sql), "{report}");
+    }
+    assert_eq!(users_table().await, before);
+    let mut updated = fixture("user.updated", &user, "2026-01-01T00:00:01Z");
+    updated["data"]["profile"]["display_name"] = json!("still served");
+    send(updated).await;
+    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
+
+    // A new nullable column: `check --against` shows the change, the reload
+    // makes it (no migration, no restart) and swaps the component in.
+    let (ok, out) = check("user-verified");
+    assert!(ok, "{out}");
     assert!(
-        out.contains("declares column users.verified_at, which the schema does not have"),
+        out.contains("ALTER TABLE `users` ADD COLUMN `verified_at` DATETIME(6) NULL"),
         "{out}"
     );
-
-    // The operator applies the migration; the next reload sees it, no restart.
-    sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let (ok, out) = check();
-    assert!(ok, "{out}");
+    install_file(
+        &dir.path().join("user.wasm"),
+        &std::fs::read(test_component("user-verified")).unwrap(),
+    );
     let (status, report) = reload(&url).await;
     assert_eq!(status, 200, "{report}");
     assert!(
@@ -889,15 +915,16 @@ async fn a_migration_applied_while_the_host_runs_counts_at_the_next_reload() {
     verified["event_type"] = json!("user.verified");
     verified["data"] = json!({"user_id": user});
     send(verified).await;
-    wait_processed(&db.pool, 2, Duration::from_secs(60)).await;
-    let at: Option<String> = sqlx::query_scalar(
-        "SELECT DATE_FORMAT(verified_at, '%Y-%m-%dT%H:%i:%s.%f') FROM users WHERE user_id = ?",
+    wait_processed(&db.pool, 3, Duration::from_secs(60)).await;
+    let (name, at): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT display_name, DATE_FORMAT(verified_at, '%Y-%m-%dT%H:%i:%s.%f') FROM users WHERE user_id = ?",
     )
     .bind(&user)
     .fetch_one(&db.pool)
     .await
     .unwrap();
     host.stop().await;
+    assert_eq!(name.as_deref(), Some("still served"));
     assert_eq!(at.as_deref(), Some("2026-01-02T03:04:05.678901"));
     db.drop_db().await;
 }
@@ -958,33 +985,30 @@ async fn a_new_event_type_and_column_are_deployed_while_events_flow() {
         golden.replace("Zoë Müller", "Someone Else"),
     )
     .unwrap();
-    sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let (ok, out) = deploy();
-    assert!(!ok, "{out}");
-    assert!(out.contains("self-test"), "{out}");
-    std::fs::write(selftest.join("user.created.ops.json"), &golden).unwrap();
-    sqlx::query("ALTER TABLE users DROP COLUMN verified_at")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-
-    // Before its column exists: refused, and nothing in the folder changes.
+    // Refused: nothing in the folder or the database changes.
     let before = std::fs::read(dir.path().join("user.wasm")).unwrap();
     let (ok, out) = deploy();
     assert!(!ok, "{out}");
-    assert!(out.contains("users.verified_at"), "{out}");
+    assert!(out.contains("self-test"), "{out}");
     assert_eq!(std::fs::read(dir.path().join("user.wasm")).unwrap(), before);
-    // The column, then the component, while the stream goes on.
-    sqlx::query("ALTER TABLE users ADD COLUMN verified_at DATETIME(6) NULL")
-        .execute(&db.pool)
+    let has_column = async || -> bool {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) > 0 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'users' AND COLUMN_NAME = 'verified_at'",
+        )
+        .fetch_one(&db.pool)
         .await
-        .unwrap();
+        .unwrap()
+    };
+    assert!(!has_column().await);
+    std::fs::write(selftest.join("user.created.ops.json"), &golden).unwrap();
+
+    // Accepted while the stream goes on: the host adds the column it
+    // declares, then swaps it in; no migration, no restart.
     let (ok, out) = deploy();
     assert!(ok, "{out}");
     assert!(out.contains("user@1.2.0+"), "{out}");
+    assert!(has_column().await);
     assert_eq!(
         std::fs::read(dir.path().join("user.wasm")).unwrap(),
         std::fs::read(test_component("user-verified")).unwrap(),

@@ -316,7 +316,9 @@ async fn dead_letters_of_originals_near_the_message_limit_are_produced_and_the_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unclassified_errors_are_retried_then_dead_lettered_and_missing_defaults_refused() {
     let db = TestDb::new().await;
-    projector_host::sink::migrate(&db.pool).await.unwrap();
+    projector_host::sink::migrate_with_builtin_tables(&db.pool)
+        .await
+        .unwrap();
     // An error no list knows (a trigger's SIGNAL, 1644) for one user, and a
     // column the projection does not fill that has no default (1364).
     sqlx::raw_sql(

@@ -85,6 +85,10 @@ impl projection_sdk::bindings::Guest for Component {
         info
     }
 
+    fn tables() -> Vec<projection_sdk::bindings::projector::projection::types::TableDef> {
+        projection_sdk::tables(&projection_sdk::flatten::USER)
+    }
+
     fn project(event: Envelope) -> Result<Vec<RowOp>, ProjectionError> {
         let previous = PREVIOUS
             .lock()

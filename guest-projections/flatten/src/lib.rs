@@ -15,6 +15,7 @@
 
 pub mod doc;
 pub mod ops;
+pub mod table;
 
 mod order;
 mod post;
@@ -58,24 +59,15 @@ pub const HOST_COLUMNS: [&str; 2] = ["event_id", "event_timestamp"];
 /// The version every built-in projection reports (the crate version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// A table a projection declares: its name and columns.
-pub(crate) struct TableDef {
-    pub name: &'static str,
-    pub columns: &'static [&'static str],
-}
-
-pub(crate) fn make_info(domain: &str, handles: &[&str], tables: &[&TableDef]) -> Info {
+/// The self-description of a projection handling `handles` and writing
+/// `tables` (all their columns but the database-assigned ones).
+pub fn make_info(domain: &str, handles: &[&str], tables: &[&table::Table]) -> Info {
     Info {
         domain: domain.to_owned(),
         version: VERSION.to_owned(),
         handles: handles.iter().map(|h| (*h).to_owned()).collect(),
-        writes: tables
-            .iter()
-            .map(|t| TableUse {
-                table: t.name.to_owned(),
-                columns: t.columns.iter().map(|c| (*c).to_owned()).collect(),
-            })
-            .collect(),
+        writes: tables.iter().map(|t| t.writes()).collect(),
+        tables: tables.iter().map(|t| t.def()).collect(),
     }
 }
 

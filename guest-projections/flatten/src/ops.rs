@@ -99,13 +99,89 @@ pub struct TableUse {
     pub columns: Vec<String>,
 }
 
-/// What a projection is and may write; mirrors WIT `info`.
+/// What a projection is and may write; mirrors WIT `info`, plus the typed
+/// tables of WIT `tables` (1.1.0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Info {
     pub domain: String,
     pub version: String,
     pub handles: Vec<String>,
     pub writes: Vec<TableUse>,
+    /// The typed definition of every table in `writes`; empty for a 1.0
+    /// component, whose tables must already exist.
+    #[serde(default)]
+    pub tables: Vec<TableDef>,
+}
+
+/// The SQL type of a declared column; mirrors WIT `column-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlType {
+    /// VARCHAR(n): at most n characters.
+    Varchar(u32),
+    Text,
+    Bigint,
+    Double,
+    Boolean,
+    /// DATETIME(6), UTC.
+    Datetime,
+    Json,
+    /// BIGINT AUTO_INCREMENT, assigned by the database.
+    Serial,
+}
+
+impl SqlType {
+    /// The SQL text of the type (portable to MySQL 8 and MariaDB).
+    pub fn sql(&self) -> String {
+        match self {
+            SqlType::Varchar(n) => format!("VARCHAR({n})"),
+            SqlType::Text => "TEXT".into(),
+            SqlType::Bigint => "BIGINT".into(),
+            SqlType::Double => "DOUBLE".into(),
+            SqlType::Boolean => "BOOLEAN".into(),
+            SqlType::Datetime => "DATETIME(6)".into(),
+            SqlType::Json => "JSON".into(),
+            SqlType::Serial => "BIGINT AUTO_INCREMENT".into(),
+        }
+    }
+}
+
+/// One declared column; mirrors WIT `column-def`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub sql_type: SqlType,
+    pub nullable: bool,
+    /// Where the value comes from.
+    pub doc: String,
+}
+
+/// A child table's reference to its parent; mirrors WIT `parent-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentKey {
+    pub columns: Vec<String>,
+    pub table: String,
+    pub references: Vec<String>,
+    pub cascade: bool,
+}
+
+/// A typed table definition; mirrors WIT `table-def`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub name: String,
+    pub doc: String,
+    pub columns: Vec<ColumnDef>,
+    pub primary_key: Vec<String>,
+    pub unique_keys: Vec<Vec<String>>,
+    pub indexes: Vec<Vec<String>>,
+    pub parent: Option<ParentKey>,
+}
+
+impl TableDef {
+    /// The declared column called `name`.
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
 }
 
 impl Info {

@@ -3,82 +3,137 @@
 //! `order.created` carries the full document: the order row is upserted and
 //! its items replaced. `order.cancelled` (`{"order_number"}`) and
 //! `order.shipped` (`{"order_number", "carrier", "tracking_number",
-//! "shipped_at"}`) only update an existing order row.
-//!
-//! | orders column            | source                                  |
-//! |--------------------------|-----------------------------------------|
-//! | order_id                 | entity_id                               |
-//! | order_number             | data.order_number                       |
-//! | customer_user_id         | data.customer.user_id                   |
-//! | customer_name            | data.customer.display_name              |
-//! | customer_email           | data.customer.email                     |
-//! | shipping_recipient_name  | data.shipping_address.recipient_name    |
-//! | shipping_phone           | data.shipping_address.phone             |
-//! | shipping_street, shipping_city, shipping_state, shipping_zip_code, shipping_country | data.shipping_address.* |
-//! | status                   | data.status; "cancelled" / "shipped" on those events |
-//! | total_cents              | data.total_cents                        |
-//! | carrier, tracking_number | data.shipment.* ; order.shipped: data.* |
-//! | shipped_at               | data.shipment.shipped_at ; order.shipped: data.shipped_at, else the event time |
-//! | cancelled_at             | data.cancelled_at ; order.cancelled: data.cancelled_at, else the event time |
-//!
-//! | order_items column | source                                   |
-//! |--------------------|------------------------------------------|
-//! | order_id           | entity_id                                |
-//! | item_id            | item.item_id                             |
-//! | product_id         | item.product_snapshot.product_id         |
-//! | product_name       | item.product_snapshot.product_name       |
-//! | supplier_id        | item.product_snapshot.supplier_id        |
-//! | variant_name       | item.product_snapshot.variant_name       |
-//! | quantity           | item.quantity                            |
-//! | unit_price_cents   | item.unit_price_cents                    |
-//! | total_cents        | item.total_cents                         |
+//! "shipped_at"}`) only update an existing order row. The columns and their
+//! sources are declared in [`ORDERS`] and [`ITEMS`].
 
+use crate::SqlType::*;
+use crate::table::{Parent, Table, not_null, nullable};
 use crate::{
-    Domain, Envelope, Event, Info, ProjectionError, Replace, Result, RowOp, TableDef, Upsert,
-    Value, col, make_info,
+    Domain, Envelope, Event, Info, ProjectionError, Replace, Result, RowOp, Upsert, Value, col,
+    make_info,
 };
 
-pub(crate) const ORDERS: TableDef = TableDef {
+pub(crate) const ORDERS: Table = Table {
     name: "orders",
+    doc: "One row per order; cancelling or shipping updates it.",
     columns: &[
-        "order_id",
-        "order_number",
-        "customer_user_id",
-        "customer_name",
-        "customer_email",
-        "shipping_recipient_name",
-        "shipping_phone",
-        "shipping_street",
-        "shipping_city",
-        "shipping_state",
-        "shipping_zip_code",
-        "shipping_country",
-        "status",
-        "total_cents",
-        "carrier",
-        "tracking_number",
-        "shipped_at",
-        "cancelled_at",
-        "created_at",
-        "updated_at",
+        not_null("order_id", Varchar(24), "entity_id"),
+        nullable("order_number", Varchar(64), "data.order_number"),
+        nullable("customer_user_id", Varchar(24), "data.customer.user_id"),
+        nullable("customer_name", Varchar(255), "data.customer.display_name"),
+        nullable("customer_email", Varchar(255), "data.customer.email"),
+        nullable(
+            "shipping_recipient_name",
+            Varchar(255),
+            "data.shipping_address.recipient_name",
+        ),
+        nullable("shipping_phone", Varchar(64), "data.shipping_address.phone"),
+        nullable(
+            "shipping_street",
+            Varchar(255),
+            "data.shipping_address.street",
+        ),
+        nullable("shipping_city", Varchar(128), "data.shipping_address.city"),
+        nullable(
+            "shipping_state",
+            Varchar(128),
+            "data.shipping_address.state",
+        ),
+        nullable(
+            "shipping_zip_code",
+            Varchar(32),
+            "data.shipping_address.zip_code",
+        ),
+        nullable(
+            "shipping_country",
+            Varchar(64),
+            "data.shipping_address.country",
+        ),
+        nullable(
+            "status",
+            Varchar(32),
+            "data.status; \"cancelled\" / \"shipped\" on those events",
+        ),
+        nullable("total_cents", Bigint, "data.total_cents"),
+        nullable(
+            "carrier",
+            Varchar(64),
+            "data.shipment.carrier; order.shipped: data.carrier",
+        ),
+        nullable(
+            "tracking_number",
+            Varchar(128),
+            "data.shipment.tracking_number; order.shipped: data.tracking_number",
+        ),
+        nullable(
+            "shipped_at",
+            Datetime,
+            "data.shipment.shipped_at; order.shipped: data.shipped_at, else the event time",
+        ),
+        nullable(
+            "cancelled_at",
+            Datetime,
+            "data.cancelled_at; order.cancelled: data.cancelled_at, else the event time",
+        ),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["order_id"],
+    unique_keys: &[&["order_number"]],
+    indexes: &[&["customer_user_id"], &["status"], &["created_at"]],
+    parent: None,
 };
 
-pub(crate) const ITEMS: TableDef = TableDef {
+pub(crate) const ITEMS: Table = Table {
     name: "order_items",
+    doc: "One row per item of an order, replaced with `order.created`.",
     columns: &[
-        "order_id",
-        "item_id",
-        "product_id",
-        "product_name",
-        "supplier_id",
-        "variant_name",
-        "quantity",
-        "unit_price_cents",
-        "total_cents",
-        "created_at",
-        "updated_at",
+        not_null("id", Serial, "assigned by the database"),
+        not_null("order_id", Varchar(24), "entity_id"),
+        not_null("item_id", Varchar(64), "item.item_id"),
+        nullable(
+            "product_id",
+            Varchar(24),
+            "item.product_snapshot.product_id",
+        ),
+        nullable(
+            "product_name",
+            Varchar(512),
+            "item.product_snapshot.product_name",
+        ),
+        nullable(
+            "supplier_id",
+            Varchar(24),
+            "item.product_snapshot.supplier_id",
+        ),
+        nullable(
+            "variant_name",
+            Varchar(255),
+            "item.product_snapshot.variant_name",
+        ),
+        nullable("quantity", Bigint, "item.quantity"),
+        nullable("unit_price_cents", Bigint, "item.unit_price_cents"),
+        nullable("total_cents", Bigint, "item.total_cents"),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["id"],
+    unique_keys: &[&["order_id", "item_id"]],
+    indexes: &[&["product_id"]],
+    parent: Some(Parent {
+        columns: &["order_id"],
+        table: "orders",
+        references: &["order_id"],
+        cascade: true,
+    }),
 };
 
 const HANDLES: [&str; 3] = ["order.created", "order.cancelled", "order.shipped"];

@@ -1,49 +1,47 @@
-//! `post.*` -> `posts` (soft delete).
-//!
-//! | column           | source                         |
-//! |------------------|--------------------------------|
-//! | post_id          | entity_id                      |
-//! | author_user_id   | data.author.user_id            |
-//! | author_name      | data.author.display_name       |
-//! | author_avatar    | data.author.avatar             |
-//! | author_type      | data.author.author_type        |
-//! | post_type        | data.post_type                 |
-//! | text_content     | data.text_content              |
-//! | media_json       | data.media (JSON)              |
-//! | link_url, link_title, link_description, link_image | data.link_preview.{url,title,description,image} |
-//! | view_count, like_count, comment_count, share_count | data.stats.* |
-//! | published_at     | data.published_at              |
-//! | deleted_at       | data.deleted_at; post.deleted sets it to the event time |
-//! | created_at / updated_at | data.created_at / data.updated_at, else the event time |
+//! `post.*` -> `posts` (soft delete). The columns and their sources are
+//! declared in [`POSTS`].
 
-use crate::{
-    Domain, Envelope, Event, Info, Keyed, Result, RowOp, TableDef, Upsert, col, make_info,
-};
+use crate::SqlType::*;
+use crate::table::{Table, not_null, nullable};
+use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 
-pub(crate) const POSTS: TableDef = TableDef {
+pub(crate) const POSTS: Table = Table {
     name: "posts",
+    doc: "One row per post; `post.deleted` sets `deleted_at` (soft delete).",
     columns: &[
-        "post_id",
-        "author_user_id",
-        "author_name",
-        "author_avatar",
-        "author_type",
-        "post_type",
-        "text_content",
-        "media_json",
-        "link_url",
-        "link_title",
-        "link_description",
-        "link_image",
-        "view_count",
-        "like_count",
-        "comment_count",
-        "share_count",
-        "published_at",
-        "deleted_at",
-        "created_at",
-        "updated_at",
+        not_null("post_id", Varchar(24), "entity_id"),
+        nullable("author_user_id", Varchar(24), "data.author.user_id"),
+        nullable("author_name", Varchar(255), "data.author.display_name"),
+        nullable("author_avatar", Varchar(1024), "data.author.avatar"),
+        nullable("author_type", Varchar(32), "data.author.author_type"),
+        nullable("post_type", Varchar(32), "data.post_type"),
+        nullable("text_content", Text, "data.text_content"),
+        nullable("media_json", Json, "data.media (JSON)"),
+        nullable("link_url", Varchar(2048), "data.link_preview.url"),
+        nullable("link_title", Varchar(512), "data.link_preview.title"),
+        nullable("link_description", Text, "data.link_preview.description"),
+        nullable("link_image", Varchar(2048), "data.link_preview.image"),
+        nullable("view_count", Bigint, "data.stats.view_count"),
+        nullable("like_count", Bigint, "data.stats.like_count"),
+        nullable("comment_count", Bigint, "data.stats.comment_count"),
+        nullable("share_count", Bigint, "data.stats.share_count"),
+        nullable("published_at", Datetime, "data.published_at"),
+        nullable(
+            "deleted_at",
+            Datetime,
+            "data.deleted_at; post.deleted sets the event time",
+        ),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["post_id"],
+    unique_keys: &[],
+    indexes: &[&["author_user_id"], &["post_type"], &["published_at"]],
+    parent: None,
 };
 
 const HANDLES: [&str; 4] = [

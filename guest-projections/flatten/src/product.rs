@@ -3,71 +3,83 @@
 //! Every lifecycle event (created, updated, published, discontinued,
 //! out_of_stock, restored) carries the full document and refreshes the row and
 //! replaces the variants, so a variant removed from the document disappears.
-//!
-//! | products column  | source                        |
-//! |------------------|-------------------------------|
-//! | product_id       | entity_id                     |
-//! | supplier_id      | data.supplier_id              |
-//! | name             | data.name                     |
-//! | description      | data.description              |
-//! | category         | data.category                 |
-//! | base_price_cents | data.base_price_cents         |
-//! | status           | data.status                   |
-//! | base_sku         | data.metadata.base_sku        |
-//! | view_count, favorite_count, purchase_count, review_count | data.stats.* (integers) |
-//! | average_rating   | data.stats.average_rating (number) |
-//! | published_at     | data.published_at             |
-//!
-//! | product_variants column | source                              |
-//! |-------------------------|-------------------------------------|
-//! | product_id              | entity_id                           |
-//! | variant_key             | the key in data.variants            |
-//! | sku                     | data.variants.<key>.sku             |
-//! | price_cents             | data.variants.<key>.price_cents     |
-//! | quantity                | data.variants.<key>.quantity        |
-//! | attributes_json         | data.variants.<key>.attributes (JSON) |
-//!
-//! Both tables: created_at / updated_at from the document, else the event time.
+//! The columns and their sources are declared in [`PRODUCTS`] and
+//! [`VARIANTS`].
 
+use crate::SqlType::*;
+use crate::table::{Parent, Table, not_null, nullable};
 use crate::{
-    Domain, Envelope, Event, Info, Keyed, ProjectionError, Replace, Result, RowOp, TableDef,
-    Upsert, Value, col, make_info,
+    Domain, Envelope, Event, Info, Keyed, ProjectionError, Replace, Result, RowOp, Upsert, Value,
+    col, make_info,
 };
 
-pub(crate) const PRODUCTS: TableDef = TableDef {
+pub(crate) const PRODUCTS: Table = Table {
     name: "products",
+    doc: "One row per product; `product.deleted` deletes it and its variants.",
     columns: &[
-        "product_id",
-        "supplier_id",
-        "name",
-        "description",
-        "category",
-        "base_price_cents",
-        "status",
-        "base_sku",
-        "view_count",
-        "favorite_count",
-        "purchase_count",
-        "review_count",
-        "average_rating",
-        "published_at",
-        "created_at",
-        "updated_at",
+        not_null("product_id", Varchar(24), "entity_id"),
+        nullable("supplier_id", Varchar(24), "data.supplier_id"),
+        nullable("name", Varchar(512), "data.name"),
+        nullable("description", Text, "data.description"),
+        nullable("category", Varchar(128), "data.category"),
+        nullable("base_price_cents", Bigint, "data.base_price_cents"),
+        nullable("status", Varchar(32), "data.status"),
+        nullable("base_sku", Varchar(128), "data.metadata.base_sku"),
+        nullable("view_count", Bigint, "data.stats.view_count"),
+        nullable("favorite_count", Bigint, "data.stats.favorite_count"),
+        nullable("purchase_count", Bigint, "data.stats.purchase_count"),
+        nullable("review_count", Bigint, "data.stats.review_count"),
+        nullable("average_rating", Double, "data.stats.average_rating"),
+        nullable("published_at", Datetime, "data.published_at"),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["product_id"],
+    unique_keys: &[],
+    indexes: &[
+        &["supplier_id"],
+        &["category"],
+        &["status"],
+        &["created_at"],
+    ],
+    parent: None,
 };
 
-pub(crate) const VARIANTS: TableDef = TableDef {
+pub(crate) const VARIANTS: Table = Table {
     name: "product_variants",
+    doc: "One row per entry of a product's `variants` map, replaced with every product event.",
     columns: &[
-        "product_id",
-        "variant_key",
-        "sku",
-        "price_cents",
-        "quantity",
-        "attributes_json",
-        "created_at",
-        "updated_at",
+        not_null("id", Serial, "assigned by the database"),
+        not_null("product_id", Varchar(24), "entity_id"),
+        not_null("variant_key", Varchar(255), "the key in data.variants"),
+        nullable("sku", Varchar(128), "data.variants.<key>.sku"),
+        nullable("price_cents", Bigint, "data.variants.<key>.price_cents"),
+        nullable("quantity", Bigint, "data.variants.<key>.quantity"),
+        nullable(
+            "attributes_json",
+            Json,
+            "data.variants.<key>.attributes (JSON)",
+        ),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["id"],
+    unique_keys: &[&["product_id", "variant_key"]],
+    indexes: &[],
+    parent: Some(Parent {
+        columns: &["product_id"],
+        table: "products",
+        references: &["product_id"],
+        cascade: true,
+    }),
 };
 
 const HANDLES: [&str; 7] = [

@@ -1,51 +1,91 @@
-//! `supplier.*` -> `suppliers` (hard delete).
-//!
-//! | column               | source                                        |
-//! |----------------------|-----------------------------------------------|
-//! | supplier_id          | entity_id                                     |
-//! | email                | data.contact_info.primary_email               |
-//! | primary_phone        | data.contact_info.primary_phone               |
-//! | contact_person_name  | data.contact_info.contact_person_name         |
-//! | contact_person_title | data.contact_info.contact_person_title        |
-//! | contact_person_email | data.contact_info.contact_person_email        |
-//! | contact_person_phone | data.contact_info.contact_person_phone        |
-//! | legal_name           | data.company_info.legal_name                  |
-//! | dba_name             | data.company_info.dba_name                    |
-//! | street, city, state, zip_code, country | data.company_info.business_address.* |
-//! | support_email        | data.business_info.support_email              |
-//! | support_phone        | data.business_info.support_phone              |
-//! | website              | data.business_info.website                    |
-//! | social_urls          | data.business_info.social_urls (JSON)         |
-//! | created_at / updated_at | data.created_at / data.updated_at, else the event time |
+//! `supplier.*` -> `suppliers` (hard delete). The columns and their sources
+//! are declared in [`SUPPLIERS`].
 
-use crate::{
-    Domain, Envelope, Event, Info, Keyed, Result, RowOp, TableDef, Upsert, col, make_info,
-};
+use crate::SqlType::*;
+use crate::table::{Table, not_null, nullable};
+use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 
-pub(crate) const SUPPLIERS: TableDef = TableDef {
+pub(crate) const SUPPLIERS: Table = Table {
     name: "suppliers",
+    doc: "One row per supplier; `supplier.deleted` deletes it.",
     columns: &[
-        "supplier_id",
-        "email",
-        "primary_phone",
-        "contact_person_name",
-        "contact_person_title",
-        "contact_person_email",
-        "contact_person_phone",
-        "legal_name",
-        "dba_name",
-        "street",
-        "city",
-        "state",
-        "zip_code",
-        "country",
-        "support_email",
-        "support_phone",
-        "website",
-        "social_urls",
-        "created_at",
-        "updated_at",
+        not_null("supplier_id", Varchar(24), "entity_id"),
+        nullable("email", Varchar(255), "data.contact_info.primary_email"),
+        nullable(
+            "primary_phone",
+            Varchar(64),
+            "data.contact_info.primary_phone",
+        ),
+        nullable(
+            "contact_person_name",
+            Varchar(255),
+            "data.contact_info.contact_person_name",
+        ),
+        nullable(
+            "contact_person_title",
+            Varchar(255),
+            "data.contact_info.contact_person_title",
+        ),
+        nullable(
+            "contact_person_email",
+            Varchar(255),
+            "data.contact_info.contact_person_email",
+        ),
+        nullable(
+            "contact_person_phone",
+            Varchar(64),
+            "data.contact_info.contact_person_phone",
+        ),
+        nullable("legal_name", Varchar(255), "data.company_info.legal_name"),
+        nullable("dba_name", Varchar(255), "data.company_info.dba_name"),
+        nullable(
+            "street",
+            Varchar(255),
+            "data.company_info.business_address.street",
+        ),
+        nullable(
+            "city",
+            Varchar(128),
+            "data.company_info.business_address.city",
+        ),
+        nullable(
+            "state",
+            Varchar(128),
+            "data.company_info.business_address.state",
+        ),
+        nullable(
+            "zip_code",
+            Varchar(32),
+            "data.company_info.business_address.zip_code",
+        ),
+        nullable(
+            "country",
+            Varchar(64),
+            "data.company_info.business_address.country",
+        ),
+        nullable(
+            "support_email",
+            Varchar(255),
+            "data.business_info.support_email",
+        ),
+        nullable(
+            "support_phone",
+            Varchar(64),
+            "data.business_info.support_phone",
+        ),
+        nullable("website", Varchar(1024), "data.business_info.website"),
+        nullable("social_urls", Json, "data.business_info.social_urls (JSON)"),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["supplier_id"],
+    unique_keys: &[],
+    indexes: &[&["email"], &["legal_name"], &["country", "state", "city"]],
+    parent: None,
 };
 
 const HANDLES: [&str; 3] = ["supplier.created", "supplier.updated", "supplier.deleted"];

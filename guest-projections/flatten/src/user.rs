@@ -1,34 +1,36 @@
-//! `user.*` -> `users` (soft delete).
-//!
-//! | column         | source                          |
-//! |----------------|---------------------------------|
-//! | user_id        | entity_id                       |
-//! | email          | data.contact_info.primary_email |
-//! | phone          | data.contact_info.phone         |
-//! | display_name   | data.profile.display_name       |
-//! | avatar         | data.profile.avatar             |
-//! | bio            | data.profile.bio                |
-//! | deleted_at     | data.deleted_at; user.deleted sets it to the event time |
-//! | created_at     | data.created_at                 |
-//! | updated_at     | data.updated_at, else the event time |
+//! `user.*` -> `users` (soft delete). The columns and their sources are
+//! declared in [`USERS`].
 
-use crate::{
-    Domain, Envelope, Event, Info, Keyed, Result, RowOp, TableDef, Upsert, col, make_info,
-};
+use crate::SqlType::*;
+use crate::table::{Table, not_null, nullable};
+use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 
-pub(crate) const USERS: TableDef = TableDef {
+pub(crate) const USERS: Table = Table {
     name: "users",
+    doc: "One row per user account; `user.deleted` sets `deleted_at` (soft delete).",
     columns: &[
-        "user_id",
-        "email",
-        "phone",
-        "display_name",
-        "avatar",
-        "bio",
-        "deleted_at",
-        "created_at",
-        "updated_at",
+        not_null("user_id", Varchar(24), "entity_id"),
+        nullable("email", Varchar(255), "data.contact_info.primary_email"),
+        nullable("phone", Varchar(64), "data.contact_info.phone"),
+        nullable("display_name", Varchar(255), "data.profile.display_name"),
+        nullable("avatar", Varchar(1024), "data.profile.avatar"),
+        nullable("bio", Text, "data.profile.bio"),
+        nullable(
+            "deleted_at",
+            Datetime,
+            "data.deleted_at; user.deleted sets the event time",
+        ),
+        nullable("created_at", Datetime, "data.created_at"),
+        nullable(
+            "updated_at",
+            Datetime,
+            "data.updated_at, else the event time",
+        ),
     ],
+    primary_key: &["user_id"],
+    unique_keys: &[],
+    indexes: &[&["email"], &["created_at"]],
+    parent: None,
 };
 
 const HANDLES: [&str; 3] = ["user.created", "user.updated", "user.deleted"];

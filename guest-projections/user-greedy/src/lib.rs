@@ -7,7 +7,9 @@ use projection_sdk::flatten::{self, Domain, Info};
 
 fn info() -> Info {
     let mut info = (flatten::USER.info)();
-    info.writes.extend((flatten::POST.info)().writes);
+    let post = (flatten::POST.info)();
+    info.writes.extend(post.writes);
+    info.tables.extend(post.tables);
     info
 }
 

@@ -1,10 +1,10 @@
 //! The `user` projection extended as the author's guide does it: it also
 //! handles `user.verified` and writes `users.verified_at` (the event time), a
-//! column the shipped schema does not have. The host's tests apply the
-//! column's migration while a host runs, then hot-reload this component.
+//! column the shipped schema does not have. It declares the column (typed,
+//! nullable), so the host adds it when it loads this component.
 
 use projection_sdk::flatten::{
-    self, Domain, Envelope, Info, ProjectionError, RowOp, Upsert, Value, col,
+    self, ColumnDef, Domain, Envelope, Info, ProjectionError, RowOp, SqlType, Upsert, Value, col,
     doc::normalize_timestamp,
 };
 
@@ -14,6 +14,16 @@ fn info() -> Info {
     for t in &mut info.writes {
         if t.table == "users" {
             t.columns.push("verified_at".into());
+        }
+    }
+    for t in &mut info.tables {
+        if t.name == "users" {
+            t.columns.push(ColumnDef {
+                name: "verified_at".into(),
+                sql_type: SqlType::Datetime,
+                nullable: true,
+                doc: "user.verified: the event time".into(),
+            });
         }
     }
     info

@@ -135,24 +135,64 @@ pub fn admission(schema: &Arc<SchemaCell>, grants: &crate::settings::Grants) -> 
     })
 }
 
+/// Makes the database hold the tables a projection declares (WIT 1.1.0):
+/// its grant first, so nothing outside it is ever created, then the
+/// additive changes under the migration lock (see `sink::reconcile`).
+pub async fn declare_tables(
+    pool: &sqlx::MySqlPool,
+    grants: &crate::settings::Grants,
+    info: &flatten::Info,
+) -> Result<(), String> {
+    grants.check(info)?;
+    sink::reconcile(pool, &info.tables)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The reconciliation a reloader runs before admitting a component: its
+/// declared tables, then the live schema read again into `cell`.
+pub fn reconciler(
+    pool: &sqlx::MySqlPool,
+    cell: &Arc<SchemaCell>,
+    grants: &crate::settings::Grants,
+) -> crate::sandbox::reload::Reconcile {
+    let (pool, cell, grants) = (pool.clone(), cell.clone(), grants.clone());
+    Arc::new(move |info| {
+        let (pool, cell, grants) = (pool.clone(), cell.clone(), grants.clone());
+        Box::pin(async move {
+            declare_tables(&pool, &grants, &info).await?;
+            let schema = Schema::load(&pool).await.map_err(|e| format!("{e:#}"))?;
+            cell.set(schema);
+            Ok(())
+        })
+    })
+}
+
 impl Host {
-    /// Connects to MySQL (running migrations), loads the projections, and
-    /// subscribes to the topics.
+    /// Connects to MySQL (running migrations), loads the projections,
+    /// reconciles the tables they declare, and subscribes to the topics.
     pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Host> {
         let pool = sink::connect_mysql(&settings.mysql.url, settings.mysql.max_connections).await?;
         sink::migrate(&pool).await?;
-        let schema = Arc::new(SchemaCell::new(Schema::load(&pool).await?));
-        let admit = admission(&schema, &settings.grants);
-        let (registry, runtime) = match mode {
+        let (projections, runtime) = match mode {
             Mode::Wasm => {
                 let runtime = Arc::new(Runtime::new(settings.sandbox)?);
                 (
-                    Registry::load_dir(&runtime, &settings.components.dir, &*admit)?,
+                    Registry::load_files(&runtime, &settings.components.dir)?,
                     Some(runtime),
                 )
             }
-            Mode::Native => (Registry::native(&*admit)?, None),
+            Mode::Native => (Registry::native_projections(), None),
         };
+        for p in &projections {
+            declare_tables(&pool, &settings.grants, p.info())
+                .await
+                .map_err(|e| anyhow::anyhow!("projection {} refused: {e}", p.label()))?;
+        }
+        let schema = Arc::new(SchemaCell::new(Schema::load(&pool).await?));
+        let admit = admission(&schema, &settings.grants);
+        let registry = Registry::new(projections, &*admit)?;
         let sources = settings
             .topics
             .iter()
@@ -215,7 +255,12 @@ impl Host {
                     self.registry.clone(),
                     Arc::new(move |event| shared.reloaded(event)),
                 )
-                .refreshing(refresh),
+                .refreshing(refresh)
+                .reconciling(reconciler(
+                    &self.pool,
+                    &self.schema,
+                    &self.settings.grants,
+                )),
             )
         })
     }

@@ -3,7 +3,12 @@
 //! must say, and the conversion of the generated bindings into the
 //! `flatten` types the rest of the host uses.
 
-use flatten::{Column, Info, Keyed, ProjectionError, Replace, RowOp, TableUse, Upsert, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+use flatten::{
+    Column, ColumnDef, Info, Keyed, ParentKey, ProjectionError, Replace, RowOp, SqlType, TableDef,
+    TableUse, Upsert, Value,
+};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -105,7 +110,189 @@ pub(super) fn check_info(info: &Info) -> Result<(), String> {
             }
         }
     }
+    check_tables(info)
+}
+
+/// Most columns a declared table may have (MySQL allows 4096 in all).
+const MAX_COLUMNS: usize = 1000;
+/// Longest VARCHAR a declaration may ask for (in utf8mb4 characters).
+const MAX_VARCHAR: u32 = 16_383;
+
+/// Checks a 1.1 component's typed tables: every written table is defined
+/// and every written column declared, names are plain identifiers, keys
+/// name declared columns, a parent is a table of the same component
+/// referenced by its primary key. A 1.0 component defines none.
+pub(super) fn check_tables(info: &Info) -> Result<(), String> {
+    if info.tables.is_empty() {
+        return Ok(());
+    }
+    let mut defs: BTreeMap<&str, &TableDef> = BTreeMap::new();
+    for t in &info.tables {
+        if defs.insert(t.name.as_str(), t).is_some() {
+            return Err(format!("defines table {:?} twice", t.name));
+        }
+    }
+    for use_ in &info.writes {
+        let Some(def) = defs.get(use_.table.as_str()) else {
+            return Err(format!(
+                "writes table {:?} but tables() does not define it",
+                use_.table
+            ));
+        };
+        for column in &use_.columns {
+            match def.column(column) {
+                None => {
+                    return Err(format!(
+                        "writes {}.{column}, which tables() does not define",
+                        use_.table
+                    ));
+                }
+                Some(c) if c.sql_type == SqlType::Serial => {
+                    return Err(format!(
+                        "writes {}.{column}, which the database assigns (serial)",
+                        use_.table
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for def in &info.tables {
+        check_table(def, &defs).map_err(|e| format!("table {:?}: {e}", def.name))?;
+        if !info.writes.iter().any(|w| w.table == def.name) {
+            return Err(format!(
+                "defines table {:?}, which describe() does not write",
+                def.name
+            ));
+        }
+    }
     Ok(())
+}
+
+fn check_table(def: &TableDef, defs: &BTreeMap<&str, &TableDef>) -> Result<(), String> {
+    use crate::sink::schema::Ident;
+    Ident::parse(&def.name).map_err(|e| e.to_string())?;
+    if def.columns.is_empty() || def.columns.len() > MAX_COLUMNS {
+        return Err(format!("must have 1 to {MAX_COLUMNS} columns"));
+    }
+    let mut names = BTreeSet::new();
+    for c in &def.columns {
+        Ident::parse(&c.name).map_err(|e| e.to_string())?;
+        if flatten::HOST_COLUMNS.contains(&c.name.as_str()) {
+            return Err(format!("defines {}, which the host adds itself", c.name));
+        }
+        if !names.insert(c.name.as_str()) {
+            return Err(format!("defines column {} twice", c.name));
+        }
+        match c.sql_type {
+            SqlType::Varchar(n) if n == 0 || n > MAX_VARCHAR => {
+                return Err(format!(
+                    "{} is VARCHAR({n}); a VARCHAR holds 1 to {MAX_VARCHAR} characters",
+                    c.name
+                ));
+            }
+            SqlType::Serial if c.nullable || def.primary_key != [c.name.clone()] => {
+                return Err(format!(
+                    "{} is serial, which must be NOT NULL and the whole primary key",
+                    c.name
+                ));
+            }
+            _ => {}
+        }
+    }
+    let key = |what: &str, cols: &[String]| -> Result<(), String> {
+        if cols.is_empty() {
+            return Err(format!("the {what} has no column"));
+        }
+        for col in cols {
+            let Some(c) = def.column(col) else {
+                return Err(format!("the {what} names {col}, which is not a column"));
+            };
+            if matches!(c.sql_type, SqlType::Text | SqlType::Json) {
+                return Err(format!(
+                    "the {what} names {col}, a {} column, which MySQL cannot index whole",
+                    c.sql_type.sql()
+                ));
+            }
+        }
+        Ok(())
+    };
+    key("primary key", &def.primary_key)?;
+    if let Some(c) = def
+        .primary_key
+        .iter()
+        .filter_map(|k| def.column(k))
+        .find(|c| c.nullable)
+    {
+        return Err(format!(
+            "primary key column {} must not be nullable",
+            c.name
+        ));
+    }
+    for k in &def.unique_keys {
+        key("unique key", k)?;
+    }
+    for k in &def.indexes {
+        key("index", k)?;
+    }
+    if let Some(p) = &def.parent {
+        key("parent key", &p.columns)?;
+        let Some(parent) = defs.get(p.table.as_str()) else {
+            return Err(format!(
+                "its parent {:?} is not a table this component defines",
+                p.table
+            ));
+        };
+        if parent.name == def.name {
+            return Err("is its own parent".into());
+        }
+        if p.references != parent.primary_key || p.columns.len() != p.references.len() {
+            return Err(format!(
+                "its parent key must reference {}'s primary key ({})",
+                parent.name,
+                parent.primary_key.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn tables_from_wit(tables: Vec<wit::TableDef>) -> Vec<TableDef> {
+    tables
+        .into_iter()
+        .map(|t| TableDef {
+            name: t.name,
+            doc: t.doc,
+            columns: t
+                .columns
+                .into_iter()
+                .map(|c| ColumnDef {
+                    name: c.name,
+                    sql_type: match c.sql_type {
+                        wit::ColumnType::Varchar(n) => SqlType::Varchar(n),
+                        wit::ColumnType::Text => SqlType::Text,
+                        wit::ColumnType::Bigint => SqlType::Bigint,
+                        wit::ColumnType::Double => SqlType::Double,
+                        wit::ColumnType::Boolean => SqlType::Boolean,
+                        wit::ColumnType::Datetime => SqlType::Datetime,
+                        wit::ColumnType::Json => SqlType::Json,
+                        wit::ColumnType::Serial => SqlType::Serial,
+                    },
+                    nullable: c.nullable,
+                    doc: c.doc,
+                })
+                .collect(),
+            primary_key: t.primary_key,
+            unique_keys: t.unique_keys,
+            indexes: t.indexes,
+            parent: t.parent.map(|p| ParentKey {
+                columns: p.columns,
+                table: p.table,
+                references: p.references,
+                cascade: p.cascade,
+            }),
+        })
+        .collect()
 }
 
 pub(super) fn info_from_wit(info: wit::Info) -> Info {
@@ -121,6 +308,7 @@ pub(super) fn info_from_wit(info: wit::Info) -> Info {
                 columns: t.columns,
             })
             .collect(),
+        tables: vec![],
     }
 }
 
@@ -189,8 +377,9 @@ mod tests {
     #[test]
     fn versions_of_the_same_major_and_no_newer_minor_are_compatible() {
         assert!(version_compatible("1.0.0"));
+        assert!(version_compatible("1.1.0"));
         assert!(!version_compatible("2.0.0"));
-        assert!(!version_compatible("1.1.0"));
+        assert!(!version_compatible("1.2.0"));
         assert!(!version_compatible("0.9.0"));
         assert!(!version_compatible(""));
     }
@@ -205,6 +394,7 @@ mod tests {
                 table: "users".into(),
                 columns: vec!["user_id".into()],
             }],
+            tables: vec![],
         };
         assert_eq!(check_info(&good), Ok(()));
         let mut foreign = good.clone();

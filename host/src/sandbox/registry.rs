@@ -115,12 +115,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Loads every `*.wasm` file of `dir` (sorted by name).
+    /// Loads every `*.wasm` file of `dir` (sorted by name) and admits them.
     pub fn load_dir(
         runtime: &Runtime,
         dir: &Path,
         admit: &dyn Fn(&Info) -> Result<(), String>,
     ) -> anyhow::Result<Registry> {
+        Registry::new(Registry::load_files(runtime, dir)?, admit)
+    }
+
+    /// Loads every `*.wasm` file of `dir` (sorted by name), not admitted yet.
+    pub fn load_files(runtime: &Runtime, dir: &Path) -> anyhow::Result<Vec<Projection>> {
         let files = wasm_files(dir)?;
         if files.is_empty() {
             anyhow::bail!("no .wasm component in {}", dir.display());
@@ -133,12 +138,17 @@ impl Registry {
             tracing::info!(component = %loaded.label(), file = %file.display(), digest = %&loaded.digest[..12], "loaded projection component");
             projections.push(Projection::Wasm(Arc::new(loaded)));
         }
-        Registry::new(projections, admit)
+        Ok(projections)
     }
 
     /// The built-in flattening compiled into the host, for every domain.
     pub fn native(admit: &dyn Fn(&Info) -> Result<(), String>) -> anyhow::Result<Registry> {
-        let projections = flatten::DOMAINS
+        Registry::new(Registry::native_projections(), admit)
+    }
+
+    /// The built-in projections, not admitted yet.
+    pub fn native_projections() -> Vec<Projection> {
+        flatten::DOMAINS
             .into_iter()
             .map(|domain| {
                 Projection::Native(NativeProjection {
@@ -146,8 +156,7 @@ impl Registry {
                     info: (domain.info)(),
                 })
             })
-            .collect();
-        Registry::new(projections, admit)
+            .collect()
     }
 
     /// The projection of an event type.

@@ -77,6 +77,19 @@ pub type SchemaRefresh = Arc<
         + Sync,
 >;
 
+/// Run for every component a reload or deploy is about to admit, with its
+/// declaration: the host makes the database hold its declared tables
+/// (grant first, additive changes only) and re-reads the schema. An error
+/// refuses the component.
+pub type Reconcile = Arc<
+    dyn Fn(
+            flatten::Info,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Reloads components from a folder into a live registry.
 pub struct Reloader {
     runtime: Arc<Runtime>,
@@ -85,6 +98,7 @@ pub struct Reloader {
     registry: Arc<watch::Sender<Arc<Registry>>>,
     observer: ReloadObserver,
     refresh: Option<SchemaRefresh>,
+    reconcile: Option<Reconcile>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -106,6 +120,7 @@ impl Reloader {
             registry,
             observer,
             refresh: None,
+            reconcile: None,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -124,6 +139,20 @@ impl Reloader {
     pub fn refreshing(mut self, refresh: SchemaRefresh) -> Reloader {
         self.refresh = Some(refresh);
         self
+    }
+
+    /// Runs `reconcile` for every component before it is admitted.
+    pub fn reconciling(mut self, reconcile: Reconcile) -> Reloader {
+        self.reconcile = Some(reconcile);
+        self
+    }
+
+    /// The reconciliation of a component's declared tables, if any.
+    async fn reconcile(&self, info: &flatten::Info) -> Result<(), String> {
+        match &self.reconcile {
+            Some(reconcile) => reconcile(info.clone()).await,
+            None => Ok(()),
+        }
     }
 
     /// Loads every new or changed component of the folder; each one that
@@ -181,6 +210,10 @@ impl Reloader {
                 }
             };
             let domain = loaded.info.domain.clone();
+            if let Err(e) = self.reconcile(&loaded.info).await {
+                self.refuse(&mut report, &file, Some(&domain), e);
+                continue;
+            }
             let projection = Projection::Wasm(Arc::new(loaded));
             let label = projection.label();
             match current.with(projection, &*self.admission) {
@@ -236,6 +269,9 @@ impl Reloader {
                 .map_err(|e| format!("self-test thread failed: {e}"))?
                 .map_err(|e| self.refused_deploy(Some(&domain), format!("{e:#}")))?;
         }
+        self.reconcile(&loaded.info)
+            .await
+            .map_err(|e| self.refused_deploy(Some(&domain), e))?;
         let projection = Projection::Wasm(loaded);
         let label = projection.label();
         let next = current

@@ -42,21 +42,25 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        world: "projection",
+        // describe and project: what every 1.x component exports; `tables`
+        // (1.1.0) is looked up by name, since a 1.0 component lacks it.
+        world: "projection-core",
         path: "../wit",
     });
 }
 
 pub(super) use bindings::projector::projection::types as wit;
-use bindings::{Projection, ProjectionPre};
+use bindings::{ProjectionCore as Projection, ProjectionCorePre as ProjectionPre};
 
-use super::contract::{check_info, check_version, error_from_wit, info_from_wit, op_from_wit};
+use super::contract::{
+    check_info, check_version, error_from_wit, info_from_wit, op_from_wit, tables_from_wit,
+};
 use crate::settings::SandboxLimits;
 
 /// The WIT package and the major version this host implements.
 pub const WIT_PACKAGE: &str = "projector:projection";
 /// The contract version this host was built against.
-pub const WIT_VERSION: &str = "1.0.0";
+pub const WIT_VERSION: &str = "1.1.0";
 
 /// How often the epoch advances; deadlines are whole multiples of it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -84,6 +88,8 @@ pub enum LoadError {
     Version { found: String },
     #[error("describe() failed: {0}")]
     Describe(String),
+    #[error("tables() failed: {0}")]
+    Tables(String),
     #[error("describe() is not acceptable: {0}")]
     Info(String),
 }
@@ -247,6 +253,7 @@ impl Runtime {
                 version: String::new(),
                 handles: vec![],
                 writes: vec![],
+                tables: vec![],
             },
             digest,
             source: source.to_owned(),
@@ -254,10 +261,16 @@ impl Runtime {
             engine: self.engine.clone(),
             limits: self.limits,
         };
-        let info = loaded
+        let mut info = loaded
             .session()
             .describe()
             .map_err(|e| LoadError::Describe(e.to_string()))?;
+        if component.get_export_index(None, "tables").is_some() {
+            info.tables = loaded
+                .session()
+                .tables()
+                .map_err(|e| LoadError::Tables(e.to_string()))?;
+        }
         check_info(&info).map_err(LoadError::Info)?;
         loaded.info = info;
         Ok(loaded)
@@ -334,11 +347,19 @@ const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 impl Session<'_> {
     fn instantiate(&self) -> Result<(Store<GuestState>, Projection), GuestFailure> {
+        self.instantiate_with(|store| self.component.pre.instantiate(store))
+    }
+
+    /// A fresh store under a fresh deadline, and `make` of an instance in it.
+    fn instantiate_with<I>(
+        &self,
+        make: impl Fn(&mut Store<GuestState>) -> wasmtime::Result<I>,
+    ) -> Result<(Store<GuestState>, I), GuestFailure> {
         let waited = std::time::Instant::now();
         loop {
             let mut store = self.component.new_store();
             store.set_epoch_deadline(self.ticks());
-            match self.component.pre.instantiate(&mut store) {
+            match make(&mut store) {
                 Ok(instance) => return Ok((store, instance)),
                 // A host-side shortage, not the guest's fault: wait for a
                 // slot rather than fail the event.
@@ -371,6 +392,17 @@ impl Session<'_> {
     pub fn describe(&mut self) -> Result<Info, GuestFailure> {
         self.call(|store, p| p.call_describe(store))
             .map(info_from_wit)
+    }
+
+    /// `tables()`, which a 1.1 component exports.
+    pub fn tables(&mut self) -> Result<Vec<flatten::TableDef>, GuestFailure> {
+        let (mut store, instance) =
+            self.instantiate_with(|store| self.component.pre.instance_pre().instantiate(store))?;
+        let tables = instance
+            .get_typed_func::<(), (Vec<wit::TableDef>,)>(&mut store, "tables")
+            .and_then(|f| f.call(&mut store, ()))
+            .map_err(|e| GuestFailure::Trap(describe_trap(&e)))?;
+        Ok(tables_from_wit(tables.0))
     }
 
     /// `project(envelope)`.

@@ -11,8 +11,15 @@ use std::fmt;
 use anyhow::Context as _;
 use sqlx::{MySqlPool, Row as _};
 
-/// The migrations in `host/migrations`, embedded at compile time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations in `host/migrations`, embedded at compile time: the
+/// host's bookkeeping tables only. The seven projection tables were
+/// migration 0001 until the components declared them (WIT 1.1.0, see
+/// `reconcile`); a database that applied 0001 keeps its record of it, which
+/// the migrator ignores.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations")
+};
 
 /// The seven projection tables, parents before children.
 pub const PROJECTION_TABLES: [&str; 7] = [
@@ -42,14 +49,7 @@ pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
         .acquire()
         .await
         .context("failed to connect for migrations")?;
-    let locked: Option<i64> =
-        sqlx::query_scalar("SELECT GET_LOCK(CONCAT(DATABASE(), '.projector_migrate'), 120)")
-            .fetch_one(&mut *conn)
-            .await
-            .context("failed to take the migration lock")?;
-    if locked != Some(1) {
-        anyhow::bail!("another process held the migration lock for 120 s");
-    }
+    lock_migrations(&mut conn).await?;
     let result = async {
         accept_rewritten_migrations(&mut conn).await?;
         MIGRATOR
@@ -58,10 +58,28 @@ pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
             .context("failed to run the schema migrations")
     }
     .await;
+    unlock_migrations(&mut conn).await;
+    result
+}
+
+/// Takes the named lock that serialises schema changes (migrations and
+/// reconciliation) across hosts sharing the database.
+pub(super) async fn lock_migrations(conn: &mut sqlx::MySqlConnection) -> anyhow::Result<()> {
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT(DATABASE(), '.projector_migrate'), 120)")
+            .fetch_one(&mut *conn)
+            .await
+            .context("failed to take the migration lock")?;
+    if locked != Some(1) {
+        anyhow::bail!("another process held the migration lock for 120 s");
+    }
+    Ok(())
+}
+
+pub(super) async fn unlock_migrations(conn: &mut sqlx::MySqlConnection) {
     let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.projector_migrate'))")
         .execute(&mut *conn)
         .await;
-    result
 }
 
 /// Migrations whose text was rewritten after release, without changing what
@@ -449,26 +467,10 @@ impl Schema {
             }
         }
         // MariaDB stores JSON as LONGTEXT with CHECK (json_valid(`col`)).
-        let checks = sqlx::query(
-            "SELECT tc.TABLE_NAME, cc.CHECK_CLAUSE \
-             FROM information_schema.TABLE_CONSTRAINTS tc \
-             JOIN information_schema.CHECK_CONSTRAINTS cc \
-               ON cc.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA \
-              AND cc.CONSTRAINT_NAME = tc.CONSTRAINT_NAME \
-             WHERE tc.TABLE_SCHEMA = DATABASE() AND tc.CONSTRAINT_TYPE = 'CHECK'",
-        )
-        .fetch_all(pool)
-        .await
-        .context("failed to read the schema's check constraints")?;
-        for row in checks {
-            let table: String = row.try_get(0)?;
-            let clause: String = row.try_get(1)?;
-            let column = clause
-                .trim()
-                .strip_prefix("json_valid(`")
-                .and_then(|c| c.strip_suffix("`)"));
-            if let (Some(info), Some(column)) = (tables.get_mut(&table), column)
-                && let Some(ty) = info.types.get_mut(column)
+        let mut conn = pool.acquire().await.context("failed to connect")?;
+        for (table, column) in super::reconcile::json_columns(&mut conn).await? {
+            if let Some(info) = tables.get_mut(&table)
+                && let Some(ty) = info.types.get_mut(&column)
                 && ty.kind == Kind::Text
             {
                 ty.kind = Kind::Json;

@@ -60,7 +60,9 @@ impl TestDb {
     /// surplus row writes).
     pub async fn audited() -> TestDb {
         let db = TestDb::new().await;
-        projector_host::sink::migrate(&db.pool).await.unwrap();
+        projector_host::sink::migrate_with_builtin_tables(&db.pool)
+            .await
+            .unwrap();
         projector_tools::audit::install(&db.pool).await.unwrap();
         db
     }

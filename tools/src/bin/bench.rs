@@ -374,7 +374,7 @@ async fn mysql_ceiling(
     round: usize,
 ) -> anyhow::Result<RunResult> {
     let (name, _url, pool) = ctx.fresh_db(&format!("{tag}{round}")).await?;
-    projector_host::sink::migrate(&pool).await?;
+    projector_host::sink::migrate_with_builtin_tables(&pool).await?;
     let schema = projector_host::sink::Schema::load(&pool).await?;
     let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
         .into_iter()

@@ -90,7 +90,7 @@ impl Ctx {
         let name = self.unique("db");
         let (url, pool) =
             projector_tools::snapshot::create_database(&self.mysql_url, &name).await?;
-        projector_host::sink::migrate(&pool).await?;
+        projector_host::sink::migrate_with_builtin_tables(&pool).await?;
         projector_tools::audit::install(&pool).await?;
         Ok(Db { name, url, pool })
     }
