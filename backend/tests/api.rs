@@ -321,6 +321,9 @@ async fn every_mutation(env: &Env) -> [String; 6] {
     [user, supplier, product, order, other, post]
 }
 
+/// How many events [`every_mutation`] makes the API emit.
+const EVERY_MUTATION_EVENTS: usize = 21;
+
 /// Stands for a server-set RFC 3339 time in an expected document.
 const TIME: &str = "<time>";
 /// Stands for a server-set order number (`ORD-<yyyymmdd>-<8 hex>`).
@@ -375,7 +378,7 @@ async fn every_mutation_emits_its_event_with_the_seed_payload() {
     let env = Env::new().await;
     let [user, supplier, product, order, other, post] = every_mutation(&env).await;
     env.publish_all(&env.relay(&kafka())).await;
-    let got = env.consume(21).await;
+    let got = env.consume(EVERY_MUTATION_EVENTS).await;
 
     let mut by_type: BTreeMap<String, Vec<(String, String, Value)>> = BTreeMap::new();
     for (topic, key, e) in &got {
@@ -386,8 +389,8 @@ async fn every_mutation_emits_its_event_with_the_seed_payload() {
     }
     assert_eq!(
         by_type.len(),
-        20,
-        "all 20 event types: {:?}",
+        events::EventType::ALL.len(),
+        "every event type: {:?}",
         by_type.keys().collect::<Vec<_>>()
     );
     for (event_type, events) in &by_type {
@@ -618,11 +621,11 @@ async fn events_written_before_a_crash_are_published_after_the_restart() {
     let env = Env::new().await;
     // The backend writes, then dies before its relay publishes anything.
     let [user, ..] = every_mutation(&env).await;
-    assert_eq!(env.pending_events().await, 21);
+    assert_eq!(env.pending_events().await, EVERY_MUTATION_EVENTS);
     // After the restart, a new relay finds the pending events.
     let restarted = env.relay(&kafka());
     env.publish_all(&restarted).await;
-    let got = env.consume(21).await;
+    let got = env.consume(EVERY_MUTATION_EVENTS).await;
     let user_events: Vec<&str> = got
         .iter()
         .filter(|(_, k, _)| *k == user)

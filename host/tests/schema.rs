@@ -1,8 +1,9 @@
 //! The tables come from the components' typed declarations (WIT 1.1.0):
-//! checked against the SQL the tables were created with before (migration
-//! 0001, kept as a fixture), as the server itself renders both; a database
-//! made by that SQL needs no change; a 1.0 component, which declares no
-//! types, still loads and runs against tables that exist.
+//! a database made by the SQL the tables were created with before (migration
+//! 0001, kept as a fixture) takes the declarations with additive changes
+//! only and then has exactly the tables a fresh database gets, as the server
+//! itself renders both; a 1.0 component, which declares no types, still
+//! loads and runs against tables that exist.
 
 mod common;
 
@@ -80,7 +81,7 @@ fn shipped_components() -> Vec<flatten::Info> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_declared_tables_are_the_tables_migration_0001_made_and_it_needs_no_change() {
+async fn a_database_made_by_migration_0001_reconciles_to_the_declared_tables() {
     let infos = shipped_components();
     let grants = Grants::default();
 
@@ -91,11 +92,12 @@ async fn the_declared_tables_are_the_tables_migration_0001_made_and_it_needs_no_
         .execute(&old.pool)
         .await
         .unwrap();
+    // Additive changes only (anything else is refused): the shipped
+    // declarations need none; a column an author adds is added here.
     for info in &infos {
-        let applied = projector_host::sink::reconcile(&old.pool, &info.tables)
+        projector_host::sink::reconcile(&old.pool, &info.tables)
             .await
-            .unwrap();
-        assert!(applied.is_empty(), "{}: {applied:?}", info.domain);
+            .unwrap_or_else(|e| panic!("{}: {e}", info.domain));
     }
 
     // A fresh database: the host creates the tables from the declarations.
