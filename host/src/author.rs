@@ -66,7 +66,7 @@ const LIB_RS: &str = r#"//! `{domain}.*` -> `{table}` (soft delete).
 
 use projection_sdk::flatten::SqlType::*;
 use projection_sdk::flatten::doc::{Obj, normalize_timestamp};
-use projection_sdk::flatten::table::{Table, not_null, nullable};
+use projection_sdk::flatten::table::{CREATED_AT, Table, UPDATED_AT, not_null, nullable};
 use projection_sdk::flatten::{
     Domain, Envelope, Info, Keyed, ProjectionError, RowOp, Upsert, Value, col, make_info,
 };
@@ -79,8 +79,8 @@ pub const TABLE: Table = Table {
         not_null("{domain}_id", Varchar(64), "entity_id"),
         nullable("name", Varchar(255), "data.name"),
         nullable("deleted_at", Datetime, "data.deleted_at; {domain}.deleted sets the event time"),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable("updated_at", Datetime, "data.updated_at, else the event time"),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["{domain}_id"],
     unique_keys: &[],

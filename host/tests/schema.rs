@@ -16,15 +16,7 @@ use projector_host::sandbox::Runtime;
 use projector_host::settings::{Grants, SandboxLimits};
 use sqlx::MySqlPool;
 
-const TABLES: [&str; 7] = [
-    "users",
-    "suppliers",
-    "products",
-    "product_variants",
-    "orders",
-    "order_items",
-    "posts",
-];
+use projector_host::sink::schema::PROJECTION_TABLES as TABLES;
 
 /// `SHOW CREATE TABLE` as the server renders it, with what may differ
 /// between two equivalent tables taken out: key and constraint names, the

@@ -7,7 +7,7 @@
 //! sources are declared in [`ORDERS`] and [`ITEMS`].
 
 use crate::SqlType::*;
-use crate::table::{Parent, Table, not_null, nullable};
+use crate::table::{CREATED_AT, Parent, Table, UPDATED_AT, not_null, nullable};
 use crate::{
     Domain, Envelope, Event, Info, ProjectionError, Replace, Result, RowOp, Upsert, Value, col,
     make_info,
@@ -75,12 +75,8 @@ pub(crate) const ORDERS: Table = Table {
             Datetime,
             "data.cancelled_at; order.cancelled: data.cancelled_at, else the event time",
         ),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["order_id"],
     unique_keys: &[&["order_number"]],
@@ -118,12 +114,8 @@ pub(crate) const ITEMS: Table = Table {
         nullable("quantity", Bigint, "item.quantity"),
         nullable("unit_price_cents", Bigint, "item.unit_price_cents"),
         nullable("total_cents", Bigint, "item.total_cents"),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["id"],
     unique_keys: &[&["order_id", "item_id"]],

@@ -2,7 +2,7 @@
 //! declared in [`POSTS`].
 
 use crate::SqlType::*;
-use crate::table::{Table, not_null, nullable};
+use crate::table::{CREATED_AT, Table, UPDATED_AT, not_null, nullable};
 use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 
 pub(crate) const POSTS: Table = Table {
@@ -31,12 +31,8 @@ pub(crate) const POSTS: Table = Table {
             Datetime,
             "data.deleted_at; post.deleted sets the event time",
         ),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["post_id"],
     unique_keys: &[],

@@ -7,7 +7,7 @@
 //! [`VARIANTS`].
 
 use crate::SqlType::*;
-use crate::table::{Parent, Table, not_null, nullable};
+use crate::table::{CREATED_AT, Parent, Table, UPDATED_AT, not_null, nullable};
 use crate::{
     Domain, Envelope, Event, Info, Keyed, ProjectionError, Replace, Result, RowOp, Upsert, Value,
     col, make_info,
@@ -31,12 +31,8 @@ pub(crate) const PRODUCTS: Table = Table {
         nullable("review_count", Bigint, "data.stats.review_count"),
         nullable("average_rating", Double, "data.stats.average_rating"),
         nullable("published_at", Datetime, "data.published_at"),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["product_id"],
     unique_keys: &[],
@@ -64,12 +60,8 @@ pub(crate) const VARIANTS: Table = Table {
             Json,
             "data.variants.<key>.attributes (JSON)",
         ),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["id"],
     unique_keys: &[&["product_id", "variant_key"]],

@@ -2,7 +2,7 @@
 //! are declared in [`SUPPLIERS`].
 
 use crate::SqlType::*;
-use crate::table::{Table, not_null, nullable};
+use crate::table::{CREATED_AT, Table, UPDATED_AT, not_null, nullable};
 use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 
 pub(crate) const SUPPLIERS: Table = Table {
@@ -75,12 +75,8 @@ pub(crate) const SUPPLIERS: Table = Table {
         ),
         nullable("website", Varchar(1024), "data.business_info.website"),
         nullable("social_urls", Json, "data.business_info.social_urls (JSON)"),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["supplier_id"],
     unique_keys: &[],

@@ -76,6 +76,16 @@ pub const fn not_null(name: &'static str, sql_type: SqlType, doc: &'static str) 
     }
 }
 
+/// `created_at`: the document's own creation time.
+pub const CREATED_AT: Col = nullable("created_at", SqlType::Datetime, "data.created_at");
+
+/// `updated_at`: the document's own update time, else the event time.
+pub const UPDATED_AT: Col = nullable(
+    "updated_at",
+    SqlType::Datetime,
+    "data.updated_at, else the event time",
+);
+
 fn strings(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }

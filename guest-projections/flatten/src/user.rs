@@ -2,7 +2,7 @@
 //! declared in [`USERS`].
 
 use crate::SqlType::*;
-use crate::table::{Table, not_null, nullable};
+use crate::table::{CREATED_AT, Table, UPDATED_AT, not_null, nullable};
 use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 
 pub(crate) const USERS: Table = Table {
@@ -20,12 +20,8 @@ pub(crate) const USERS: Table = Table {
             Datetime,
             "data.deleted_at; user.deleted sets the event time",
         ),
-        nullable("created_at", Datetime, "data.created_at"),
-        nullable(
-            "updated_at",
-            Datetime,
-            "data.updated_at, else the event time",
-        ),
+        CREATED_AT,
+        UPDATED_AT,
     ],
     primary_key: &["user_id"],
     unique_keys: &[],
