@@ -17,7 +17,7 @@ pub use projector_host::sink::schema::PROJECTION_TABLES as TABLES;
 async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
-         AND COLUMN_NAME <> 'id' ORDER BY ORDINAL_POSITION",
+         AND COLUMN_NAME <> 'id' ORDER BY COLUMN_NAME",
     )
     .bind(table)
     .fetch_all(pool)
@@ -54,7 +54,9 @@ pub async fn dump(pool: &MySqlPool) -> Result<Dump, sqlx::Error> {
 
 /// A checksum of every projection table's content (without surrogate `id`
 /// columns), computed in the database so it scales to millions of rows:
-/// per table the row count, and the sum and XOR of each row's CRC32.
+/// per table the row count, and the sum and XOR of each row's CRC32 over
+/// its columns in name order (tables created by different host versions
+/// may order their columns differently).
 pub async fn checksum(pool: &MySqlPool) -> Result<String, sqlx::Error> {
     let mut parts = Vec::new();
     for table in TABLES {

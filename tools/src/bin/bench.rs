@@ -13,7 +13,7 @@
 //!    - the host (`projector run`, a child process) per-event (batch 1, on
 //!      the first M events), batched with the WASM components (the
 //!      default), batched with the flattening compiled in (`--native`), and
-//!      the default with any `--compare LABEL=PATH` binary.
+//!      the default with any `--compare LABEL=PATH[,COMPONENTS_DIR]` binary.
 //!
 //!    A host is timed from the outside by the positions it commits in the
 //!    same transaction as its rows (`consumer_offsets`), polled every 5 ms:
@@ -75,7 +75,10 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Also run the default mode with another `projector` binary, for
-    /// before/after comparisons in one run: LABEL=PATH (repeatable).
+    /// before/after comparisons in one run: LABEL=PATH, or
+    /// LABEL=PATH,COMPONENTS_DIR for a binary that needs components of its
+    /// own (one built before a WIT minor version it does not know)
+    /// (repeatable).
     #[arg(long = "compare")]
     compare: Vec<String>,
 }
@@ -500,6 +503,8 @@ fn ends_of(placed: &[Placed]) -> HashMap<(String, i32), i64> {
 struct HostMode {
     mode: String,
     bin: PathBuf,
+    /// Its own components folder (default: the bench's).
+    components: Option<PathBuf>,
     /// The backlog it projects, and where that backlog's events are.
     set: &'static str,
     ends: Arc<HashMap<(String, i32), i64>>,
@@ -545,7 +550,10 @@ async fn host_mode(
         .env("KAFKA_BOOTSTRAP", &ctx.kafka)
         .env("PROJECTOR_GROUP_ID", &group)
         .env("PROJECTOR_TOPICS", topics.join(","))
-        .env("PROJECTOR_COMPONENTS_DIR", &ctx.components)
+        .env(
+            "PROJECTOR_COMPONENTS_DIR",
+            host.components.as_ref().unwrap_or(&ctx.components),
+        )
         .env("PROJECTOR_BATCH_SIZE", host.batch.to_string())
         .env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0")
         .env("PROJECTOR_WATCH_COMPONENTS", "false")
@@ -783,18 +791,24 @@ async fn main() -> anyhow::Result<()> {
             .to_path_buf(),
         run: format!("{}", uuid::Uuid::new_v4().simple())[..10].to_owned(),
     };
-    let compare: Vec<(String, PathBuf)> = args
+    let compare: Vec<(String, PathBuf, Option<PathBuf>)> = args
         .compare
         .iter()
         .map(|c| {
-            let (label, path) = c
+            let (label, rest) = c
                 .split_once('=')
-                .with_context(|| format!("--compare {c}: expected LABEL=PATH"))?;
-            let path = PathBuf::from(path);
+                .with_context(|| format!("--compare {c}: expected LABEL=PATH[,COMPONENTS_DIR]"))?;
+            let (path, components) = match rest.split_once(',') {
+                Some((p, d)) => (PathBuf::from(p), Some(PathBuf::from(d))),
+                None => (PathBuf::from(rest), None),
+            };
             if !path.is_file() {
                 bail!("--compare {c}: {} is not a file", path.display());
             }
-            Ok((label.to_owned(), path))
+            if let Some(d) = components.as_ref().filter(|d| !d.is_dir()) {
+                bail!("--compare {c}: {} is not a folder", d.display());
+            }
+            Ok((label.to_owned(), path, components))
         })
         .collect::<anyhow::Result<_>>()?;
     let wanted = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
@@ -809,6 +823,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Host(HostMode {
             mode,
             bin,
+            components: None,
             set,
             ends,
             n,
@@ -862,8 +877,8 @@ async fn main() -> anyhow::Result<()> {
             false,
             args.batch,
         ));
-        for (label, path) in &compare {
-            modes.push(host(
+        for (label, path, components) in &compare {
+            let mut mode = host(
                 format!("{WASM} [{label}]"),
                 path.clone(),
                 "main",
@@ -871,7 +886,11 @@ async fn main() -> anyhow::Result<()> {
                 n,
                 false,
                 args.batch,
-            ));
+            );
+            if let Mode::Host(h) = &mut mode {
+                h.components = components.clone();
+            }
+            modes.push(mode);
         }
     }
     if wanted("native") {
@@ -1051,7 +1070,7 @@ async fn main() -> anyhow::Result<()> {
         rate(WASM),
         rate(NATIVE),
     );
-    for (label, _) in &compare {
+    for (label, _, _) in &compare {
         let other = format!("{WASM} [{label}]");
         ratio(
             format!("default / [{label}] (events/s)"),
