@@ -29,13 +29,48 @@ pub fn run(settings: Settings, native: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `projector migrate`: applies the schema migrations.
+/// `projector migrate`: applies the host's migrations, then reconciles the
+/// tables every component of the configured folder declares (as a host
+/// starting on that folder would, grants first), printing each change.
 pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(settings.sandbox)?;
+    let files = crate::sandbox::registry::wasm_files(&settings.components.dir).unwrap_or_default();
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
         crate::sink::migrate(&pool).await?;
         for m in crate::sink::schema::MIGRATOR.iter() {
             println!("migration {:>4} {}", m.version, m.description);
+        }
+        let mut refused = 0;
+        for file in &files {
+            let component = runtime
+                .load_file(file)
+                .with_context(|| format!("component {} refused", file.display()))?;
+            let applied = async {
+                settings.grants.check(&component.info)?;
+                crate::sink::reconcile(&pool, &component.info.tables)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match applied {
+                Ok(changes) => {
+                    for c in &changes {
+                        println!("{}: {}: {}", component.label(), c.table, c.what);
+                    }
+                    if changes.is_empty() && !component.info.tables.is_empty() {
+                        println!("{}: tables up to date", component.label());
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    println!("{}: refused: {e}", component.label());
+                }
+            }
+        }
+        pool.close().await;
+        if refused > 0 {
+            return Ok(ExitCode::FAILURE);
         }
         println!("schema is up to date");
         Ok(ExitCode::SUCCESS)

@@ -29,7 +29,9 @@ enum Command {
         #[arg(long)]
         native: bool,
     },
-    /// Create or upgrade the MySQL schema (idempotent).
+    /// Create or upgrade the MySQL schema (idempotent): the host's
+    /// bookkeeping tables, then the tables the configured components
+    /// declare (additive changes only, as a starting host would).
     Migrate,
     /// Publish envelope files (JSON) to the topic of their event type, keyed by entity id.
     Publish {

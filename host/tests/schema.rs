@@ -196,3 +196,35 @@ fn docs_schema_md_is_generated_from_the_shipped_declarations() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_migrating_one_database_at_once_create_each_table_once() {
+    // Three `projector migrate` processes on one fresh database: the
+    // migration lock serialises them; one creates the seven tables, the
+    // others find them up to date, and all three succeed.
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let runs: Vec<(bool, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| projector(&db.url, &topics, "unused", &components_dir(), &["migrate"]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created: usize = runs
+        .iter()
+        .map(|(ok, out)| {
+            assert!(ok, "{out}");
+            out.matches(": create the table").count()
+        })
+        .sum();
+    assert_eq!(created, TABLES.len(), "{runs:?}");
+    let fresh = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&fresh.pool)
+        .await
+        .unwrap();
+    assert_eq!(rendered(&db.pool).await, rendered(&fresh.pool).await);
+    db.drop_db().await;
+    fresh.drop_db().await;
+}
