@@ -597,8 +597,15 @@ pub async fn read_live(conn: &mut MySqlConnection) -> anyhow::Result<BTreeMap<St
     .await
     .context("failed to read the schema's indexes")?;
     let mut indexes: BTreeMap<(String, String), LiveIndex> = BTreeMap::new();
+    let mut functional = BTreeSet::new();
     for row in stats {
-        let (table, index, column) = (text(&row, 0)?, text(&row, 1)?, text(&row, 2)?);
+        let (table, index) = (text(&row, 0)?, text(&row, 1)?);
+        // A functional key part (MySQL 8) has no column: the index is not
+        // one a declaration can name.
+        let Some(column) = opt_text(&row, 2)? else {
+            functional.insert((table, index));
+            continue;
+        };
         let non_unique: i64 = row.try_get(3)?;
         indexes
             .entry((table, index))
@@ -610,6 +617,9 @@ pub async fn read_live(conn: &mut MySqlConnection) -> anyhow::Result<BTreeMap<St
             .push(column);
     }
     for ((table, name), index) in indexes {
+        if functional.contains(&(table.clone(), name.clone())) {
+            continue;
+        }
         if let Some(t) = tables.get_mut(&table) {
             if name == "PRIMARY" {
                 t.primary_key = index.columns;
