@@ -139,12 +139,14 @@ impl Relay {
                 })
                 .collect();
             let pending = !remaining.is_empty();
-            let result = coll
-                .update_one(
+            let result = {
+                let _serialised = crate::store::OUTBOX_WRITES.lock().await;
+                coll.update_one(
                     doc! {"_id": id, "_version": version},
                     doc! {"$set": {"_outbox": remaining, "_pending": pending}},
                 )
-                .await?;
+                .await?
+            };
             if result.matched_count == 1 {
                 return Ok(());
             }

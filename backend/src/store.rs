@@ -93,6 +93,16 @@ impl<T> Clone for Store<T> {
 /// Tries before a contended mutation gives up with 409.
 const MAX_RETRIES: usize = 8;
 
+/// Serialises this process's compare-and-set writes of a document's outbox
+/// (a mutation's `$push`, the relay's clear), each conditional on
+/// `_version`. MongoDB applies a filtered update atomically, but FerretDB
+/// 1.x on SQLite evaluates the filter and writes in separate steps, so two
+/// such updates racing on one document could both match and the later
+/// one overwrite the other's outbox: an event lost (seen once in the demo,
+/// a `user.deleted` cleared by the relay as it was pushed). Across backend
+/// instances this needs a real lease, which the relay does not have yet.
+pub(crate) static OUTBOX_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
     pub fn new(db: &Database, name: &'static str) -> Self {
         Store {
@@ -170,10 +180,12 @@ impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
             set.insert("_version", version + 1);
             set.insert("_pending", true);
             let update = doc! {"$set": set, "$push": {"_outbox": outbox_entry(&envelope)}};
-            let result = self
-                .collection
-                .update_one(doc! {"_id": id, "_version": version}, update)
-                .await?;
+            let result = {
+                let _serialised = OUTBOX_WRITES.lock().await;
+                self.collection
+                    .update_one(doc! {"_id": id, "_version": version}, update)
+                    .await?
+            };
             if result.matched_count == 1 {
                 return Ok(doc);
             }
