@@ -187,6 +187,33 @@ impl Env {
         (out, false)
     }
 
+    /// Registers a user; its id.
+    async fn user(&self, email: &str) -> String {
+        self.ok(
+            "POST",
+            "/users",
+            None,
+            Some(json!({"email": email, "display_name": "A"})),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Sets the user's bio to "edit 0" … "edit n-1", one request each.
+    async fn edit_bio(&self, user: &str, n: usize) {
+        for i in 0..n {
+            self.ok(
+                "PATCH",
+                &format!("/users/{user}"),
+                None,
+                Some(json!({"bio": format!("edit {i}")})),
+            )
+            .await;
+        }
+    }
+
     async fn publish_all(&self, relay: &Relay) {
         for _ in 0..100 {
             relay.sweep().await;
@@ -328,6 +355,11 @@ async fn every_mutation(env: &Env) -> [String; 6] {
     env.ok("DELETE", &format!("/users/{user}"), None, None)
         .await;
     [user, supplier, product, order, other, post]
+}
+
+/// The bios [`Env::edit_bio`] sets, in order.
+fn bio_edits(n: usize) -> Vec<Value> {
+    (0..n).map(|i| json!(format!("edit {i}"))).collect()
 }
 
 /// How many events [`every_mutation`] makes the API emit.
@@ -580,26 +612,8 @@ async fn mutations_made_while_kafka_is_unreachable_are_published_once_it_is_back
     let env = Env::new().await;
     // A relay that cannot reach any broker runs the whole time.
     let down = env.relay("127.0.0.1:1");
-    let user = env
-        .ok(
-            "POST",
-            "/users",
-            None,
-            Some(json!({"email": "a@example.com", "display_name": "A"})),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for i in 0..199 {
-        env.ok(
-            "PATCH",
-            &format!("/users/{user}"),
-            None,
-            Some(json!({"bio": format!("edit {i}")})),
-        )
-        .await;
-    }
+    let user = env.user("a@example.com").await;
+    env.edit_bio(&user, 199).await;
     let sweep = down.sweep().await;
     assert!(sweep.failed && sweep.published == 0);
     assert_eq!(
@@ -620,8 +634,7 @@ async fn mutations_made_while_kafka_is_unreachable_are_published_once_it_is_back
         .skip(1)
         .map(|(_, _, e)| e["data"]["profile"]["bio"].clone())
         .collect();
-    let expected: Vec<Value> = (0..199).map(|i| json!(format!("edit {i}"))).collect();
-    assert_eq!(bios, expected, "in mutation order");
+    assert_eq!(bios, bio_edits(199), "in mutation order");
     env.db.drop().await.unwrap();
 }
 
@@ -630,17 +643,7 @@ async fn the_relay_clearing_an_outbox_while_mutations_push_to_it_loses_no_event(
     // The relay sweeps without pause while one document is edited 150
     // times: each clear races a mutation's push on the same outbox.
     let env = Env::new().await;
-    let user = env
-        .ok(
-            "POST",
-            "/users",
-            None,
-            Some(json!({"email": "race@example.com", "display_name": "R"})),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user = env.user("race@example.com").await;
     let relay = Arc::new(env.relay(&kafka()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sweeping = {
@@ -651,15 +654,7 @@ async fn the_relay_clearing_an_outbox_while_mutations_push_to_it_loses_no_event(
             }
         })
     };
-    for i in 0..150 {
-        env.ok(
-            "PATCH",
-            &format!("/users/{user}"),
-            None,
-            Some(json!({"bio": format!("edit {i}")})),
-        )
-        .await;
-    }
+    env.edit_bio(&user, 150).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sweeping.await.unwrap();
     env.publish_all(&relay).await;
@@ -673,8 +668,7 @@ async fn the_relay_clearing_an_outbox_while_mutations_push_to_it_loses_no_event(
         .filter(|(_, _, e)| seen.insert(e["event_id"].as_str().unwrap().to_owned()))
         .map(|(_, _, e)| e["data"]["profile"]["bio"].clone())
         .collect();
-    let expected: Vec<Value> = (0..150).map(|i| json!(format!("edit {i}"))).collect();
-    assert_eq!(bios, expected, "every edit's event, once, in order");
+    assert_eq!(bios, bio_edits(150), "every edit's event, once, in order");
     env.db.drop().await.unwrap();
 }
 
