@@ -1,27 +1,6 @@
 //! Small helpers shared by the domain routers.
 
-use axum::http::HeaderMap;
-use mongodb::bson::oid::ObjectId;
-
 use crate::error::{ApiError, ApiResult};
-
-/// Now, as RFC 3339 UTC with microseconds (how documents store time).
-pub fn now() -> String {
-    events::format_timestamp(&chrono::Utc::now())
-}
-
-/// The acting user from the `X-User-ID` header (a 24-hex ObjectId), as the
-/// reference design passes it. Required where an action has an actor.
-pub fn acting_user(headers: &HeaderMap) -> ApiResult<ObjectId> {
-    let value = headers
-        .get("x-user-id")
-        .ok_or_else(|| ApiError::Unauthorized("the X-User-ID header is required".into()))?;
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("X-User-ID is not text".into()))?;
-    ObjectId::parse_str(text.trim())
-        .map_err(|_| ApiError::BadRequest(format!("X-User-ID {text:?} is not a 24-hex ObjectId")))
-}
 
 /// Checks a required text field: trimmed length between 1 and `max` characters.
 pub fn required(field: &str, value: &str, max: usize) -> ApiResult<()> {

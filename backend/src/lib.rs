@@ -3,15 +3,20 @@
 //! the same single-document write ([`store`]) and the [`relay`] publishes it
 //! to Kafka (topic = the event type's domain, key = the entity id).
 //!
-//! The acting user of an action (the supplier creating a product, the
-//! customer placing an order, the author of a post) comes from the
-//! `X-User-ID` header, a 24-hex ObjectId, as in the reference design.
+//! Every mutation needs a signed token from `POST /auth/login`
+//! ([`auth`]); its account is the acting user (the supplier creating a
+//! product, the customer placing an order, the author of a post) and
+//! ownership rules decide what it may change. POSTs take an
+//! `Idempotency-Key` ([`idempotency`]); lists page by key ([`reads`]).
 
+pub mod auth;
 pub mod common;
 pub mod error;
+pub mod idempotency;
 pub mod orders;
 pub mod posts;
 pub mod products;
+pub mod reads;
 pub mod relay;
 pub mod settings;
 pub mod store;
@@ -30,9 +35,10 @@ use mongodb::Database;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::auth::{Accounts, Auth};
 use crate::error::ApiError;
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{Store, StoreConfig};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -40,6 +46,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    pub db: Database,
+    pub auth: Arc<Auth>,
+    pub accounts: Accounts,
     pub users: Store<users::User>,
     pub suppliers: Store<suppliers::Supplier>,
     pub products: Store<products::Product>,
@@ -50,15 +59,46 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(db: &Database, wake: Arc<Notify>) -> Self {
+    pub fn new(db: &Database, auth: Arc<Auth>, config: StoreConfig, wake: Arc<Notify>) -> Self {
         AppState {
-            users: Store::new(db, "users"),
-            suppliers: Store::new(db, "suppliers"),
-            products: Store::new(db, "products"),
-            orders: Store::new(db, "orders"),
-            posts: Store::new(db, "posts"),
+            db: db.clone(),
+            auth,
+            accounts: Accounts::new(db),
+            users: Store::new(db, "users", config.clone()),
+            suppliers: Store::new(db, "suppliers", config.clone()),
+            products: Store::new(db, "products", config.clone()),
+            orders: Store::new(db, "orders", config.clone()),
+            posts: Store::new(db, "posts", config),
             wake,
         }
+    }
+}
+
+/// Indexes of the relay, the lists and the idempotency keys; failures are
+/// logged (everything works without them, only slower).
+pub async fn ensure_indexes(db: &Database) {
+    relay::ensure_indexes(db).await;
+    reads::ensure_indexes(db).await;
+    idempotency::ensure_indexes(db).await;
+}
+
+/// Declares the bearer-token security scheme in the OpenAPI document.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("a token from POST /auth/login"))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -70,7 +110,9 @@ impl AppState {
         description = "Social-commerce producer API: every mutation emits its domain event to Kafka."
     ),
     paths(
+        auth::login,
         users::register,
+        users::by_email,
         users::read,
         users::update,
         users::delete,
@@ -79,6 +121,7 @@ impl AppState {
         suppliers::update,
         suppliers::delete,
         products::create,
+        products::list,
         products::read,
         products::update,
         products::publish,
@@ -87,38 +130,80 @@ impl AppState {
         products::restore,
         products::delete,
         orders::place,
+        orders::list,
         orders::read,
         orders::cancel,
         orders::ship,
         posts::create,
+        posts::list,
         posts::read,
         posts::update,
         posts::publish,
         posts::delete,
     ),
-    components(schemas(error::ErrorBody))
+    components(schemas(error::ErrorBody)),
+    modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
 
-/// The whole API: one router per domain.
+/// How long a request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The whole API: one router per domain, behind the idempotency layer,
+/// request ids (`x-request-id`, made if absent and echoed), a trace span
+/// per request and a timeout.
 pub fn app(state: AppState) -> Router {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
+        .merge(auth::router())
         .merge(users::router())
         .merge(suppliers::router())
         .merge(products::router())
         .merge(orders::router())
         .merge(posts::router())
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
         .route(
             "/openapi.json",
             get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                        |req: &axum::http::Request<axum::body::Body>| {
+                            let id = req
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                        },
+                    ),
+                )
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    REQUEST_TIMEOUT,
+                ))
+                .layer(PropagateRequestIdLayer::new(request_id)),
+        )
         .with_state(state)
+}
+
+/// Liveness, with the count of quarantined outbox entries (a number an
+/// operator should see stay at zero).
+async fn health(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let quarantined = relay::quarantined(&app.db).await.ok();
+    axum::Json(serde_json::json!({"status": "ok", "relay_quarantined": quarantined}))
 }
 
 /// The backend: API and relay, built from settings.
@@ -135,7 +220,7 @@ impl Application {
             .await
             .context("invalid MongoDB URI")?;
         let db = client.database(&settings.database);
-        relay::ensure_indexes(&db).await;
+        ensure_indexes(&db).await;
         let wake = Arc::new(Notify::new());
         let mut config = rdkafka::ClientConfig::new();
         for (k, v) in settings.kafka.producer_config() {
@@ -149,8 +234,21 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         Ok(Application {
             listener,
-            state: AppState::new(&db, wake.clone()),
+            state: AppState::new(
+                &db,
+                Arc::new(Auth::new(
+                    &settings.auth.secret,
+                    settings.auth.token_ttl,
+                    &settings.auth.admin_emails,
+                )),
+                StoreConfig {
+                    outbox_cap: settings.outbox_cap,
+                    ..StoreConfig::default()
+                },
+                wake.clone(),
+            ),
             relay: relay::Relay {
+                owner: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
                 db,
                 producer,
                 topic_prefix: settings.topic_prefix.clone(),

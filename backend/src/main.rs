@@ -11,6 +11,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let settings = Settings::from_env()?;
+    if settings.auth.secret_generated {
+        tracing::warn!(
+            "no BACKEND_JWT_SECRET or BACKEND_JWT_SECRET_FILE: tokens are signed with a random key and die with this process"
+        );
+    }
     let app = Application::build(&settings).await?;
     tracing::info!(addr = %app.local_addr(), db = %settings.database, "backend listening");
     app.run(async {

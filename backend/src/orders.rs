@@ -1,11 +1,12 @@
 //! Orders: place, cancel, ship, read.
 //!
-//! | method | path                 | emits            | payload |
-//! |--------|----------------------|------------------|---------|
-//! | POST   | /orders (X-User-ID: customer) | order.created | the full document |
-//! | POST   | /orders/{id}/cancel  | order.cancelled  | `{"order_number"}` |
-//! | POST   | /orders/{id}/ship    | order.shipped    | `{"order_number", "carrier", "tracking_number", "shipped_at"}` |
-//! | GET    | /orders/{id}         | -                | - |
+//! | method | path                 | who                          | emits            | payload |
+//! |--------|----------------------|------------------------------|------------------|---------|
+//! | POST   | /orders              | a user (the customer)        | order.created    | the full document |
+//! | POST   | /orders/{id}/cancel  | the customer                 | order.cancelled  | `{"order_number"}` |
+//! | POST   | /orders/{id}/ship    | a supplier of an item, admin | order.shipped    | `{"order_number", "carrier", "tracking_number", "shipped_at"}` |
+//! | GET    | /orders/{id}         | the customer, a supplier of an item, admin | - | - |
+//! | GET    | /orders?customer_id= | that customer, admin         | -                | newest first |
 //!
 //! Placing an order checks that the customer exists (and is not deleted) and
 //! that every product is `active` with the requested variant, and snapshots
@@ -13,7 +14,7 @@
 //! be cancelled or shipped (409 otherwise).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
@@ -22,8 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::common::{acting_user, now, optional, required};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::auth::Principal;
+use crate::common::{optional, required};
+use crate::idempotency::NewId;
+use crate::reads::{Page, Paging};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -108,7 +112,7 @@ pub struct ShipOrder {
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/orders", post(place))
+        .route("/orders", post(place).get(list))
         .route("/orders/{id}", get(read))
         .route("/orders/{id}/cancel", post(cancel))
         .route("/orders/{id}/ship", post(ship))
@@ -124,13 +128,14 @@ fn check_address(a: &ShippingAddress) -> ApiResult<()> {
     required("shipping_address.country", &a.country, 64)
 }
 
-#[utoipa::path(post, path = "/orders", tag = "orders", params(("X-User-ID" = String, Header, description = "the customer")), request_body = PlaceOrder, responses((status = 201, description = "emits order.created", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 409, description = "a product is not active", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/orders", tag = "orders", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = PlaceOrder, security(("bearer" = [])), responses((status = 201, description = "emits order.created", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a user account", body = crate::error::ErrorBody), (status = 409, description = "a product is not active", body = crate::error::ErrorBody)))]
 async fn place(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Principal,
+    new_id: NewId,
     ApiJson(req): ApiJson<PlaceOrder>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let customer_id = acting_user(&headers)?;
+    let customer_id = caller.as_user()?;
     check_address(&req.shipping_address)?;
     if req.items.is_empty() || req.items.len() > 100 {
         return Err(ApiError::Validation("an order has 1 to 100 items".into()));
@@ -198,59 +203,117 @@ async fn place(
             total_cents: variant.price_cents.saturating_mul(line.quantity),
         });
     }
-    let id = ObjectId::new();
-    let at = now();
-    let order = Order {
-        order_number: format!("ORD-{}-{}", &at[..10].replace('-', ""), &id.to_hex()[16..]),
-        customer: Customer {
-            user_id: customer_id.to_hex(),
-            display_name: customer.profile.display_name,
-            email: customer.contact_info.primary_email,
-        },
-        shipping_address: req.shipping_address,
-        total_cents: items
-            .iter()
-            .map(|i| i.total_cents)
-            .fold(0i64, i64::saturating_add),
-        items,
-        status: "pending".into(),
-        shipment: None,
-        cancelled_at: None,
-        created_at: at.clone(),
-        updated_at: at,
-    };
-    app.orders
-        .insert(id, &order, EventType::OrderCreated)
+    let id = new_id.0;
+    let (order, _) = app
+        .orders
+        .insert(id, EventType::OrderCreated, |at| Order {
+            order_number: format!("ORD-{}-{}", &at[..10].replace('-', ""), &id.to_hex()[16..]),
+            customer: Customer {
+                user_id: customer_id.to_hex(),
+                display_name: customer.profile.display_name,
+                email: customer.contact_info.primary_email,
+            },
+            shipping_address: req.shipping_address,
+            total_cents: items
+                .iter()
+                .map(|i| i.total_cents)
+                .fold(0i64, i64::saturating_add),
+            items,
+            status: "pending".into(),
+            shipment: None,
+            cancelled_at: None,
+            created_at: at.into(),
+            updated_at: at.into(),
+        })
         .await?;
     app.wake.notify_one();
     Ok((StatusCode::CREATED, Json(json_with_id(id, &order))))
 }
 
-#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = Order), (status = 404, body = crate::error::ErrorBody)))]
-async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// Who may read an order: its customer, a supplier of one of its items, an
+/// admin.
+fn may_read(caller: &Principal, o: &Order) -> bool {
+    caller.is_admin()
+        || caller.is(&o.customer.user_id)
+        || o.items
+            .iter()
+            .any(|i| caller.is(&i.product_snapshot.supplier_id))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderFilter {
+    /// The customer (default: the caller). Only that customer or an admin
+    /// may list them.
+    pub customer_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/orders", tag = "orders", params(OrderFilter, Paging), security(("bearer" = [])), responses((status = 200, description = "a customer's orders, newest first", body = Page), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+async fn list(
+    State(app): State<AppState>,
+    caller: Principal,
+    ApiQuery(filter): ApiQuery<OrderFilter>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<Page>> {
+    let customer = filter
+        .customer_id
+        .unwrap_or_else(|| caller.id.to_hex());
+    ObjectId::parse_str(&customer)
+        .map_err(|_| ApiError::Validation("customer_id is not a 24-hex ObjectId".into()))?;
+    if !caller.is_admin() && !caller.is(&customer) {
+        return Err(ApiError::Forbidden(
+            "only the customer or an admin may list these orders".into(),
+        ));
+    }
+    Ok(Json(
+        crate::reads::page(
+            &app.orders.collection,
+            mongodb::bson::doc! {"customer.user_id": customer},
+            None,
+            &paging,
+        )
+        .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, body = Order), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+async fn read(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "order")?;
     match app.orders.get(oid).await? {
-        Some((o, _)) => Ok(Json(json_with_id(oid, &o))),
+        Some((o, _)) if may_read(&caller, &o) => Ok(Json(json_with_id(oid, &o))),
+        Some(_) => Err(ApiError::Forbidden(format!("order {id} is not yours"))),
         None => Err(ApiError::NotFound(format!("order {id} not found"))),
     }
 }
 
-#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), responses((status = 200, description = "emits order.cancelled", body = Order), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, description = "not the customer", body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits order.cancelled", body = Order), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+async fn cancel(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "order")?;
     let o = app
         .orders
-        .mutate(oid, "order", |o| {
+        .mutate(oid, "order", |o, at| {
+            if !caller.is(&o.customer.user_id) {
+                return Err(ApiError::Forbidden(
+                    "only the customer may cancel an order".into(),
+                ));
+            }
             if o.status != "pending" {
                 return Err(ApiError::Conflict(format!(
                     "order {id} is {} and cannot be cancelled",
                     o.status
                 )));
             }
-            let at = now();
             o.status = "cancelled".into();
-            o.cancelled_at = Some(at.clone());
-            o.updated_at = at;
+            o.cancelled_at = Some(at.into());
+            o.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::OrderCancelled,
                 json!({"order_number": o.order_number}),
@@ -261,9 +324,10 @@ async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiResul
     Ok(Json(json_with_id(oid, &o)))
 }
 
-#[utoipa::path(post, path = "/orders/{id}/ship", tag = "orders", params(("id" = String, Path)), request_body = ShipOrder, responses((status = 200, description = "emits order.shipped", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "orders", params(("id" = String, Path)), request_body = ShipOrder, security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a supplier of its items nor an admin", body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits order.shipped", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn ship(
     State(app): State<AppState>,
+    caller: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ShipOrder>,
 ) -> ApiResult<Json<Value>> {
@@ -272,21 +336,29 @@ async fn ship(
     let oid = object_id(&id, "order")?;
     let o = app
         .orders
-        .mutate(oid, "order", |o| {
+        .mutate(oid, "order", |o, at| {
+            let supplies = o
+                .items
+                .iter()
+                .any(|i| caller.is(&i.product_snapshot.supplier_id));
+            if !caller.is_admin() && !supplies {
+                return Err(ApiError::Forbidden(
+                    "only a supplier of the order's items or an admin may ship it".into(),
+                ));
+            }
             if o.status != "pending" {
                 return Err(ApiError::Conflict(format!(
                     "order {id} is {} and cannot be shipped",
                     o.status
                 )));
             }
-            let at = now();
             o.status = "shipped".into();
             o.shipment = Some(Shipment {
                 carrier: req.carrier.clone(),
                 tracking_number: req.tracking_number.clone(),
-                shipped_at: at.clone(),
+                shipped_at: at.into(),
             });
-            o.updated_at = at.clone();
+            o.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::OrderShipped,
                 json!({

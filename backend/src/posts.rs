@@ -1,15 +1,19 @@
 //! Posts: create, update, publish, delete (soft), read.
 //!
+//! Writing takes a user's token (the author); every change is for the
+//! author or an admin. `GET /posts` is the feed: published posts, newest
+//! published first.
+//!
 //! | method | path                  | emits           | payload           |
 //! |--------|-----------------------|-----------------|-------------------|
-//! | POST   | /posts (X-User-ID: author) | post.created | the full document |
+//! | POST   | /posts (a user)       | post.created    | the full document |
 //! | PATCH  | /posts/{id}           | post.updated    | the full document |
 //! | POST   | /posts/{id}/publish   | post.published  | the full document |
 //! | DELETE | /posts/{id}           | post.deleted    | `{"post_id"}`     |
 //! | GET    | /posts/{id}           | -               | -                 |
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
@@ -18,8 +22,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::common::{acting_user, now, optional, required};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::auth::Principal;
+use crate::common::{optional, required};
+use crate::idempotency::NewId;
+use crate::reads::{Page, Paging};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
 const POST_TYPES: [&str; 4] = ["text", "image", "link", "video"];
@@ -117,18 +124,19 @@ fn check_content(
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/posts", post(create))
+        .route("/posts", post(create).get(list))
         .route("/posts/{id}", get(read).patch(update).delete(delete))
         .route("/posts/{id}/publish", post(publish))
 }
 
-#[utoipa::path(post, path = "/posts", tag = "posts", params(("X-User-ID" = String, Header, description = "the author")), request_body = CreatePost, responses((status = 201, description = "emits post.created", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/posts", tag = "posts", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = CreatePost, security(("bearer" = [])), responses((status = 201, description = "emits post.created", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a user account", body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Principal,
+    new_id: NewId,
     ApiJson(req): ApiJson<CreatePost>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let author_id = acting_user(&headers)?;
+    let author_id = caller.as_user()?;
     if !POST_TYPES.contains(&req.post_type.as_str()) {
         return Err(ApiError::Validation(format!(
             "post_type must be one of {}",
@@ -151,8 +159,10 @@ async fn create(
             )));
         }
     };
-    let at = now();
-    let post = Post {
+    let id = new_id.0;
+    let (post, _) = app
+        .posts
+        .insert(id, EventType::PostCreated, |at| Post {
         post_type: req.post_type,
         author: Author {
             user_id: author_id.to_hex(),
@@ -166,13 +176,36 @@ async fn create(
         stats: PostStats::default(),
         published_at: None,
         deleted_at: None,
-        created_at: at.clone(),
-        updated_at: at,
-    };
-    let id = ObjectId::new();
-    app.posts.insert(id, &post, EventType::PostCreated).await?;
+        created_at: at.into(),
+        updated_at: at.into(),
+    })
+        .await?;
     app.wake.notify_one();
     Ok((StatusCode::CREATED, Json(json_with_id(id, &post))))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PostFilter {
+    /// Only this author's published posts.
+    pub author_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/posts", tag = "posts", params(PostFilter, Paging), responses((status = 200, description = "the feed: published posts that are not deleted, newest published first", body = Page), (status = 422, body = crate::error::ErrorBody)))]
+async fn list(
+    State(app): State<AppState>,
+    ApiQuery(filter): ApiQuery<PostFilter>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<Page>> {
+    let mut query = mongodb::bson::doc! {"published_at": {"$ne": null}, "deleted_at": null};
+    if let Some(a) = &filter.author_id {
+        ObjectId::parse_str(a)
+            .map_err(|_| ApiError::Validation("author_id is not a 24-hex ObjectId".into()))?;
+        query.insert("author.user_id", a);
+    }
+    Ok(Json(
+        crate::reads::page(&app.posts.collection, query, Some("published_at"), &paging).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), responses((status = 200, body = Post), (status = 404, body = crate::error::ErrorBody)))]
@@ -184,9 +217,10 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
-#[utoipa::path(patch, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), request_body = UpdatePost, responses((status = 200, description = "emits post.updated", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(patch, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), request_body = UpdatePost, security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits post.updated", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
+    caller: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdatePost>,
 ) -> ApiResult<Json<Value>> {
@@ -194,7 +228,8 @@ async fn update(
     let oid = object_id(&id, "post")?;
     let p = app
         .posts
-        .mutate(oid, "post", |p| {
+        .mutate(oid, "post", |p, at| {
+            caller.owns_or_admin(&p.author.user_id, "post")?;
             if p.deleted_at.is_some() {
                 return Err(ApiError::Conflict(format!("post {id} was deleted")));
             }
@@ -207,7 +242,7 @@ async fn update(
             if let Some(l) = &req.link_preview {
                 p.link_preview = Some(l.clone());
             }
-            p.updated_at = now();
+            p.updated_at = at.into();
             Ok(Mutation::full(EventType::PostUpdated))
         })
         .await?;
@@ -215,12 +250,17 @@ async fn update(
     Ok(Json(json_with_id(oid, &p)))
 }
 
-#[utoipa::path(post, path = "/posts/{id}/publish", tag = "posts", params(("id" = String, Path)), responses((status = 200, description = "emits post.published", body = Post), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/posts/{id}/publish", tag = "posts", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits post.published", body = Post), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+async fn publish(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "post")?;
     let p = app
         .posts
-        .mutate(oid, "post", |p| {
+        .mutate(oid, "post", |p, at| {
+            caller.owns_or_admin(&p.author.user_id, "post")?;
             if p.deleted_at.is_some() {
                 return Err(ApiError::Conflict(format!("post {id} was deleted")));
             }
@@ -229,9 +269,8 @@ async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResu
                     "post {id} is already published"
                 )));
             }
-            let at = now();
-            p.published_at = Some(at.clone());
-            p.updated_at = at;
+            p.published_at = Some(at.into());
+            p.updated_at = at.into();
             Ok(Mutation::full(EventType::PostPublished))
         })
         .await?;
@@ -239,17 +278,21 @@ async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResu
     Ok(Json(json_with_id(oid, &p)))
 }
 
-#[utoipa::path(delete, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), responses((status = 204, description = "soft-deleted; emits post.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(delete, path = "/posts/{id}", tag = "posts", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 204, description = "soft-deleted; emits post.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+async fn delete(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "post")?;
     app.posts
-        .mutate(oid, "post", |p| {
+        .mutate(oid, "post", |p, at| {
+            caller.owns_or_admin(&p.author.user_id, "post")?;
             if p.deleted_at.is_some() {
                 return Err(ApiError::Conflict(format!("post {id} is already deleted")));
             }
-            let at = now();
-            p.deleted_at = Some(at.clone());
-            p.updated_at = at;
+            p.deleted_at = Some(at.into());
+            p.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::PostDeleted,
                 json!({"post_id": oid.to_hex()}),

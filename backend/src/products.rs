@@ -1,8 +1,12 @@
 //! Products and their lifecycle.
 //!
+//! Creating takes a supplier's token; every other change is for the
+//! product's supplier or an admin. `GET /products?supplier_id=&status=`
+//! lists newest first.
+//!
 //! | method | path                          | emits                 | from status               |
 //! |--------|-------------------------------|-----------------------|---------------------------|
-//! | POST   | /products (X-User-ID: supplier) | product.created     | - (starts as `draft`)     |
+//! | POST   | /products (a supplier)        | product.created       | - (starts as `draft`)     |
 //! | PATCH  | /products/{id}                | product.updated       | any but `deleted`         |
 //! | POST   | /products/{id}/publish        | product.published     | `draft`                   |
 //! | POST   | /products/{id}/discontinue    | product.discontinued  | `active`, `out_of_stock`  |
@@ -17,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
@@ -26,8 +30,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::common::{acting_user, non_negative, now, optional, required};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::auth::Principal;
+use crate::common::{non_negative, optional, required};
+use crate::idempotency::NewId;
+use crate::reads::{Page, Paging};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -133,7 +140,7 @@ fn check_metadata(m: &Metadata) -> ApiResult<()> {
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/products", post(create))
+        .route("/products", post(create).get(list))
         .route("/products/{id}", get(read).patch(update).delete(delete))
         .route("/products/{id}/publish", post(publish))
         .route("/products/{id}/discontinue", post(discontinue))
@@ -141,13 +148,14 @@ pub fn router() -> Router<AppState> {
         .route("/products/{id}/restore", post(restore))
 }
 
-#[utoipa::path(post, path = "/products", tag = "products", params(("X-User-ID" = String, Header, description = "the supplier")), request_body = ProductInput, responses((status = 201, description = "a draft; emits product.created", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/products", tag = "products", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = ProductInput, security(("bearer" = [])), responses((status = 201, description = "a draft; emits product.created", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a supplier", body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Principal,
+    new_id: NewId,
     ApiJson(req): ApiJson<ProductInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let supplier_id = acting_user(&headers)?;
+    let supplier_id = caller.as_supplier()?;
     required("name", &req.name, 512)?;
     required("category", &req.category, 128)?;
     optional("description", &req.description, 20_000)?;
@@ -169,8 +177,10 @@ async fn create(
             )));
         }
     }
-    let at = now();
-    let product = Product {
+    let id = new_id.0;
+    let (product, _) = app
+        .products
+        .insert(id, EventType::ProductCreated, |at| Product {
         supplier_id: supplier_id.to_hex(),
         name: req.name,
         description: req.description,
@@ -182,16 +192,52 @@ async fn create(
         variants: req.variants,
         published_at: None,
         deleted_at: None,
-        created_at: at.clone(),
-        updated_at: at,
-    };
-    let id = ObjectId::new();
-    app.products
-        .insert(id, &product, EventType::ProductCreated)
+        created_at: at.into(),
+        updated_at: at.into(),
+    })
         .await?;
     app.wake.notify_one();
     Ok((StatusCode::CREATED, Json(json_with_id(id, &product))))
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProductFilter {
+    /// Only this supplier's products.
+    pub supplier_id: Option<String>,
+    /// Only products in this status (draft, active, out_of_stock,
+    /// discontinued, deleted).
+    pub status: Option<String>,
+}
+
+#[utoipa::path(get, path = "/products", tag = "products", params(ProductFilter, Paging), responses((status = 200, description = "newest first", body = Page), (status = 422, body = crate::error::ErrorBody)))]
+async fn list(
+    State(app): State<AppState>,
+    ApiQuery(filter): ApiQuery<ProductFilter>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<Page>> {
+    let mut query = mongodb::bson::Document::new();
+    if let Some(s) = &filter.supplier_id {
+        ObjectId::parse_str(s)
+            .map_err(|_| ApiError::Validation("supplier_id is not a 24-hex ObjectId".into()))?;
+        query.insert("supplier_id", s);
+    }
+    if let Some(st) = &filter.status {
+        if !STATUSES.contains(&st.as_str()) {
+            return Err(ApiError::Validation(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        query.insert("status", st);
+    }
+    Ok(Json(
+        crate::reads::page(&app.products.collection, query, None, &paging).await?,
+    ))
+}
+
+/// The statuses a product goes through.
+const STATUSES: [&str; 5] = ["draft", "active", "out_of_stock", "discontinued", "deleted"];
 
 #[utoipa::path(get, path = "/products/{id}", tag = "products", params(("id" = String, Path)), responses((status = 200, body = Product), (status = 404, body = crate::error::ErrorBody)))]
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -202,9 +248,10 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
-#[utoipa::path(patch, path = "/products/{id}", tag = "products", params(("id" = String, Path)), request_body = ProductPatch, responses((status = 200, description = "emits product.updated", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(patch, path = "/products/{id}", tag = "products", params(("id" = String, Path)), request_body = ProductPatch, security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits product.updated", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
+    caller: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ProductPatch>,
 ) -> ApiResult<Json<Value>> {
@@ -227,7 +274,8 @@ async fn update(
     let oid = object_id(&id, "product")?;
     let p = app
         .products
-        .mutate(oid, "product", |p| {
+        .mutate(oid, "product", |p, at| {
+            caller.owns_or_admin(&p.supplier_id, "product")?;
             if p.status == "deleted" {
                 return Err(ApiError::Conflict(format!("product {id} was deleted")));
             }
@@ -249,7 +297,7 @@ async fn update(
             if let Some(v) = &req.variants {
                 p.variants = v.clone();
             }
-            p.updated_at = now();
+            p.updated_at = at.into();
             Ok(Mutation::full(EventType::ProductUpdated))
         })
         .await?;
@@ -260,6 +308,7 @@ async fn update(
 /// A status transition: allowed only from `from`.
 async fn transition(
     app: &AppState,
+    caller: Principal,
     id: &str,
     from: &[&str],
     to: &str,
@@ -268,7 +317,8 @@ async fn transition(
     let oid = object_id(id, "product")?;
     let p = app
         .products
-        .mutate(oid, "product", |p| {
+        .mutate(oid, "product", |p, at| {
+            caller.owns_or_admin(&p.supplier_id, "product")?;
             if !from.contains(&p.status.as_str()) {
                 return Err(ApiError::Conflict(format!(
                     "product {id} is {}; {} needs it to be {}",
@@ -277,12 +327,11 @@ async fn transition(
                     from.join(" or ")
                 )));
             }
-            let at = now();
             p.status = to.to_owned();
             if to == "active" && p.published_at.is_none() {
-                p.published_at = Some(at.clone());
+                p.published_at = Some(at.into());
             }
-            p.updated_at = at;
+            p.updated_at = at.into();
             Ok(Mutation::full(event_type))
         })
         .await?;
@@ -290,18 +339,24 @@ async fn transition(
     Ok(Json(json_with_id(oid, &p)))
 }
 
-#[utoipa::path(post, path = "/products/{id}/publish", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.published", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
-async fn publish(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    transition(&app, &id, &["draft"], "active", EventType::ProductPublished).await
+#[utoipa::path(post, path = "/products/{id}/publish", tag = "products", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits product.published", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
+async fn publish(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    transition(&app, caller, &id, &["draft"], "active", EventType::ProductPublished).await
 }
 
-#[utoipa::path(post, path = "/products/{id}/discontinue", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.discontinued", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/products/{id}/discontinue", tag = "products", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits product.discontinued", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
 async fn discontinue(
     State(app): State<AppState>,
+    caller: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     transition(
         &app,
+        caller,
         &id,
         &["active", "out_of_stock"],
         "discontinued",
@@ -310,13 +365,15 @@ async fn discontinue(
     .await
 }
 
-#[utoipa::path(post, path = "/products/{id}/out-of-stock", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.out_of_stock", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/products/{id}/out-of-stock", tag = "products", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits product.out_of_stock", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
 async fn out_of_stock(
     State(app): State<AppState>,
+    caller: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     transition(
         &app,
+        caller,
         &id,
         &["active"],
         "out_of_stock",
@@ -325,10 +382,15 @@ async fn out_of_stock(
     .await
 }
 
-#[utoipa::path(post, path = "/products/{id}/restore", tag = "products", params(("id" = String, Path)), responses((status = 200, description = "emits product.restored", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
-async fn restore(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/products/{id}/restore", tag = "products", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits product.restored", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
+async fn restore(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     transition(
         &app,
+        caller,
         &id,
         &["out_of_stock", "discontinued"],
         "active",
@@ -337,20 +399,24 @@ async fn restore(State(app): State<AppState>, Path(id): Path<String>) -> ApiResu
     .await
 }
 
-#[utoipa::path(delete, path = "/products/{id}", tag = "products", params(("id" = String, Path)), responses((status = 204, description = "emits product.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(delete, path = "/products/{id}", tag = "products", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 204, description = "emits product.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+async fn delete(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "product")?;
     app.products
-        .mutate(oid, "product", |p| {
+        .mutate(oid, "product", |p, at| {
+            caller.owns_or_admin(&p.supplier_id, "product")?;
             if p.status == "deleted" {
                 return Err(ApiError::Conflict(format!(
                     "product {id} is already deleted"
                 )));
             }
-            let at = now();
             p.status = "deleted".into();
-            p.deleted_at = Some(at.clone());
-            p.updated_at = at;
+            p.deleted_at = Some(at.into());
+            p.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::ProductDeleted,
                 json!({"product_id": oid.to_hex()}),

@@ -12,7 +12,22 @@
 //! Concurrent mutations of one document are serialised by an optimistic
 //! `_version` check, so the full-document payloads of successive events
 //! always reflect the successive states.
+//!
+//! **Per-entity order that survives clock skew**: the projection keeps the
+//! newest state by event timestamp, so the timestamps of one entity's
+//! events must grow in the order they were written, whichever instance's
+//! clock stamps them. Each document keeps the time of its last event
+//! (`_last_event_us`) and the next one is stamped
+//! `max(now, last + 1 µs)`; the `_version` check makes that a total order.
+//!
+//! **Bounded outbox**: a document whose outbox already holds
+//! `outbox_cap` unpublished events (Kafka down for long) refuses further
+//! mutations with 503 and `Retry-After` instead of growing toward
+//! MongoDB's 16 MB document limit.
 
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use events::{Envelope, EventType};
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use mongodb::{Collection, Database};
@@ -23,7 +38,70 @@ use crate::error::{ApiError, ApiResult};
 
 /// Internal fields of stored documents; never part of an API response or an
 /// event payload.
-pub const INTERNAL_FIELDS: [&str; 3] = ["_outbox", "_pending", "_version"];
+pub const INTERNAL_FIELDS: [&str; 6] = [
+    "_outbox",
+    "_pending",
+    "_version",
+    "_last_event_us",
+    "_relay_after",
+    "_relay_failures",
+];
+
+/// Where the time comes from (tests drive skewed clocks through it).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's UTC clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What every store shares: the clock and the outbox cap.
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub clock: Arc<dyn Clock>,
+    /// Unpublished events a document may hold before its mutations answer 503.
+    pub outbox_cap: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            clock: Arc::new(SystemClock),
+            outbox_cap: 100,
+        }
+    }
+}
+
+/// Whether a MongoDB error is a duplicate key (E11000).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+/// The time of an entity's next event: now, or 1 µs after its last event
+/// if this clock is behind it.
+pub fn next_event_time(now: DateTime<Utc>, last_us: Option<i64>) -> DateTime<Utc> {
+    let now_us = now.timestamp_micros();
+    let us = match last_us {
+        Some(last) if last >= now_us => last + 1,
+        _ => now_us,
+    };
+    DateTime::from_timestamp_micros(us).unwrap_or(now)
+}
 
 /// The JSON form of a document (`model_dump(mode="json")`): `_id` becomes
 /// the 24-hex string `id`, internal fields are dropped.
@@ -77,6 +155,7 @@ pub fn object_id(id: &str, what: &str) -> ApiResult<ObjectId> {
 pub struct Store<T> {
     pub name: &'static str,
     pub collection: Collection<Document>,
+    config: StoreConfig,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -85,6 +164,7 @@ impl<T> Clone for Store<T> {
         Store {
             name: self.name,
             collection: self.collection.clone(),
+            config: self.config.clone(),
             _t: std::marker::PhantomData,
         }
     }
@@ -104,16 +184,25 @@ const MAX_RETRIES: usize = 8;
 pub(crate) static OUTBOX_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
-    pub fn new(db: &Database, name: &'static str) -> Self {
+    pub fn new(db: &Database, name: &'static str, config: StoreConfig) -> Self {
         Store {
             name,
             collection: db.collection(name),
+            config,
             _t: std::marker::PhantomData,
         }
     }
 
-    fn decode(&self, mut d: Document) -> ApiResult<(T, i64)> {
-        let version = d.get_i64("_version").unwrap_or(0);
+    fn decode(&self, d: Document) -> ApiResult<(T, i64)> {
+        self.decode_full(d).map(|(t, stored)| (t, stored.version))
+    }
+
+    fn decode_full(&self, mut d: Document) -> ApiResult<(T, Stored)> {
+        let stored = Stored {
+            version: d.get_i64("_version").unwrap_or(0),
+            last_event_us: d.get_i64("_last_event_us").ok(),
+            outbox_len: d.get_array("_outbox").map_or(0, Vec::len),
+        };
         for f in INTERNAL_FIELDS {
             d.remove(f);
         }
@@ -123,7 +212,7 @@ impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
                 self.name
             ))
         })?;
-        Ok((t, version))
+        Ok((t, stored))
     }
 
     /// The document with its version. Deleted entities stay in MongoDB (with
@@ -136,36 +225,66 @@ impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
         }
     }
 
-    /// Inserts a new document together with the event it emits (whose
-    /// payload is the full document).
-    pub async fn insert(&self, id: ObjectId, doc: &T, event_type: EventType) -> ApiResult<()> {
-        let mut d = bson::to_document(doc).map_err(|e| ApiError::Internal(e.into()))?;
+    /// Inserts a new document, made by `make` from its creation time,
+    /// together with the event it emits (whose payload is the full
+    /// document). If a document with this id exists already (a retried
+    /// create with the same idempotency key), nothing is written and that
+    /// document is answered with `false`.
+    pub async fn insert(
+        &self,
+        id: ObjectId,
+        event_type: EventType,
+        make: impl FnOnce(&str) -> T,
+    ) -> ApiResult<(T, bool)> {
+        let at = next_event_time(self.config.clock.now(), None);
+        let doc = make(&events::format_timestamp(&at));
+        let mut d = bson::to_document(&doc).map_err(|e| ApiError::Internal(e.into()))?;
         d.insert("_id", id);
-        let envelope = Envelope::new(event_type, id.to_hex(), to_json(&d));
+        let envelope = Envelope::at(event_type, id.to_hex(), to_json(&d), at);
         d.insert("_version", 1i64);
+        d.insert("_last_event_us", at.timestamp_micros());
         d.insert("_pending", true);
         d.insert("_outbox", vec![Bson::Document(outbox_entry(&envelope))]);
-        self.collection.insert_one(d).await?;
-        Ok(())
+        match self.collection.insert_one(d).await {
+            Ok(_) => Ok((doc, true)),
+            Err(e) if is_duplicate_key(&e) => match self.get(id).await? {
+                Some((existing, _)) => Ok((existing, false)),
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Reads the document, lets `change` modify it and say what to emit, and
-    /// writes the new state and the event in one write if nobody changed the
-    /// document meanwhile (else tries again).
+    /// Reads the document, lets `change` modify it (given the event's
+    /// time) and say what to emit, and writes the new state and the event in
+    /// one write if nobody changed the document meanwhile (else tries again).
     pub async fn mutate(
         &self,
         id: ObjectId,
         what: &str,
-        mut change: impl FnMut(&mut T) -> ApiResult<Mutation>,
+        mut change: impl FnMut(&mut T, &str) -> ApiResult<Mutation>,
     ) -> ApiResult<T> {
         for _ in 0..MAX_RETRIES {
-            let Some((mut doc, version)) = self.get(id).await? else {
+            let Some(d) = self.collection.find_one(doc! {"_id": id}).await? else {
                 return Err(ApiError::NotFound(format!(
                     "{what} {} not found",
                     id.to_hex()
                 )));
             };
-            let mutation = change(&mut doc)?;
+            let (mut doc, stored) = self.decode_full(d)?;
+            if stored.outbox_len >= self.config.outbox_cap {
+                return Err(ApiError::Unavailable {
+                    message: format!(
+                        "{what} {} has {} events waiting to be published (Kafka unreachable?); try again later",
+                        id.to_hex(),
+                        stored.outbox_len
+                    ),
+                    retry_after_secs: 5,
+                });
+            }
+            let version = stored.version;
+            let at = next_event_time(self.config.clock.now(), stored.last_event_us);
+            let mutation = change(&mut doc, &events::format_timestamp(&at))?;
             let data = match mutation.payload {
                 Payload::Document => to_json(&{
                     let mut full =
@@ -175,9 +294,10 @@ impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
                 }),
                 Payload::Minimal(v) => v,
             };
-            let envelope = Envelope::new(mutation.event_type, id.to_hex(), data);
+            let envelope = Envelope::at(mutation.event_type, id.to_hex(), data, at);
             let mut set = bson::to_document(&doc).map_err(|e| ApiError::Internal(e.into()))?;
             set.insert("_version", version + 1);
+            set.insert("_last_event_us", at.timestamp_micros());
             set.insert("_pending", true);
             let update = doc! {"$set": set, "$push": {"_outbox": outbox_entry(&envelope)}};
             let result = {
@@ -195,6 +315,13 @@ impl<T: Serialize + DeserializeOwned + Clone> Store<T> {
             id.to_hex()
         )))
     }
+}
+
+/// The bookkeeping of a stored document.
+struct Stored {
+    version: i64,
+    last_event_us: Option<i64>,
+    outbox_len: usize,
 }
 
 /// What a mutation emits.

@@ -1,14 +1,15 @@
 //! Suppliers: create, update, delete, read.
 //!
-//! | method | path              | emits             | payload             |
-//! |--------|-------------------|-------------------|---------------------|
-//! | POST   | /suppliers        | supplier.created  | the full document   |
-//! | PATCH  | /suppliers/{id}   | supplier.updated  | the full document   |
-//! | DELETE | /suppliers/{id}   | supplier.deleted  | `{"supplier_id"}`   |
-//! | GET    | /suppliers/{id}   | -                 | -                   |
+//! | method | path              | who                 | emits             | payload             |
+//! |--------|-------------------|---------------------|-------------------|---------------------|
+//! | POST   | /suppliers        | anyone              | supplier.created  | the full document   |
+//! | PATCH  | /suppliers/{id}   | the supplier, admin | supplier.updated  | the full document   |
+//! | DELETE | /suppliers/{id}   | the supplier, admin | supplier.deleted  | `{"supplier_id"}`   |
+//! | GET    | /suppliers/{id}   | anyone              | -                 | -                   |
 //!
-//! MongoDB keeps a deleted supplier with `deleted_at`; the projection removes
-//! its row.
+//! A supplier registers with a password and logs in with
+//! `contact_info.primary_email`. MongoDB keeps a deleted supplier with
+//! `deleted_at`; the projection removes its row.
 
 use std::collections::BTreeMap;
 
@@ -17,12 +18,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
-use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::common::{email, now, optional, required};
+use crate::auth::{Principal, Role, check_password, hash_password};
+use crate::common::{email, optional, required};
+use crate::idempotency::NewId;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
 
@@ -78,6 +80,8 @@ pub struct BusinessInfo {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierInput {
+    /// 8 to 128 characters; log in with `contact_info.primary_email` and it.
+    pub password: String,
     pub contact_info: SupplierContact,
     pub company_info: CompanyInfo,
     #[serde(default)]
@@ -148,26 +152,31 @@ pub fn router() -> Router<AppState> {
         .route("/suppliers/{id}", get(read).patch(update).delete(delete))
 }
 
-#[utoipa::path(post, path = "/suppliers", tag = "suppliers", request_body = SupplierInput, responses((status = 201, description = "emits supplier.created", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/suppliers", tag = "suppliers", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = SupplierInput, responses((status = 201, description = "emits supplier.created", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 409, description = "the email is taken", body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
+    new_id: NewId,
     ApiJson(req): ApiJson<SupplierInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_password(&req.password)?;
     check_contact(&req.contact_info)?;
     check_company(&req.company_info)?;
     check_business(&req.business_info)?;
-    let at = now();
-    let supplier = Supplier {
-        contact_info: req.contact_info,
-        company_info: req.company_info,
-        business_info: req.business_info,
-        deleted_at: None,
-        created_at: at.clone(),
-        updated_at: at,
-    };
-    let id = ObjectId::new();
-    app.suppliers
-        .insert(id, &supplier, EventType::SupplierCreated)
+    let id = new_id.0;
+    let hash = hash_password(req.password).await?;
+    app.accounts
+        .claim(&req.contact_info.primary_email, id, Role::Supplier, &hash)
+        .await?;
+    let (supplier, _) = app
+        .suppliers
+        .insert(id, EventType::SupplierCreated, |at| Supplier {
+            contact_info: req.contact_info,
+            company_info: req.company_info,
+            business_info: req.business_info,
+            deleted_at: None,
+            created_at: at.into(),
+            updated_at: at.into(),
+        })
         .await?;
     app.wake.notify_one();
     Ok((StatusCode::CREATED, Json(json_with_id(id, &supplier))))
@@ -182,9 +191,10 @@ async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
-#[utoipa::path(patch, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), request_body = SupplierPatch, responses((status = 200, description = "emits supplier.updated", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(patch, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), request_body = SupplierPatch, security(("bearer" = [])), responses((status = 200, description = "emits supplier.updated", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
+    caller: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SupplierPatch>,
 ) -> ApiResult<Json<Value>> {
@@ -198,47 +208,66 @@ async fn update(
         check_business(b)?;
     }
     let oid = object_id(&id, "supplier")?;
+    caller.owns_or_admin(&id, "supplier")?;
+    let new_email = req.contact_info.as_ref().map(|c| c.primary_email.as_str());
+    let old_email = match new_email {
+        Some(_) => app
+            .suppliers
+            .get(oid)
+            .await?
+            .map(|(s, _)| s.contact_info.primary_email),
+        None => None,
+    };
+    let write = app.suppliers.mutate(oid, "supplier", |s, at| {
+        if s.deleted_at.is_some() {
+            return Err(ApiError::Conflict(format!("supplier {id} was deleted")));
+        }
+        if let Some(c) = &req.contact_info {
+            s.contact_info = c.clone();
+        }
+        if let Some(c) = &req.company_info {
+            s.company_info = c.clone();
+        }
+        if let Some(b) = &req.business_info {
+            s.business_info = b.clone();
+        }
+        s.updated_at = at.into();
+        Ok(Mutation::full(EventType::SupplierUpdated))
+    });
     let s = app
-        .suppliers
-        .mutate(oid, "supplier", |s| {
-            if s.deleted_at.is_some() {
-                return Err(ApiError::Conflict(format!("supplier {id} was deleted")));
-            }
-            if let Some(c) = &req.contact_info {
-                s.contact_info = c.clone();
-            }
-            if let Some(c) = &req.company_info {
-                s.company_info = c.clone();
-            }
-            if let Some(b) = &req.business_info {
-                s.business_info = b.clone();
-            }
-            s.updated_at = now();
-            Ok(Mutation::full(EventType::SupplierUpdated))
-        })
+        .accounts
+        .with_email_change(oid, old_email, new_email, write)
         .await?;
     app.wake.notify_one();
     Ok(Json(json_with_id(oid, &s)))
 }
 
-#[utoipa::path(delete, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), responses((status = 204, description = "emits supplier.deleted"), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(delete, path = "/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "emits supplier.deleted"), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+async fn delete(
+    State(app): State<AppState>,
+    caller: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let oid = object_id(&id, "supplier")?;
-    app.suppliers
-        .mutate(oid, "supplier", |s| {
+    caller.owns_or_admin(&id, "supplier")?;
+    let s = app
+        .suppliers
+        .mutate(oid, "supplier", |s, at| {
             if s.deleted_at.is_some() {
                 return Err(ApiError::Conflict(format!(
                     "supplier {id} is already deleted"
                 )));
             }
-            let at = now();
-            s.deleted_at = Some(at.clone());
-            s.updated_at = at;
+            s.deleted_at = Some(at.into());
+            s.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::SupplierDeleted,
                 json!({"supplier_id": oid.to_hex()}),
             ))
         })
+        .await?;
+    app.accounts
+        .release(&s.contact_info.primary_email, oid)
         .await?;
     app.wake.notify_one();
     Ok(StatusCode::NO_CONTENT)

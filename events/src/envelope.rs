@@ -55,10 +55,20 @@ impl Envelope<serde_json::Value> {
         entity_id: impl Into<String>,
         data: serde_json::Value,
     ) -> Self {
-        let now = Utc::now();
-        let timestamp = DateTime::from_timestamp_micros(now.timestamp_micros())
-            // A timestamp taken from the clock is always within chrono's range.
-            .expect("current time is representable");
+        Self::at(event_type, entity_id, data, Utc::now())
+    }
+
+    /// A new envelope with a fresh UUID v4 stamped `timestamp`, truncated to
+    /// the microsecond.
+    pub fn at(
+        event_type: EventType,
+        entity_id: impl Into<String>,
+        data: serde_json::Value,
+        timestamp: DateTime<Utc>,
+    ) -> Self {
+        let timestamp = DateTime::from_timestamp_micros(timestamp.timestamp_micros())
+            // Truncating a representable time keeps it representable.
+            .expect("a truncated time is representable");
         Envelope {
             event_type: event_type.as_str().to_owned(),
             event_id: Uuid::new_v4(),
