@@ -4,7 +4,10 @@
 Usage: demo-scenario.py BASE_URL  -> prints progress to stderr and, on the last
 line of stdout, the number of events the API emitted (one per mutation).
 
-Users register, suppliers onboard, products are published with variants (one
+Every account registers with a password and logs in for a bearer token
+(POST /auth/login); each action runs as the account that owns it, and the
+moderation at the end runs as the admin (BACKEND_ADMIN_EMAILS lists
+admin@example.com in scripts/demo). Users register, suppliers onboard, products are published with variants (one
 gains a variant, one runs out of stock and comes back, one is discontinued),
 customers place orders (one is cancelled, one shipped), posts are published
 and edited, and a few things are deleted. Standard library only.
@@ -15,25 +18,36 @@ import urllib.error
 import urllib.request
 
 BASE = sys.argv[1].rstrip("/")
+PASSWORD = "demo password 2025"
 events = 0
+TOKENS = {}  # account id -> bearer token
 
 
-def call(method, path, body=None, user=None):
-    """One API call; a mutation that answers 2xx emitted exactly one event."""
+def call(method, path, body=None, user=None, counts=True):
+    """One API call as account `user`; a mutation that answers 2xx emitted
+    exactly one event."""
     global events
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(BASE + path, data=data, method=method)
     req.add_header("Content-Type", "application/json")
     if user:
-        req.add_header("X-User-ID", user)
+        req.add_header("Authorization", "Bearer " + TOKENS[user])
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             text = r.read().decode()
     except urllib.error.HTTPError as e:
         sys.exit(f"[scenario] {method} {path} failed: {e.code} {e.read().decode()}")
-    if method != "GET":
+    if method != "GET" and counts:
         events += 1
     return json.loads(text) if text else {}
+
+
+def register(path, body, email):
+    """Registers an account and logs it in; its id."""
+    account = call("POST", path, dict(body, password=PASSWORD))["id"]
+    login = call("POST", "/auth/login", {"email": email, "password": PASSWORD}, counts=False)
+    TOKENS[account] = login["access_token"]
+    return account
 
 
 def step(msg):
@@ -47,15 +61,16 @@ people = [
     ("amara@example.com", "Amara Okafor", None),
     ("lukas@example.com", "Lukas Novak", "+420 601 123 456"),
     ("spam@example.com", "Totally Real Person", None),
+    ("admin@example.com", "The Moderator", None),
 ]
 users = []
 for email, name, phone in people:
     body = {"email": email, "display_name": name}
     if phone:
         body["phone"] = phone
-    users.append(call("POST", "/users", body)["id"])
-zoe, kenji, amara, lukas, spammer = users
-call("PATCH", f"/users/{kenji}", {"bio": "Ceramics collector in Osaka."})
+    users.append(register("/users", body, email))
+zoe, kenji, amara, lukas, spammer, admin = users
+call("PATCH", f"/users/{kenji}", {"bio": "Ceramics collector in Osaka."}, user=kenji)
 
 step("suppliers onboard")
 suppliers = []
@@ -64,7 +79,7 @@ for legal, dba, city, country in [
     ("Töpferei Berg GmbH", "Berg Keramik", "Leipzig", "DE"),
 ]:
     slug = dba.lower().replace(" ", "")
-    suppliers.append(call("POST", "/suppliers", {
+    suppliers.append(register("/suppliers", {
         "contact_info": {"primary_email": f"sales@{slug}.example", "primary_phone": "+1-555-0100",
                          "contact_person_name": "Ana Lima"},
         "company_info": {"legal_name": legal, "dba_name": dba,
@@ -72,9 +87,9 @@ for legal, dba, city, country in [
                                               "country": country}},
         "business_info": {"support_email": f"help@{slug}.example", "website": f"https://{slug}.example",
                           "social_urls": {"instagram": f"https://instagram.com/{slug}"}},
-    })["id"])
+    }, f"sales@{slug}.example"))
 acme, berg = suppliers
-call("PATCH", f"/suppliers/{berg}", {"business_info": {"support_phone": "+49 341 555 0199"}})
+call("PATCH", f"/suppliers/{berg}", {"business_info": {"support_phone": "+49 341 555 0199"}}, user=berg)
 
 step("products are created with variants and published")
 catalogue = [
@@ -124,7 +139,8 @@ orders = [
 ]
 step("one order is cancelled, one shipped")
 call("POST", f"/orders/{orders[1]}/cancel", user=kenji)
-call("POST", f"/orders/{orders[0]}/ship", {"carrier": "DHL", "tracking_number": "JD014600006281230000"})
+call("POST", f"/orders/{orders[0]}/ship", {"carrier": "DHL", "tracking_number": "JD014600006281230000"},
+     user=acme)
 
 step("posts are published and edited")
 posts = []
@@ -137,8 +153,8 @@ call("POST", f"/posts/{posts[1]}/publish", user=amara)
 call("PATCH", f"/posts/{posts[1]}", {"text_content": "My planter arrived 🌿 — the large one!"}, user=amara)
 
 step("moderation: the spam post and its author go, a product is discontinued")
-call("DELETE", f"/posts/{posts[2]}", user=spammer)
-call("DELETE", f"/users/{spammer}")
+call("DELETE", f"/posts/{posts[2]}", user=admin)
+call("DELETE", f"/users/{spammer}", user=admin)
 call("POST", f"/products/{cups}/discontinue", user=acme)
 
 step(f"done: {events} mutations, one event each")

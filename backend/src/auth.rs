@@ -139,7 +139,9 @@ impl Principal {
         if self.is_admin() || self.is(owner) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("only its owner may change this {what}")))
+            Err(ApiError::Forbidden(format!(
+                "only its owner may change this {what}"
+            )))
         }
     }
 
@@ -172,7 +174,10 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::Unauthorized(
                 "this action needs a token: Authorization: Bearer <token> from POST /auth/login"
@@ -193,7 +198,9 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 
 /// The subject of a request's token if it is valid (for scoping keys).
 pub fn subject(app: &AppState, parts: &Parts) -> Option<ObjectId> {
-    bearer(parts).and_then(|t| app.auth.check(t).ok()).map(|p| p.id)
+    bearer(parts)
+        .and_then(|t| app.auth.check(t).ok())
+        .map(|p| p.id)
 }
 
 /// Emails compare case-insensitively.
@@ -260,7 +267,8 @@ impl Accounts {
     /// registration).
     pub async fn claim(&self, email: &str, id: ObjectId, kind: Role, hash: &str) -> ApiResult<()> {
         let key = normalise_email(email);
-        let record = doc! {"_id": &key, "account_id": id, "kind": role_name(kind), "password_hash": hash};
+        let record =
+            doc! {"_id": &key, "account_id": id, "kind": role_name(kind), "password_hash": hash};
         match self.collection.insert_one(record).await {
             Ok(_) => Ok(()),
             Err(e) if crate::store::is_duplicate_key(&e) => {
@@ -296,7 +304,10 @@ impl Accounts {
             return Ok(()); // an account without a login (created before accounts existed)
         };
         let kind = kind_of(&current);
-        let hash = current.get_str("password_hash").unwrap_or_default().to_owned();
+        let hash = current
+            .get_str("password_hash")
+            .unwrap_or_default()
+            .to_owned();
         self.claim(new, id, kind, &hash).await
     }
 
@@ -355,7 +366,10 @@ impl Accounts {
             let _ = verify_password(password.to_owned(), dummy_hash()).await;
             return Ok(None);
         };
-        let hash = record.get_str("password_hash").unwrap_or_default().to_owned();
+        let hash = record
+            .get_str("password_hash")
+            .unwrap_or_default()
+            .to_owned();
         if !verify_password(password.to_owned(), hash).await {
             return Ok(None);
         }

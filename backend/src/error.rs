@@ -123,9 +123,9 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
         match rejection {
             JsonRejection::JsonDataError(e) => ApiError::Validation(e.body_text()),
             JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
-            JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
-                "expected a JSON body (Content-Type: application/json)".into(),
-            ),
+            JsonRejection::MissingJsonContentType(_) => {
+                ApiError::BadRequest("expected a JSON body (Content-Type: application/json)".into())
+            }
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::TooLarge(format!(
                     "the body is larger than {} bytes",

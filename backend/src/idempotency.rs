@@ -123,7 +123,8 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
             .into_response();
         }
     };
-    let scope = crate::auth::subject(&app, &parts).map_or_else(|| "anonymous".into(), |id| id.to_hex());
+    let scope =
+        crate::auth::subject(&app, &parts).map_or_else(|| "anonymous".into(), |id| id.to_hex());
     let path = parts.uri.path().to_owned();
     let record_id = hex_sha256(&[scope.as_bytes(), path.as_bytes(), key.as_bytes()]);
     let fingerprint = hex_sha256(&[path.as_bytes(), &bytes]);
@@ -151,7 +152,9 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     };
 
     parts.extensions.insert(ReservedId(entity_id));
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     if !response.status().is_success() {
         // Nothing was written: let a retry run again.
         if let Err(e) = keys
@@ -165,7 +168,10 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let (resp_parts, body) = response.into_parts();
     let body = match to_bytes(body, usize::MAX).await {
         Ok(b) => b,
-        Err(e) => return ApiError::Internal(anyhow::anyhow!("reading the response: {e}")).into_response(),
+        Err(e) => {
+            return ApiError::Internal(anyhow::anyhow!("reading the response: {e}"))
+                .into_response();
+        }
     };
     let stored = doc! {"$set": {
         "state": "done",

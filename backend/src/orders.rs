@@ -19,73 +19,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
 use mongodb::bson::oid::ObjectId;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::common::{optional, required};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::idempotency::NewId;
 use crate::reads::{Page, Paging};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Order {
-    pub order_number: String,
-    pub customer: Customer,
-    pub shipping_address: ShippingAddress,
-    pub items: Vec<Item>,
-    pub status: String,
-    pub total_cents: i64,
-    pub shipment: Option<Shipment>,
-    pub cancelled_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Customer {
-    pub user_id: String,
-    pub display_name: String,
-    pub email: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ShippingAddress {
-    pub recipient_name: String,
-    pub phone: Option<String>,
-    pub street: String,
-    pub city: String,
-    pub state: Option<String>,
-    pub zip_code: String,
-    pub country: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Item {
-    pub item_id: String,
-    pub product_snapshot: ProductSnapshot,
-    pub quantity: i64,
-    pub unit_price_cents: i64,
-    pub total_cents: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ProductSnapshot {
-    pub product_id: String,
-    pub product_name: String,
-    pub supplier_id: String,
-    pub variant_name: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Shipment {
-    pub carrier: String,
-    pub tracking_number: String,
-    pub shipped_at: String,
-}
+pub use events::payload::{Customer, Item, Order, ProductSnapshot, Shipment, ShippingAddress};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -255,9 +199,7 @@ async fn list(
     ApiQuery(filter): ApiQuery<OrderFilter>,
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> ApiResult<Json<Page>> {
-    let customer = filter
-        .customer_id
-        .unwrap_or_else(|| caller.id.to_hex());
+    let customer = filter.customer_id.unwrap_or_else(|| caller.id.to_hex());
     ObjectId::parse_str(&customer)
         .map_err(|_| ApiError::Validation("customer_id is not a 24-hex ObjectId".into()))?;
     if !caller.is_admin() && !caller.is(&customer) {
@@ -316,7 +258,9 @@ async fn cancel(
             o.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::OrderCancelled,
-                json!({"order_number": o.order_number}),
+                events::payload::OrderCancelled {
+                    order_number: o.order_number.clone(),
+                },
             ))
         })
         .await?;
@@ -361,12 +305,12 @@ async fn ship(
             o.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::OrderShipped,
-                json!({
-                    "order_number": o.order_number,
-                    "carrier": req.carrier,
-                    "tracking_number": req.tracking_number,
-                    "shipped_at": at,
-                }),
+                events::payload::OrderShipped {
+                    order_number: o.order_number.clone(),
+                    carrier: req.carrier.clone(),
+                    tracking_number: req.tracking_number.clone(),
+                    shipped_at: at.into(),
+                },
             ))
         })
         .await?;

@@ -18,67 +18,19 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
 use mongodb::bson::oid::ObjectId;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::common::{optional, required};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::idempotency::NewId;
 use crate::reads::{Page, Paging};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
+pub use events::payload::{Author, LinkPreview, Media, Post, PostStats};
 
 const POST_TYPES: [&str; 4] = ["text", "image", "link", "video"];
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Post {
-    pub post_type: String,
-    pub author: Author,
-    pub text_content: Option<String>,
-    pub media: Vec<Media>,
-    pub link_preview: Option<LinkPreview>,
-    pub stats: PostStats,
-    pub published_at: Option<String>,
-    pub deleted_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Author {
-    pub user_id: String,
-    pub display_name: String,
-    pub avatar: Option<String>,
-    pub author_type: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Media {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub url: String,
-    pub width: Option<i64>,
-    pub height: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LinkPreview {
-    pub url: String,
-    pub title: Option<String>,
-    pub description: Option<String>,
-    pub image: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PostStats {
-    pub view_count: i64,
-    pub like_count: i64,
-    pub comment_count: i64,
-    pub share_count: i64,
-}
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -163,22 +115,22 @@ async fn create(
     let (post, _) = app
         .posts
         .insert(id, EventType::PostCreated, |at| Post {
-        post_type: req.post_type,
-        author: Author {
-            user_id: author_id.to_hex(),
-            display_name: author.profile.display_name,
-            avatar: author.profile.avatar,
-            author_type: "user".into(),
-        },
-        text_content: req.text_content,
-        media: req.media,
-        link_preview: req.link_preview,
-        stats: PostStats::default(),
-        published_at: None,
-        deleted_at: None,
-        created_at: at.into(),
-        updated_at: at.into(),
-    })
+            post_type: req.post_type,
+            author: Author {
+                user_id: author_id.to_hex(),
+                display_name: author.profile.display_name,
+                avatar: author.profile.avatar,
+                author_type: "user".into(),
+            },
+            text_content: req.text_content,
+            media: req.media,
+            link_preview: req.link_preview,
+            stats: PostStats::default(),
+            published_at: None,
+            deleted_at: None,
+            created_at: at.into(),
+            updated_at: at.into(),
+        })
         .await?;
     app.wake.notify_one();
     Ok((StatusCode::CREATED, Json(json_with_id(id, &post))))
@@ -295,7 +247,9 @@ async fn delete(
             p.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::PostDeleted,
-                json!({"post_id": oid.to_hex()}),
+                events::payload::PostDeleted {
+                    post_id: oid.to_hex(),
+                },
             ))
         })
         .await?;

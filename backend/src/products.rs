@@ -26,67 +26,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
 use mongodb::bson::oid::ObjectId;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::common::{non_negative, optional, required};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::idempotency::NewId;
 use crate::reads::{Page, Paging};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::store::{Mutation, json_with_id, object_id};
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Product {
-    pub supplier_id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub category: String,
-    pub base_price_cents: i64,
-    pub status: String,
-    pub metadata: Metadata,
-    pub stats: Stats,
-    pub variants: BTreeMap<String, Variant>,
-    pub published_at: Option<String>,
-    pub deleted_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Metadata {
-    pub base_sku: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Stats {
-    pub view_count: i64,
-    pub favorite_count: i64,
-    pub purchase_count: i64,
-    pub review_count: i64,
-    pub average_rating: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Variant {
-    pub sku: Option<String>,
-    pub price_cents: i64,
-    pub quantity: i64,
-    #[serde(default)]
-    pub attributes: Vec<Attribute>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Attribute {
-    pub name: String,
-    pub value: String,
-}
+pub use events::payload::{Attribute, Metadata, Product, Stats, Variant};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -181,20 +131,20 @@ async fn create(
     let (product, _) = app
         .products
         .insert(id, EventType::ProductCreated, |at| Product {
-        supplier_id: supplier_id.to_hex(),
-        name: req.name,
-        description: req.description,
-        category: req.category,
-        base_price_cents: req.base_price_cents,
-        status: "draft".into(),
-        metadata: req.metadata,
-        stats: Stats::default(),
-        variants: req.variants,
-        published_at: None,
-        deleted_at: None,
-        created_at: at.into(),
-        updated_at: at.into(),
-    })
+            supplier_id: supplier_id.to_hex(),
+            name: req.name,
+            description: req.description,
+            category: req.category,
+            base_price_cents: req.base_price_cents,
+            status: "draft".into(),
+            metadata: req.metadata,
+            stats: Stats::default(),
+            variants: req.variants,
+            published_at: None,
+            deleted_at: None,
+            created_at: at.into(),
+            updated_at: at.into(),
+        })
         .await?;
     app.wake.notify_one();
     Ok((StatusCode::CREATED, Json(json_with_id(id, &product))))
@@ -345,7 +295,15 @@ async fn publish(
     caller: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    transition(&app, caller, &id, &["draft"], "active", EventType::ProductPublished).await
+    transition(
+        &app,
+        caller,
+        &id,
+        &["draft"],
+        "active",
+        EventType::ProductPublished,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/products/{id}/discontinue", tag = "products", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody), (status = 200, description = "emits product.discontinued", body = Product), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not allowed from the current status", body = crate::error::ErrorBody)))]
@@ -419,7 +377,9 @@ async fn delete(
             p.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::ProductDeleted,
-                json!({"product_id": oid.to_hex()}),
+                events::payload::ProductDeleted {
+                    product_id: oid.to_hex(),
+                },
             ))
         })
         .await?;

@@ -56,7 +56,11 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        hex::encode(format!("{}|{}", self.key.as_deref().unwrap_or(""), self.id.to_hex()))
+        hex::encode(format!(
+            "{}|{}",
+            self.key.as_deref().unwrap_or(""),
+            self.id.to_hex()
+        ))
     }
 
     pub fn decode(text: &str) -> ApiResult<Cursor> {
@@ -165,7 +169,10 @@ mod tests {
             id: ObjectId::new(),
         };
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
-        let bare = Cursor { key: None, id: ObjectId::new() };
+        let bare = Cursor {
+            key: None,
+            id: ObjectId::new(),
+        };
         assert_eq!(Cursor::decode(&bare.encode()).unwrap(), bare);
         assert!(Cursor::decode("zz").is_err());
         assert!(Cursor::decode(&hex::encode("no-separator")).is_err());

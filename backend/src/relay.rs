@@ -118,8 +118,7 @@ impl Relay {
                 {"_relay_after": {"$exists": false}},
                 {"_relay_after": {"$lte": now_ms()}},
             ]};
-            let pending: Vec<Document> = match coll.find(due).limit(1000).await
-            {
+            let pending: Vec<Document> = match coll.find(due).limit(1000).await {
                 Ok(cursor) => match cursor.try_collect().await {
                     Ok(docs) => docs,
                     Err(e) => {
@@ -205,7 +204,10 @@ impl Relay {
             let mut set = doc! {"_outbox": remaining, "_pending": pending, "_version": version + 1};
             let mut unset = doc! {"_lease_owner": "", "_lease_until": ""};
             if failed {
-                let failures = current.get_i32("_relay_failures").unwrap_or(0).saturating_add(1);
+                let failures = current
+                    .get_i32("_relay_failures")
+                    .unwrap_or(0)
+                    .saturating_add(1);
                 set.insert("_relay_failures", failures);
                 set.insert(
                     "_relay_after",
@@ -288,7 +290,9 @@ impl Relay {
             match self
                 .producer
                 .send(
-                    FutureRecord::to(&topic).key(&record.key).payload(&record.payload),
+                    FutureRecord::to(&topic)
+                        .key(&record.key)
+                        .payload(&record.payload),
                     Duration::from_secs(10),
                 )
                 .await
@@ -338,13 +342,25 @@ fn publishable(entry: &mongodb::bson::Bson) -> Result<Record, String> {
             .map(str::to_owned)
             .map_err(|_| format!("the entry has no text field {name:?}"))
     };
-    let (event_id, topic, key, payload) = (field("event_id")?, field("topic")?, field("key")?, field("payload")?);
+    let (event_id, topic, key, payload) = (
+        field("event_id")?,
+        field("topic")?,
+        field("key")?,
+        field("payload")?,
+    );
     let envelope = events::RawEnvelope::from_slice(payload.as_bytes())
         .map_err(|e| format!("the payload is not an event envelope: {e}"))?;
-    if envelope.event_id.to_string() != event_id || envelope.topic() != topic || envelope.key() != key {
+    if envelope.event_id.to_string() != event_id
+        || envelope.topic() != topic
+        || envelope.key() != key
+    {
         return Err("event_id, topic or key disagree with the payload".into());
     }
-    Ok(Record { topic, key, payload })
+    Ok(Record {
+        topic,
+        key,
+        payload,
+    })
 }
 
 /// How many entries were quarantined (for `/health`).
@@ -369,7 +385,8 @@ mod tests {
 
     #[test]
     fn entries_that_are_not_events_are_refused_with_a_reason() {
-        let good = events::Envelope::new(events::EventType::UserCreated, "abc", serde_json::json!({}));
+        let good =
+            events::Envelope::new(events::EventType::UserCreated, "abc", serde_json::json!({}));
         let entry = mongodb::bson::Bson::Document(crate::store::outbox_entry(&good));
         assert!(publishable(&entry).is_ok());
         let mut missing = crate::store::outbox_entry(&good);
@@ -377,7 +394,11 @@ mod tests {
         assert!(publishable(&missing.into()).unwrap_err().contains("topic"));
         let mut garbage = crate::store::outbox_entry(&good);
         garbage.insert("payload", "{not json");
-        assert!(publishable(&garbage.into()).unwrap_err().contains("envelope"));
+        assert!(
+            publishable(&garbage.into())
+                .unwrap_err()
+                .contains("envelope")
+        );
         let mut wrong = crate::store::outbox_entry(&good);
         wrong.insert("key", "another");
         assert!(publishable(&wrong.into()).is_err());

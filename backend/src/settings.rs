@@ -129,11 +129,9 @@ impl Settings {
             anyhow::bail!("the token secret must have at least 32 bytes");
         }
         if let Some(v) = get("BACKEND_TOKEN_TTL_SECS") {
-            let secs: u64 = v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| anyhow::anyhow!("BACKEND_TOKEN_TTL_SECS={v:?}: expected seconds > 0"))?;
+            let secs: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                anyhow::anyhow!("BACKEND_TOKEN_TTL_SECS={v:?}: expected seconds > 0")
+            })?;
             s.auth.token_ttl = Duration::from_secs(secs);
         }
         if let Some(v) = get("BACKEND_ADMIN_EMAILS") {
@@ -145,11 +143,10 @@ impl Settings {
                 .collect();
         }
         if let Some(v) = get("BACKEND_OUTBOX_CAP") {
-            s.outbox_cap = v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| anyhow::anyhow!("BACKEND_OUTBOX_CAP={v:?}: expected a count > 0"))?;
+            s.outbox_cap =
+                v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    anyhow::anyhow!("BACKEND_OUTBOX_CAP={v:?}: expected a count > 0")
+                })?;
         }
         Ok(s)
     }

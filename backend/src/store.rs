@@ -346,10 +346,12 @@ impl Mutation {
         }
     }
 
-    pub fn minimal(event_type: EventType, data: serde_json::Value) -> Self {
+    /// `data` is one of the small payloads of [`events::payload`].
+    pub fn minimal(event_type: EventType, data: impl Serialize) -> Self {
         Mutation {
             event_type,
-            payload: Payload::Minimal(data),
+            // The small payloads are plain structs of strings.
+            payload: Payload::Minimal(serde_json::to_value(data).expect("a payload serialises")),
         }
     }
 }

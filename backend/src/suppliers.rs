@@ -11,71 +11,21 @@
 //! `contact_info.primary_email`. MongoDB keeps a deleted supplier with
 //! `deleted_at`; the projection removes its row.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::{Principal, Role, check_password, hash_password};
 use crate::common::{email, optional, required};
-use crate::idempotency::NewId;
 use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::idempotency::NewId;
 use crate::store::{Mutation, json_with_id, object_id};
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Supplier {
-    pub contact_info: SupplierContact,
-    pub company_info: CompanyInfo,
-    pub business_info: BusinessInfo,
-    pub deleted_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SupplierContact {
-    pub primary_email: String,
-    pub primary_phone: Option<String>,
-    pub contact_person_name: Option<String>,
-    pub contact_person_title: Option<String>,
-    pub contact_person_email: Option<String>,
-    pub contact_person_phone: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CompanyInfo {
-    pub legal_name: String,
-    pub dba_name: Option<String>,
-    pub business_address: Option<Address>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Address {
-    pub street: Option<String>,
-    pub city: Option<String>,
-    pub state: Option<String>,
-    pub zip_code: Option<String>,
-    pub country: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BusinessInfo {
-    pub support_email: Option<String>,
-    pub support_phone: Option<String>,
-    pub website: Option<String>,
-    #[serde(default)]
-    pub social_urls: BTreeMap<String, String>,
-}
+pub use events::payload::{Address, BusinessInfo, CompanyInfo, Supplier, SupplierContact};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -262,7 +212,9 @@ async fn delete(
             s.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::SupplierDeleted,
-                json!({"supplier_id": oid.to_hex()}),
+                events::payload::SupplierDeleted {
+                    supplier_id: oid.to_hex(),
+                },
             ))
         })
         .await?;

@@ -17,8 +17,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use events::EventType;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::{Principal, Role, check_password, hash_password};
@@ -26,28 +26,7 @@ use crate::common::{email, optional, required};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::idempotency::NewId;
 use crate::store::{Mutation, json_with_id, object_id};
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct User {
-    pub contact_info: UserContact,
-    pub profile: Profile,
-    pub deleted_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct UserContact {
-    pub primary_email: String,
-    pub phone: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Profile {
-    pub display_name: String,
-    pub avatar: Option<String>,
-    pub bio: Option<String>,
-}
+pub use events::payload::{Profile, User, UserContact};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -228,7 +207,9 @@ async fn delete(
             u.updated_at = at.into();
             Ok(Mutation::minimal(
                 EventType::UserDeleted,
-                json!({"user_id": oid.to_hex()}),
+                events::payload::UserDeleted {
+                    user_id: oid.to_hex(),
+                },
             ))
         })
         .await?;

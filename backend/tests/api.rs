@@ -149,7 +149,13 @@ impl Env {
         (status, v)
     }
 
-    async fn ok(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+    async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
         let (status, v) = self.call(method, path, token, body).await;
         assert!(status.is_success(), "{method} {path}: {status} {v}");
         v
@@ -293,14 +299,24 @@ impl Env {
     /// A product of `supplier` ([`product_body`]), published if `publish`.
     async fn product(&self, supplier: &Account, publish: bool) -> String {
         let id = self
-            .ok("POST", "/products", Some(&supplier.token), Some(product_body()))
+            .ok(
+                "POST",
+                "/products",
+                Some(&supplier.token),
+                Some(product_body()),
+            )
             .await["id"]
             .as_str()
             .unwrap()
             .to_owned();
         if publish {
-            self.ok("POST", &format!("/products/{id}/publish"), Some(&supplier.token), None)
-                .await;
+            self.ok(
+                "POST",
+                &format!("/products/{id}/publish"),
+                Some(&supplier.token),
+                None,
+            )
+            .await;
         }
         id
     }
@@ -391,11 +407,15 @@ async fn every_mutation(env: &Env) -> [String; 6] {
     .await;
     env.ok("POST", &format!("/products/{product}/publish"), s, None)
         .await;
-    let order = env.ok("POST", "/orders", u, Some(order_body(&product))).await["id"]
+    let order = env
+        .ok("POST", "/orders", u, Some(order_body(&product)))
+        .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let other = env.ok("POST", "/orders", u, Some(order_body(&product))).await["id"]
+    let other = env
+        .ok("POST", "/orders", u, Some(order_body(&product)))
+        .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -408,8 +428,13 @@ async fn every_mutation(env: &Env) -> [String; 6] {
     .await;
     env.ok("POST", &format!("/orders/{other}/cancel"), u, None)
         .await;
-    env.ok("POST", &format!("/products/{product}/out-of-stock"), s, None)
-        .await;
+    env.ok(
+        "POST",
+        &format!("/products/{product}/out-of-stock"),
+        s,
+        None,
+    )
+    .await;
     env.ok("POST", &format!("/products/{product}/restore"), s, None)
         .await;
     env.ok("POST", &format!("/products/{product}/discontinue"), s, None)
@@ -534,7 +559,15 @@ async fn every_mutation_emits_its_event_with_the_seed_payload() {
                     "{event_type}: full document with its id"
                 );
                 assert!(e["data"]["created_at"].is_string() && e["data"]["updated_at"].is_string());
-                for internal in ["_id", "_outbox", "_pending", "_version", "_last_event_us", "password", "password_hash"] {
+                for internal in [
+                    "_id",
+                    "_outbox",
+                    "_pending",
+                    "_version",
+                    "_last_event_us",
+                    "password",
+                    "password_hash",
+                ] {
                     assert!(
                         e["data"].get(internal).is_none(),
                         "{event_type} leaks {internal}"
@@ -785,7 +818,12 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
     let draft = env.product(&acme, false).await;
     let active = env.product(&acme, true).await;
     let shipped = env
-        .ok("POST", "/orders", Some(&customer.token), Some(order_body(&active)))
+        .ok(
+            "POST",
+            "/orders",
+            Some(&customer.token),
+            Some(order_body(&active)),
+        )
         .await["id"]
         .as_str()
         .unwrap()
@@ -798,16 +836,31 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
     )
     .await;
     let pending = env
-        .ok("POST", "/orders", Some(&customer.token), Some(order_body(&active)))
+        .ok(
+            "POST",
+            "/orders",
+            Some(&customer.token),
+            Some(order_body(&active)),
+        )
         .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let deleted = env.product(&acme, false).await;
-    env.ok("DELETE", &format!("/products/{deleted}"), Some(&acme.token), None)
-        .await;
+    env.ok(
+        "DELETE",
+        &format!("/products/{deleted}"),
+        Some(&acme.token),
+        None,
+    )
+    .await;
     let post = env
-        .ok("POST", "/posts", Some(&customer.token), Some(json!({"post_type": "text", "text_content": "hi"})))
+        .ok(
+            "POST",
+            "/posts",
+            Some(&customer.token),
+            Some(json!({"post_type": "text", "text_content": "hi"})),
+        )
         .await["id"]
         .as_str()
         .unwrap()
@@ -818,9 +871,16 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
     let ghost_user = env.state.auth.issue(nobody_id, Role::User).0;
     let ghost_supplier = env.state.auth.issue(nobody_id, Role::Supplier).0;
     // Signed with another key, and expired.
-    let forged = Auth::new(b"somebody else's key of 32 bytes or more", Duration::from_secs(3600), &[])
-        .issue(mongodb::bson::oid::ObjectId::parse_str(&customer.id).unwrap(), Role::Admin)
-        .0;
+    let forged = Auth::new(
+        b"somebody else's key of 32 bytes or more",
+        Duration::from_secs(3600),
+        &[],
+    )
+    .issue(
+        mongodb::bson::oid::ObjectId::parse_str(&customer.id).unwrap(),
+        Role::Admin,
+    )
+    .0;
     let expired = {
         use jsonwebtoken::{EncodingKey, Header, encode};
         let now = jsonwebtoken::get_current_timestamp();
@@ -862,62 +922,387 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
     );
     let ship = || Some(json!({"carrier": "UPS", "tracking_number": "2"}));
     let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
-        ("malformed JSON", raw("{\"email\": "), StatusCode::BAD_REQUEST),
+        (
+            "malformed JSON",
+            raw("{\"email\": "),
+            StatusCode::BAD_REQUEST,
+        ),
         ("not JSON at all", raw("hello"), StatusCode::BAD_REQUEST),
-        ("missing field", raw(r#"{"email": "c@example.com"}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("no password", raw(r#"{"email": "c@example.com", "display_name": "C"}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("short password", raw(r#"{"email": "c@example.com", "password": "short", "display_name": "C"}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("wrong type", raw(r#"{"email": 5, "password": "long enough!", "display_name": "B"}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("unknown field", raw(r#"{"email": "c@example.com", "password": "long enough!", "display_name": "B", "admin": true}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("not an email", raw(r#"{"email": "nope", "password": "long enough!", "display_name": "B"}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("empty name", raw(r#"{"email": "c@example.com", "password": "long enough!", "display_name": "  "}"#), StatusCode::UNPROCESSABLE_ENTITY),
-        ("email taken (other case)", req("POST", "/users", None, Some(json!({"email": "A@Example.com", "password": PASSWORD, "display_name": "A2"}))), StatusCode::CONFLICT),
-        ("email taken by a supplier", req("POST", "/users", None, Some(json!({"email": "sales@acme.example", "password": PASSWORD, "display_name": "A2"}))), StatusCode::CONFLICT),
-        ("too long for the projection", req("POST", "/users", None, Some(json!({"email": "c@example.com", "password": PASSWORD, "display_name": "x".repeat(300)}))), StatusCode::UNPROCESSABLE_ENTITY),
-        ("oversized body", req("POST", "/users", None, Some(json!({"email": "c@example.com", "password": PASSWORD, "display_name": "B", "bio": "x".repeat(300_000)}))), StatusCode::PAYLOAD_TOO_LARGE),
-        ("no content type", Request::builder().method("POST").uri("/users").body(Body::from("{}")).unwrap(), StatusCode::BAD_REQUEST),
-        ("wrong password", req("POST", "/auth/login", None, Some(json!({"email": "a@example.com", "password": "not the password"}))), StatusCode::UNAUTHORIZED),
-        ("unknown login", req("POST", "/auth/login", None, Some(json!({"email": "zz@example.com", "password": PASSWORD}))), StatusCode::UNAUTHORIZED),
-        ("unknown user", req("GET", &format!("/users/{nobody}"), None, None), StatusCode::NOT_FOUND),
-        ("malformed id", req("PATCH", "/users/42", c, Some(json!({}))), StatusCode::NOT_FOUND),
-        ("no such endpoint", req("GET", "/invoices", None, None), StatusCode::NOT_FOUND),
-        ("no token", req("POST", "/orders", None, Some(order_body(&active))), StatusCode::UNAUTHORIZED),
-        ("not a bearer token", Request::builder().method("POST").uri("/orders").header("authorization", "Basic YTpi").header("content-type", "application/json").body(Body::from(order_body(&active).to_string())).unwrap(), StatusCode::UNAUTHORIZED),
-        ("garbage token", req("POST", "/orders", Some("me"), Some(order_body(&active))), StatusCode::UNAUTHORIZED),
-        ("forged token", req("DELETE", &format!("/users/{}", stranger.id), Some(&forged), None), StatusCode::UNAUTHORIZED),
-        ("expired token", req("PATCH", &format!("/users/{}", customer.id), Some(&expired), Some(json!({"bio": "x"}))), StatusCode::UNAUTHORIZED),
-        ("edit somebody else", req("PATCH", &format!("/users/{}", customer.id), g, Some(json!({"bio": "x"}))), StatusCode::FORBIDDEN),
-        ("delete somebody else", req("DELETE", &format!("/users/{}", customer.id), g, None), StatusCode::FORBIDDEN),
-        ("edit another supplier", req("PATCH", &format!("/suppliers/{}", acme.id), r, Some(json!({"business_info": {}}))), StatusCode::FORBIDDEN),
-        ("edit another's product", req("PATCH", &format!("/products/{draft}"), r, Some(json!({"base_price_cents": 1}))), StatusCode::FORBIDDEN),
-        ("publish another's product", req("POST", &format!("/products/{draft}/publish"), r, None), StatusCode::FORBIDDEN),
-        ("delete another's product", req("DELETE", &format!("/products/{draft}"), r, None), StatusCode::FORBIDDEN),
-        ("a user creates a product", req("POST", "/products", c, Some(product_body())), StatusCode::FORBIDDEN),
-        ("a supplier places an order", req("POST", "/orders", a, Some(order_body(&active))), StatusCode::FORBIDDEN),
-        ("a supplier posts", req("POST", "/posts", a, Some(json!({"post_type": "text"}))), StatusCode::FORBIDDEN),
-        ("cancel somebody else's order", req("POST", &format!("/orders/{pending}/cancel"), g, None), StatusCode::FORBIDDEN),
-        ("the supplier cancels", req("POST", &format!("/orders/{pending}/cancel"), a, None), StatusCode::FORBIDDEN),
-        ("the customer ships", req("POST", &format!("/orders/{pending}/ship"), c, ship()), StatusCode::FORBIDDEN),
-        ("another supplier ships", req("POST", &format!("/orders/{pending}/ship"), r, ship()), StatusCode::FORBIDDEN),
-        ("read somebody else's order", req("GET", &format!("/orders/{pending}"), g, None), StatusCode::FORBIDDEN),
-        ("list somebody else's orders", req("GET", &format!("/orders?customer_id={}", customer.id), g, None), StatusCode::FORBIDDEN),
-        ("edit somebody else's post", req("PATCH", &format!("/posts/{post}"), g, Some(json!({"text_content": "x"}))), StatusCode::FORBIDDEN),
-        ("publish somebody else's post", req("POST", &format!("/posts/{post}/publish"), g, None), StatusCode::FORBIDDEN),
-        ("unknown customer", req("POST", "/orders", Some(&ghost_user), Some(order_body(&active))), StatusCode::UNPROCESSABLE_ENTITY),
-        ("unknown product", req("POST", "/orders", c, Some(order_body(&nobody))), StatusCode::UNPROCESSABLE_ENTITY),
-        ("draft product", req("POST", "/orders", c, Some(order_body(&draft))), StatusCode::CONFLICT),
-        ("zero quantity", req("POST", "/orders", c, Some(json!({"items": [{"product_id": active, "quantity": 0}], "shipping_address": order_body(&active)["shipping_address"]}))), StatusCode::UNPROCESSABLE_ENTITY),
-        ("unknown supplier", req("POST", "/products", Some(&ghost_supplier), Some(product_body())), StatusCode::UNPROCESSABLE_ENTITY),
-        ("negative price", req("PATCH", &format!("/products/{draft}"), a, Some(json!({"base_price_cents": -1}))), StatusCode::UNPROCESSABLE_ENTITY),
-        ("publish a deleted product", req("POST", &format!("/products/{deleted}/publish"), a, None), StatusCode::CONFLICT),
-        ("publish an active product", req("POST", &format!("/products/{active}/publish"), a, None), StatusCode::CONFLICT),
-        ("restore a draft", req("POST", &format!("/products/{draft}/restore"), a, None), StatusCode::CONFLICT),
-        ("cancel a shipped order", req("POST", &format!("/orders/{shipped}/cancel"), c, None), StatusCode::CONFLICT),
-        ("ship a shipped order", req("POST", &format!("/orders/{shipped}/ship"), a, ship()), StatusCode::CONFLICT),
-        ("bad post type", req("POST", "/posts", c, Some(json!({"post_type": "poll"}))), StatusCode::UNPROCESSABLE_ENTITY),
-        ("a page too large", req("GET", "/posts?limit=1000", None, None), StatusCode::UNPROCESSABLE_ENTITY),
-        ("a cursor never given", req("GET", "/posts?after=zz", None, None), StatusCode::UNPROCESSABLE_ENTITY),
-        ("a bad status filter", req("GET", "/products?status=sold", None, None), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "missing field",
+            raw(r#"{"email": "c@example.com"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "no password",
+            raw(r#"{"email": "c@example.com", "display_name": "C"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "short password",
+            raw(r#"{"email": "c@example.com", "password": "short", "display_name": "C"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "wrong type",
+            raw(r#"{"email": 5, "password": "long enough!", "display_name": "B"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown field",
+            raw(
+                r#"{"email": "c@example.com", "password": "long enough!", "display_name": "B", "admin": true}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "not an email",
+            raw(r#"{"email": "nope", "password": "long enough!", "display_name": "B"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "empty name",
+            raw(r#"{"email": "c@example.com", "password": "long enough!", "display_name": "  "}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "email taken (other case)",
+            req(
+                "POST",
+                "/users",
+                None,
+                Some(json!({"email": "A@Example.com", "password": PASSWORD, "display_name": "A2"})),
+            ),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "email taken by a supplier",
+            req(
+                "POST",
+                "/users",
+                None,
+                Some(
+                    json!({"email": "sales@acme.example", "password": PASSWORD, "display_name": "A2"}),
+                ),
+            ),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "too long for the projection",
+            req(
+                "POST",
+                "/users",
+                None,
+                Some(
+                    json!({"email": "c@example.com", "password": PASSWORD, "display_name": "x".repeat(300)}),
+                ),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "oversized body",
+            req(
+                "POST",
+                "/users",
+                None,
+                Some(
+                    json!({"email": "c@example.com", "password": PASSWORD, "display_name": "B", "bio": "x".repeat(300_000)}),
+                ),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "no content type",
+            Request::builder()
+                .method("POST")
+                .uri("/users")
+                .body(Body::from("{}"))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong password",
+            req(
+                "POST",
+                "/auth/login",
+                None,
+                Some(json!({"email": "a@example.com", "password": "not the password"})),
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "unknown login",
+            req(
+                "POST",
+                "/auth/login",
+                None,
+                Some(json!({"email": "zz@example.com", "password": PASSWORD})),
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "unknown user",
+            req("GET", &format!("/users/{nobody}"), None, None),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "malformed id",
+            req("PATCH", "/users/42", c, Some(json!({}))),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "no such endpoint",
+            req("GET", "/invoices", None, None),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "no token",
+            req("POST", "/orders", None, Some(order_body(&active))),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "not a bearer token",
+            Request::builder()
+                .method("POST")
+                .uri("/orders")
+                .header("authorization", "Basic YTpi")
+                .header("content-type", "application/json")
+                .body(Body::from(order_body(&active).to_string()))
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "garbage token",
+            req("POST", "/orders", Some("me"), Some(order_body(&active))),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "forged token",
+            req(
+                "DELETE",
+                &format!("/users/{}", stranger.id),
+                Some(&forged),
+                None,
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "expired token",
+            req(
+                "PATCH",
+                &format!("/users/{}", customer.id),
+                Some(&expired),
+                Some(json!({"bio": "x"})),
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "edit somebody else",
+            req(
+                "PATCH",
+                &format!("/users/{}", customer.id),
+                g,
+                Some(json!({"bio": "x"})),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "delete somebody else",
+            req("DELETE", &format!("/users/{}", customer.id), g, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "edit another supplier",
+            req(
+                "PATCH",
+                &format!("/suppliers/{}", acme.id),
+                r,
+                Some(json!({"business_info": {}})),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "edit another's product",
+            req(
+                "PATCH",
+                &format!("/products/{draft}"),
+                r,
+                Some(json!({"base_price_cents": 1})),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "publish another's product",
+            req("POST", &format!("/products/{draft}/publish"), r, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "delete another's product",
+            req("DELETE", &format!("/products/{draft}"), r, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a user creates a product",
+            req("POST", "/products", c, Some(product_body())),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a supplier places an order",
+            req("POST", "/orders", a, Some(order_body(&active))),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a supplier posts",
+            req("POST", "/posts", a, Some(json!({"post_type": "text"}))),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "cancel somebody else's order",
+            req("POST", &format!("/orders/{pending}/cancel"), g, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "the supplier cancels",
+            req("POST", &format!("/orders/{pending}/cancel"), a, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "the customer ships",
+            req("POST", &format!("/orders/{pending}/ship"), c, ship()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "another supplier ships",
+            req("POST", &format!("/orders/{pending}/ship"), r, ship()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "read somebody else's order",
+            req("GET", &format!("/orders/{pending}"), g, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "list somebody else's orders",
+            req(
+                "GET",
+                &format!("/orders?customer_id={}", customer.id),
+                g,
+                None,
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "edit somebody else's post",
+            req(
+                "PATCH",
+                &format!("/posts/{post}"),
+                g,
+                Some(json!({"text_content": "x"})),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "publish somebody else's post",
+            req("POST", &format!("/posts/{post}/publish"), g, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "unknown customer",
+            req(
+                "POST",
+                "/orders",
+                Some(&ghost_user),
+                Some(order_body(&active)),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown product",
+            req("POST", "/orders", c, Some(order_body(&nobody))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "draft product",
+            req("POST", "/orders", c, Some(order_body(&draft))),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "zero quantity",
+            req(
+                "POST",
+                "/orders",
+                c,
+                Some(
+                    json!({"items": [{"product_id": active, "quantity": 0}], "shipping_address": order_body(&active)["shipping_address"]}),
+                ),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown supplier",
+            req(
+                "POST",
+                "/products",
+                Some(&ghost_supplier),
+                Some(product_body()),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "negative price",
+            req(
+                "PATCH",
+                &format!("/products/{draft}"),
+                a,
+                Some(json!({"base_price_cents": -1})),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "publish a deleted product",
+            req("POST", &format!("/products/{deleted}/publish"), a, None),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "publish an active product",
+            req("POST", &format!("/products/{active}/publish"), a, None),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "restore a draft",
+            req("POST", &format!("/products/{draft}/restore"), a, None),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "cancel a shipped order",
+            req("POST", &format!("/orders/{shipped}/cancel"), c, None),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "ship a shipped order",
+            req("POST", &format!("/orders/{shipped}/ship"), a, ship()),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "bad post type",
+            req("POST", "/posts", c, Some(json!({"post_type": "poll"}))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a page too large",
+            req("GET", "/posts?limit=1000", None, None),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a cursor never given",
+            req("GET", "/posts?after=zz", None, None),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a bad status filter",
+            req("GET", "/products?status=sold", None, None),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ];
     for (what, req, expected) in cases {
         let (status, body) = env.raw(req).await;
@@ -1076,7 +1461,10 @@ async fn the_openapi_document_describes_exactly_the_routes_the_api_serves() {
         if secured {
             let (status, resp) = env.call(method, &concrete, None, body.clone()).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {resp}");
-            assert!(op["responses"].get("401").is_some(), "{method} {path} documents its 401");
+            assert!(
+                op["responses"].get("401").is_some(),
+                "{method} {path} documents its 401"
+            );
         }
         let (status, resp) = env.call(method, &concrete, Some(&token), body).await;
         // Every documented route exists (no fallback 404, no 405) ...
@@ -1131,13 +1519,20 @@ async fn an_entitys_events_keep_their_order_when_the_instances_clocks_disagree()
     // behind A's and both step backwards as the test goes.
     let env = Env::new().await;
     let t0 = chrono::Utc::now();
-    let (clock_a, clock_b) = (ManualClock::at(t0), ManualClock::at(t0 - chrono::Duration::hours(1)));
+    let (clock_a, clock_b) = (
+        ManualClock::at(t0),
+        ManualClock::at(t0 - chrono::Duration::hours(1)),
+    );
     let a = env.instance(clock_a.clone());
     let b = env.instance(clock_b.clone());
     let user = a.user("skew@example.com").await;
     let n = 12;
     for i in 0..n {
-        let (instance, clock) = if i % 2 == 0 { (&b, &clock_b) } else { (&a, &clock_a) };
+        let (instance, clock) = if i % 2 == 0 {
+            (&b, &clock_b)
+        } else {
+            (&a, &clock_a)
+        };
         clock.set(clock.now() - chrono::Duration::seconds(i as i64));
         instance
             .ok(
@@ -1154,7 +1549,10 @@ async fn an_entitys_events_keep_their_order_when_the_instances_clocks_disagree()
     // greatest timestamp (the seed's "newer timestamp wins"): applying the
     // events in any order must end with the last edit.
     let mut events: Vec<&Value> = got.iter().map(|(_, _, e)| e).collect();
-    let stamps: Vec<&str> = events.iter().map(|e| e["timestamp"].as_str().unwrap()).collect();
+    let stamps: Vec<&str> = events
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap())
+        .collect();
     assert!(
         stamps.windows(2).all(|w| w[0] < w[1]),
         "timestamps grow in write order: {stamps:?}"
@@ -1179,24 +1577,45 @@ async fn accounts_own_what_they_made_and_admins_moderate() {
     let root = env.user(ADMIN_EMAIL).await;
     let acme = env.supplier("ops@acme.example").await;
     let (status, login) = env
-        .call("POST", "/auth/login", None, Some(json!({"email": "ANA@example.com ", "password": PASSWORD})))
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "ANA@example.com ", "password": PASSWORD})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{login}");
     assert_eq!(login["role"], "user");
     assert_eq!(login["token_type"], "Bearer");
     assert_eq!(login["account_id"], ana.id.as_str());
     let (_, admin) = env
-        .call("POST", "/auth/login", None, Some(json!({"email": ADMIN_EMAIL, "password": PASSWORD})))
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": ADMIN_EMAIL, "password": PASSWORD})),
+        )
         .await;
     assert_eq!(admin["role"], "admin");
     let (_, supplier) = env
-        .call("POST", "/auth/login", None, Some(json!({"email": "ops@acme.example", "password": PASSWORD})))
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "ops@acme.example", "password": PASSWORD})),
+        )
         .await;
     assert_eq!(supplier["role"], "supplier");
 
     // A 401 says how to authenticate.
     let resp = app(env.state.clone())
-        .oneshot(Request::builder().method("DELETE").uri(format!("/users/{}", ana.id)).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .method("DELETE")
+                .uri(format!("/users/{}", ana.id))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -1209,38 +1628,99 @@ async fn accounts_own_what_they_made_and_admins_moderate() {
         let env = &env;
         let product = product.clone();
         async move {
-            env.ok("POST", "/orders", Some(&token), Some(order_body(&product))).await["id"]
+            env.ok("POST", "/orders", Some(&token), Some(order_body(&product)))
+                .await["id"]
                 .as_str()
                 .unwrap()
                 .to_owned()
         }
     };
     let first = order(&ana.token).await;
-    env.ok("POST", &format!("/orders/{first}/ship"), Some(&acme.token), Some(json!({"carrier": "DHL", "tracking_number": "1"}))).await;
+    env.ok(
+        "POST",
+        &format!("/orders/{first}/ship"),
+        Some(&acme.token),
+        Some(json!({"carrier": "DHL", "tracking_number": "1"})),
+    )
+    .await;
     let second = order(&ana.token).await;
-    env.ok("POST", &format!("/orders/{second}/ship"), Some(&root.token), Some(json!({"carrier": "DHL", "tracking_number": "2"}))).await;
+    env.ok(
+        "POST",
+        &format!("/orders/{second}/ship"),
+        Some(&root.token),
+        Some(json!({"carrier": "DHL", "tracking_number": "2"})),
+    )
+    .await;
     let third = order(&ana.token).await;
-    let (status, _) = env.call("POST", &format!("/orders/{third}/cancel"), Some(&root.token), None).await;
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/orders/{third}/cancel"),
+            Some(&root.token),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "only the customer cancels");
-    env.ok("POST", &format!("/orders/{third}/cancel"), Some(&ana.token), None).await;
+    env.ok(
+        "POST",
+        &format!("/orders/{third}/cancel"),
+        Some(&ana.token),
+        None,
+    )
+    .await;
     // The supplier of its items reads the order; the admin edits anyone.
-    env.ok("GET", &format!("/orders/{first}"), Some(&acme.token), None).await;
-    env.ok("PATCH", &format!("/users/{}", ana.id), Some(&root.token), Some(json!({"bio": "moderated"}))).await;
-    env.ok("PATCH", &format!("/products/{product}"), Some(&root.token), Some(json!({"name": "Renamed"}))).await;
+    env.ok("GET", &format!("/orders/{first}"), Some(&acme.token), None)
+        .await;
+    env.ok(
+        "PATCH",
+        &format!("/users/{}", ana.id),
+        Some(&root.token),
+        Some(json!({"bio": "moderated"})),
+    )
+    .await;
+    env.ok(
+        "PATCH",
+        &format!("/products/{product}"),
+        Some(&root.token),
+        Some(json!({"name": "Renamed"})),
+    )
+    .await;
 
     // An email change moves the login; the old address is free again.
-    env.ok("PATCH", &format!("/users/{}", ana.id), Some(&ana.token), Some(json!({"email": "ana@new.example"}))).await;
+    env.ok(
+        "PATCH",
+        &format!("/users/{}", ana.id),
+        Some(&ana.token),
+        Some(json!({"email": "ana@new.example"})),
+    )
+    .await;
     let (status, _) = env
-        .call("POST", "/auth/login", None, Some(json!({"email": "ana@example.com", "password": PASSWORD})))
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "ana@example.com", "password": PASSWORD})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     env.login("ana@new.example").await;
     let reuse = env.user("ana@example.com").await;
     assert_ne!(reuse.id, ana.id);
     // A deleted account cannot log in; its email can be registered again.
-    env.ok("DELETE", &format!("/users/{}", reuse.id), Some(&reuse.token), None).await;
+    env.ok(
+        "DELETE",
+        &format!("/users/{}", reuse.id),
+        Some(&reuse.token),
+        None,
+    )
+    .await;
     let (status, _) = env
-        .call("POST", "/auth/login", None, Some(json!({"email": "ana@example.com", "password": PASSWORD})))
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "ana@example.com", "password": PASSWORD})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -1251,7 +1731,10 @@ async fn accounts_own_what_they_made_and_admins_moderate() {
     assert!(!documents.contains("argon2") && !documents.contains(PASSWORD));
     for (_, _, e) in &env.consume(n).await {
         let text = e.to_string();
-        assert!(!text.contains("argon2") && !text.contains(PASSWORD) && !text.contains("password"), "{text}");
+        assert!(
+            !text.contains("argon2") && !text.contains(PASSWORD) && !text.contains("password"),
+            "{text}"
+        );
     }
     env.db.drop().await.unwrap();
 }
@@ -1266,9 +1749,26 @@ async fn lists_page_through_every_item_once_newest_first() {
     let product = env.product(&acme, true).await;
     let mut ana_orders = Vec::new();
     for _ in 0..5 {
-        ana_orders.push(env.ok("POST", "/orders", Some(&ana.token), Some(order_body(&product))).await["id"].as_str().unwrap().to_owned());
+        ana_orders.push(
+            env.ok(
+                "POST",
+                "/orders",
+                Some(&ana.token),
+                Some(order_body(&product)),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
-    env.ok("POST", "/orders", Some(&bob.token), Some(order_body(&product))).await;
+    env.ok(
+        "POST",
+        "/orders",
+        Some(&bob.token),
+        Some(order_body(&product)),
+    )
+    .await;
     // Pages of 2: 2 + 2 + 1, newest first, each order once.
     let pages = |path: String, token: Option<String>| {
         let env = &env;
@@ -1301,37 +1801,100 @@ async fn lists_page_through_every_item_once_newest_first() {
     assert_eq!(ids, expected, "ana's orders, newest first, once each");
     assert_eq!(count, 3);
     let root = env.user(ADMIN_EMAIL).await;
-    let (by_admin, _) = pages(format!("/orders?customer_id={}", ana.id), Some(root.token.clone())).await;
+    let (by_admin, _) = pages(
+        format!("/orders?customer_id={}", ana.id),
+        Some(root.token.clone()),
+    )
+    .await;
     assert_eq!(by_admin, expected);
 
     // A supplier's products by status.
-    let drafts: Vec<String> = [env.product(&acme, false).await, env.product(&acme, false).await].into();
+    let drafts: Vec<String> = [
+        env.product(&acme, false).await,
+        env.product(&acme, false).await,
+    ]
+    .into();
     env.product(&rival, false).await;
-    let (got, _) = pages(format!("/products?supplier_id={}&status=draft", acme.id), None).await;
+    let (got, _) = pages(
+        format!("/products?supplier_id={}&status=draft", acme.id),
+        None,
+    )
+    .await;
     assert_eq!(got, drafts.iter().rev().cloned().collect::<Vec<_>>());
-    let (active, _) = pages(format!("/products?supplier_id={}&status=active", acme.id), None).await;
-    assert_eq!(active, [product.clone()]);
+    let (active, _) = pages(
+        format!("/products?supplier_id={}&status=active", acme.id),
+        None,
+    )
+    .await;
+    assert_eq!(active, std::slice::from_ref(&product));
 
     // The feed: published posts, newest published first (not newest
     // created), deleted and unpublished ones left out.
     let mut posts = Vec::new();
     for i in 0..4 {
-        posts.push(env.ok("POST", "/posts", Some(&ana.token), Some(json!({"post_type": "text", "text_content": format!("p{i}")}))).await["id"].as_str().unwrap().to_owned());
+        posts.push(
+            env.ok(
+                "POST",
+                "/posts",
+                Some(&ana.token),
+                Some(json!({"post_type": "text", "text_content": format!("p{i}")})),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     for p in [&posts[2], &posts[0], &posts[3], &posts[1]] {
-        env.ok("POST", &format!("/posts/{p}/publish"), Some(&ana.token), None).await;
+        env.ok(
+            "POST",
+            &format!("/posts/{p}/publish"),
+            Some(&ana.token),
+            None,
+        )
+        .await;
     }
-    let draft_post = env.ok("POST", "/posts", Some(&bob.token), Some(json!({"post_type": "text"}))).await["id"].as_str().unwrap().to_owned();
-    env.ok("DELETE", &format!("/posts/{}", posts[3]), Some(&ana.token), None).await;
+    let draft_post = env
+        .ok(
+            "POST",
+            "/posts",
+            Some(&bob.token),
+            Some(json!({"post_type": "text"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.ok(
+        "DELETE",
+        &format!("/posts/{}", posts[3]),
+        Some(&ana.token),
+        None,
+    )
+    .await;
     let (feed, _) = pages("/posts".into(), None).await;
     assert_eq!(feed, [posts[1].clone(), posts[0].clone(), posts[2].clone()]);
     assert!(!feed.contains(&draft_post));
 
     // A user by email.
-    let found = env.ok("GET", "/users?email=BOB@example.com", Some(&ana.token), None).await;
+    let found = env
+        .ok(
+            "GET",
+            "/users?email=BOB@example.com",
+            Some(&ana.token),
+            None,
+        )
+        .await;
     assert_eq!(found["items"].as_array().unwrap().len(), 1);
     assert_eq!(found["items"][0]["id"], bob.id.as_str());
-    let none = env.ok("GET", "/users?email=nobody@example.com", Some(&ana.token), None).await;
+    let none = env
+        .ok(
+            "GET",
+            "/users?email=nobody@example.com",
+            Some(&ana.token),
+            None,
+        )
+        .await;
     assert_eq!(none["items"], json!([]));
     env.db.drop().await.unwrap();
 }
@@ -1354,9 +1917,15 @@ async fn a_retried_create_answers_the_first_response_and_emits_nothing_new() {
     let (first_status, first) = env.raw(keyed("/users", "k-1", None, &register)).await;
     assert_eq!(first_status, StatusCode::CREATED, "{first}");
     let (again_status, again) = env.raw(keyed("/users", "k-1", None, &register)).await;
-    assert_eq!((again_status, &again), (StatusCode::CREATED, &first), "the first response again");
+    assert_eq!(
+        (again_status, &again),
+        (StatusCode::CREATED, &first),
+        "the first response again"
+    );
     // Without the key the same body is a new request: the email is taken.
-    let (status, _) = env.call("POST", "/users", None, Some(register.clone())).await;
+    let (status, _) = env
+        .call("POST", "/users", None, Some(register.clone()))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     // The same key with another body is refused.
     let mut other = register.clone();
@@ -1364,25 +1933,38 @@ async fn a_retried_create_answers_the_first_response_and_emits_nothing_new() {
     let (status, body) = env.raw(keyed("/users", "k-1", None, &other)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
-    let user = Account { id: first["id"].as_str().unwrap().to_owned(), token: env.login("idem@example.com").await };
+    let user = Account {
+        id: first["id"].as_str().unwrap().to_owned(),
+        token: env.login("idem@example.com").await,
+    };
     let acme = env.supplier("ops@acme.example").await;
     let product = env.product(&acme, true).await;
     let order = order_body(&product);
-    let (s1, o1) = env.raw(keyed("/orders", "order-1", Some(&user.token), &order)).await;
-    let (s2, o2) = env.raw(keyed("/orders", "order-1", Some(&user.token), &order)).await;
+    let (s1, o1) = env
+        .raw(keyed("/orders", "order-1", Some(&user.token), &order))
+        .await;
+    let (s2, o2) = env
+        .raw(keyed("/orders", "order-1", Some(&user.token), &order))
+        .await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(o1, o2);
     // A failed request releases its key: the retry runs again.
     let bad = json!({"items": [], "shipping_address": order["shipping_address"]});
-    let (s, _) = env.raw(keyed("/orders", "order-2", Some(&user.token), &bad)).await;
+    let (s, _) = env
+        .raw(keyed("/orders", "order-2", Some(&user.token), &bad))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, _) = env.raw(keyed("/orders", "order-2", Some(&user.token), &bad)).await;
+    let (s, _) = env
+        .raw(keyed("/orders", "order-2", Some(&user.token), &bad))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 
     // A backend that died after writing, before storing the answer: the
     // key stays "started"; once stale, a retry finds the entity written
     // under the key's reserved id and answers it, emitting nothing.
-    let (s, o3) = env.raw(keyed("/orders", "order-3", Some(&user.token), &order)).await;
+    let (s, o3) = env
+        .raw(keyed("/orders", "order-3", Some(&user.token), &order))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let keys = env.db.collection::<Document>("idempotency");
     keys.update_many(
@@ -1391,7 +1973,9 @@ async fn a_retried_create_answers_the_first_response_and_emits_nothing_new() {
     )
     .await
     .unwrap();
-    let (s, o4) = env.raw(keyed("/orders", "order-3", Some(&user.token), &order)).await;
+    let (s, o4) = env
+        .raw(keyed("/orders", "order-3", Some(&user.token), &order))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(o4["id"], o3["id"]);
 
@@ -1399,9 +1983,20 @@ async fn a_retried_create_answers_the_first_response_and_emits_nothing_new() {
     // publish were emitted, no more.
     env.publish_all(&env.relay(&kafka())).await;
     let got = env.consume(6).await;
-    let created: Vec<&str> = got.iter().map(|(_, _, e)| e["event_type"].as_str().unwrap()).collect();
-    assert_eq!(created.iter().filter(|t| **t == "order.created").count(), 2, "{created:?}");
-    assert_eq!(created.iter().filter(|t| **t == "user.created").count(), 1, "{created:?}");
+    let created: Vec<&str> = got
+        .iter()
+        .map(|(_, _, e)| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        created.iter().filter(|t| **t == "order.created").count(),
+        2,
+        "{created:?}"
+    );
+    assert_eq!(
+        created.iter().filter(|t| **t == "user.created").count(),
+        1,
+        "{created:?}"
+    );
     env.db.drop().await.unwrap();
 }
 
@@ -1428,7 +2023,14 @@ async fn a_full_outbox_answers_503_instead_of_growing_the_document() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert_eq!(env.snapshot().await, before, "nothing written");
     // Once published, writes go through again.
     env.publish_all(&env.relay(&kafka())).await;
@@ -1452,14 +2054,30 @@ async fn a_malformed_outbox_entry_is_quarantined_and_the_rest_is_published() {
     env.edit_bio(&user, 1).await;
     env.publish_all(&env.relay(&kafka())).await;
     let got = env.consume(2).await;
-    let types: Vec<&str> = got.iter().map(|(_, _, e)| e["event_type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = got
+        .iter()
+        .map(|(_, _, e)| e["event_type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["user.created", "user.updated"]);
     let quarantined: Vec<Document> = {
         use futures_util::TryStreamExt as _;
-        env.db.collection::<Document>("relay_quarantine").find(doc! {}).await.unwrap().try_collect().await.unwrap()
+        env.db
+            .collection::<Document>("relay_quarantine")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
     };
     assert_eq!(quarantined.len(), 1);
-    assert!(quarantined[0].get_str("reason").unwrap().contains("no text field"), "{quarantined:?}");
+    assert!(
+        quarantined[0]
+            .get_str("reason")
+            .unwrap()
+            .contains("no text field"),
+        "{quarantined:?}"
+    );
     let health = env.ok("GET", "/health", None, None).await;
     assert_eq!(health["relay_quarantined"], 1);
     env.db.drop().await.unwrap();
@@ -1468,7 +2086,11 @@ async fn a_malformed_outbox_entry_is_quarantined_and_the_rest_is_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_publish_every_event_while_documents_change() {
     let env = Env::new().await;
-    let users = [env.user("r1@example.com").await, env.user("r2@example.com").await, env.user("r3@example.com").await];
+    let users = [
+        env.user("r1@example.com").await,
+        env.user("r2@example.com").await,
+        env.user("r3@example.com").await,
+    ];
     let relays = [Arc::new(env.relay(&kafka())), Arc::new(env.relay(&kafka()))];
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sweepers: Vec<_> = relays

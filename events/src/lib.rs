@@ -7,9 +7,11 @@
 //! - [`Envelope`]: `{event_type, event_id, timestamp, entity_id, data}` exactly as
 //!   the reference design puts it on the wire (JSON).
 //! - [`KafkaSettings`]: client settings for the producer and the consumer.
+//! - [`payload`]: the payload of each event type.
 
 mod envelope;
 mod kafka;
+pub mod payload;
 mod types;
 
 pub use envelope::{Envelope, EnvelopeError, RawEnvelope, format_timestamp};

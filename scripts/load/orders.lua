@@ -1,10 +1,11 @@
 -- wrk script: place orders as one customer for one active product.
--- USER_ID and PRODUCT_ID come from the environment (scripts/load-orders sets them).
-local user = os.getenv("USER_ID")
+-- USER_TOKEN (the customer's bearer token) and PRODUCT_ID come from the
+-- environment (scripts/load-orders sets them).
+local token = os.getenv("USER_TOKEN")
 local product = os.getenv("PRODUCT_ID")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-User-ID"] = user
+wrk.headers["Authorization"] = "Bearer " .. token
 wrk.body = '{"items":[{"product_id":"' .. product .. '","quantity":2},{"product_id":"' .. product ..
   '","variant":"Blue","quantity":1}],"shipping_address":{"recipient_name":"Zoe","street":"Torstrasse 1",' ..
   '"city":"Berlin","zip_code":"10119","country":"DE"}}'

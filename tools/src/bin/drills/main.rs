@@ -719,7 +719,7 @@ async fn create_users(api: &str, n: usize, tag: &str) -> Vec<String> {
     let client = reqwest::Client::new();
     let mut acked = Vec::new();
     for i in 0..n {
-        let body = serde_json::json!({"email": format!("{tag}{i}@example.com"), "display_name": format!("{tag} {i}")});
+        let body = serde_json::json!({"email": format!("{tag}{i}@example.com"), "password": "drill password", "display_name": format!("{tag} {i}")});
         if let Ok(r) = client.post(format!("{api}/users")).json(&body).send().await
             && r.status().is_success()
             && let Ok(v) = r.json::<serde_json::Value>().await
