@@ -25,7 +25,8 @@ use mongodb::bson::{Document, doc, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::error::{ApiError, ApiResult};
+use crate::validate::Valid;
 
 /// The collection of credentials: `_id` = lower-cased email.
 pub const ACCOUNTS: &str = "accounts";
@@ -206,17 +207,6 @@ pub fn subject(app: &AppState, parts: &Parts) -> Option<ObjectId> {
 /// Emails compare case-insensitively.
 pub fn normalise_email(email: &str) -> String {
     email.trim().to_lowercase()
-}
-
-/// Checks a new password: 8 to 128 characters.
-pub fn check_password(password: &str) -> ApiResult<()> {
-    let n = password.chars().count();
-    if !(8..=128).contains(&n) {
-        return Err(ApiError::Validation(
-            "password must have 8 to 128 characters".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// 16 random bytes (a UUID v4 comes from the OS's CSPRNG).
@@ -411,7 +401,9 @@ fn role_name(role: Role) -> &'static str {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    #[schema(max_length = 254)]
     pub email: String,
+    #[schema(max_length = 128)]
     pub password: String,
 }
 
@@ -432,10 +424,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/auth/login", post(login))
 }
 
-#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, description = "a token for the account", body = TokenResponse), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, description = "a token for the account", body = TokenResponse), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn login(
     State(app): State<AppState>,
-    ApiJson(req): ApiJson<Login>,
+    Valid(req): Valid<Login>,
 ) -> ApiResult<Json<TokenResponse>> {
     let Some((id, kind)) = app.accounts.verify(&req.email, &req.password).await? else {
         return Err(ApiError::Unauthorized("wrong email or password".into()));

@@ -106,17 +106,6 @@ pub struct ErrorBody {
 #[from_request(via(Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-/// `Query<T>` whose rejections are 422s with a JSON body.
-#[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-impl From<axum::extract::rejection::QueryRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
-        ApiError::Validation(rejection.body_text())
-    }
-}
-
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection;

@@ -10,8 +10,8 @@
 //!   back (`Idempotency-Replayed: true`);
 //! - any other answer releases the key (nothing was written), so a retry
 //!   runs again;
-//! - the same key with another body is a 422; while the first request is
-//!   still running, a 409.
+//! - the same key with another body, or while the first request is still
+//!   running, is a 409.
 //!
 //! A backend that dies between writing the entity and storing the answer
 //! leaves the record `started`; after [`STALE_AFTER`] a retry runs the
@@ -41,6 +41,22 @@ pub const HEADER: &str = "idempotency-key";
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// How long keys are kept (where the server honours TTL indexes).
 pub const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// The header, as the document declares it (and the middleware checks it
+/// against that declaration).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKey {
+    /// Any 1 to 255 visible ASCII characters, unique per request you mean
+    /// (a UUID is a good key). A retry with the same key answers the first
+    /// response and writes nothing; the same key with another body is a 409.
+    #[serde(rename = "Idempotency-Key")]
+    #[param(pattern = r"^[!-~]{1,255}$")]
+    pub key: Option<String>,
+}
+
+/// POST routes that need no token.
+const PUBLIC: [&str; 3] = ["/users", "/suppliers", "/auth/login"];
 
 /// The id a create gives its new entity: fixed by the idempotency key when
 /// the request has one, fresh otherwise.
@@ -103,16 +119,16 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let Some(key) = req.headers().get(HEADER) else {
         return next.run(req).await;
     };
-    let key = match key.to_str() {
-        Ok(k) if (1..=255).contains(&k.len()) => k.to_owned(),
-        _ => {
-            return ApiError::BadRequest(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
-            )
-            .into_response();
-        }
-    };
+    let key = String::from_utf8_lossy(key.as_bytes()).into_owned();
     let (mut parts, body) = req.into_parts();
+    let raw = std::collections::HashMap::from([("Idempotency-Key".to_owned(), key.clone())]);
+    if let Err(e) = crate::validate::check_params::<IdempotencyKey>("Idempotency-Key", &raw) {
+        // A caller without a valid token learns that first.
+        if !PUBLIC.contains(&parts.uri.path()) && crate::auth::subject(&app, &parts).is_none() {
+            return ApiError::Unauthorized("this action needs a token".into()).into_response();
+        }
+        return e.into_response();
+    }
     let bytes = match to_bytes(body, crate::MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -202,7 +218,7 @@ async fn existing(
         ));
     };
     if record.get_str("fingerprint").ok() != Some(fingerprint) {
-        return Err(ApiError::Validation(
+        return Err(ApiError::Conflict(
             "this Idempotency-Key was used for a different request".into(),
         ));
     }

@@ -10,9 +10,9 @@
 //! `Idempotency-Key` ([`idempotency`]); lists page by key ([`reads`]).
 
 pub mod auth;
-pub mod common;
 pub mod error;
 pub mod idempotency;
+pub mod openapi;
 pub mod orders;
 pub mod posts;
 pub mod products;
@@ -22,6 +22,7 @@ pub mod settings;
 pub mod store;
 pub mod suppliers;
 pub mod users;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ use crate::settings::Settings;
 use crate::store::{Store, StoreConfig};
 
 /// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -82,70 +83,6 @@ pub async fn ensure_indexes(db: &Database) {
     idempotency::ensure_indexes(db).await;
 }
 
-/// Declares the bearer-token security scheme in the OpenAPI document.
-struct BearerScheme;
-
-impl utoipa::Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                Http::builder()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .description(Some("a token from POST /auth/login"))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document, generated from the handlers and their types.
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(
-        title = "projector backend",
-        description = "Social-commerce producer API: every mutation emits its domain event to Kafka."
-    ),
-    paths(
-        auth::login,
-        users::register,
-        users::by_email,
-        users::read,
-        users::update,
-        users::delete,
-        suppliers::create,
-        suppliers::read,
-        suppliers::update,
-        suppliers::delete,
-        products::create,
-        products::list,
-        products::read,
-        products::update,
-        products::publish,
-        products::discontinue,
-        products::out_of_stock,
-        products::restore,
-        products::delete,
-        orders::place,
-        orders::list,
-        orders::read,
-        orders::cancel,
-        orders::ship,
-        posts::create,
-        posts::list,
-        posts::read,
-        posts::update,
-        posts::publish,
-        posts::delete,
-    ),
-    components(schemas(error::ErrorBody)),
-    modifiers(&BearerScheme)
-)]
-pub struct ApiDoc;
-
 /// How long a request may take before it is answered 503.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -165,7 +102,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route(
             "/openapi.json",
-            get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+            get(|| async { axum::Json(openapi::document().clone()) }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(

@@ -24,16 +24,17 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::common::{optional, required};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::idempotency::NewId;
 use crate::reads::{Page, Paging};
 use crate::store::{Mutation, json_with_id, object_id};
+use crate::validate::{ApiQuery, Valid};
 pub use events::payload::{Customer, Item, Order, ProductSnapshot, Shipment, ShippingAddress};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderLine>,
     pub shipping_address: ShippingAddress,
 }
@@ -41,16 +42,21 @@ pub struct PlaceOrder {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
+    #[schema(pattern = "^[0-9a-f]{24}$")]
     pub product_id: String,
     /// The variant's key in the product's `variants`; `Default` if omitted.
+    #[schema(max_length = 255)]
     pub variant: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipOrder {
+    #[schema(pattern = r"\S", max_length = 64)]
     pub carrier: String,
+    #[schema(pattern = r"\S", max_length = 128)]
     pub tracking_number: String,
 }
 
@@ -62,38 +68,24 @@ pub fn router() -> Router<AppState> {
         .route("/orders/{id}/ship", post(ship))
 }
 
-fn check_address(a: &ShippingAddress) -> ApiResult<()> {
-    required("shipping_address.recipient_name", &a.recipient_name, 255)?;
-    optional("shipping_address.phone", &a.phone, 64)?;
-    required("shipping_address.street", &a.street, 255)?;
-    required("shipping_address.city", &a.city, 128)?;
-    optional("shipping_address.state", &a.state, 128)?;
-    required("shipping_address.zip_code", &a.zip_code, 32)?;
-    required("shipping_address.country", &a.country, 64)
-}
-
-#[utoipa::path(post, path = "/orders", tag = "orders", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = PlaceOrder, security(("bearer" = [])), responses((status = 201, description = "emits order.created", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a user account", body = crate::error::ErrorBody), (status = 409, description = "a product is not active", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/orders", tag = "orders", params(crate::idempotency::IdempotencyKey), request_body = PlaceOrder, security(("bearer" = [])), responses((status = 404, description = "a product, variant or the customer does not exist", body = crate::error::ErrorBody), (status = 201, description = "emits order.created", body = Order), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a user account", body = crate::error::ErrorBody), (status = 409, description = "a product is not active", body = crate::error::ErrorBody)))]
 async fn place(
     State(app): State<AppState>,
     caller: Principal,
     new_id: NewId,
-    ApiJson(req): ApiJson<PlaceOrder>,
+    Valid(req): Valid<PlaceOrder>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let customer_id = caller.as_user()?;
-    check_address(&req.shipping_address)?;
-    if req.items.is_empty() || req.items.len() > 100 {
-        return Err(ApiError::Validation("an order has 1 to 100 items".into()));
-    }
     let customer = match app.users.get(customer_id).await? {
         Some((u, _)) if u.deleted_at.is_none() => u,
         Some(_) => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::Conflict(format!(
                 "customer {} was deleted",
                 customer_id.to_hex()
             )));
         }
         None => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::NotFound(format!(
                 "customer {} does not exist",
                 customer_id.to_hex()
             )));
@@ -103,17 +95,12 @@ async fn place(
     let mut products: std::collections::HashMap<ObjectId, crate::products::Product> =
         std::collections::HashMap::new();
     for (i, line) in req.items.iter().enumerate() {
-        if !(1..=1000).contains(&line.quantity) {
-            return Err(ApiError::Validation(format!(
-                "items[{i}].quantity must be 1 to 1000"
-            )));
-        }
         let pid = ObjectId::parse_str(&line.product_id).map_err(|_| {
             ApiError::Validation(format!("items[{i}].product_id is not a 24-hex ObjectId"))
         })?;
         if let std::collections::hash_map::Entry::Vacant(slot) = products.entry(pid) {
             let Some((p, _)) = app.products.get(pid).await? else {
-                return Err(ApiError::Validation(format!(
+                return Err(ApiError::NotFound(format!(
                     "items[{i}]: product {} does not exist",
                     line.product_id
                 )));
@@ -129,7 +116,7 @@ async fn place(
         }
         let variant_name = line.variant.clone().unwrap_or_else(|| "Default".to_owned());
         let Some(variant) = product.variants.get(&variant_name) else {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::NotFound(format!(
                 "items[{i}]: product {} has no variant {variant_name:?}",
                 line.product_id
             )));
@@ -189,6 +176,7 @@ fn may_read(caller: &Principal, o: &Order) -> bool {
 pub struct OrderFilter {
     /// The customer (default: the caller). Only that customer or an admin
     /// may list them.
+    #[param(pattern = "^[0-9a-f]{24}$")]
     pub customer_id: Option<String>,
 }
 
@@ -273,10 +261,8 @@ async fn ship(
     State(app): State<AppState>,
     caller: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ShipOrder>,
+    Valid(req): Valid<ShipOrder>,
 ) -> ApiResult<Json<Value>> {
-    required("carrier", &req.carrier, 64)?;
-    required("tracking_number", &req.tracking_number, 128)?;
     let oid = object_id(&id, "order")?;
     let o = app
         .orders

@@ -23,21 +23,42 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::common::{optional, required};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::idempotency::NewId;
 use crate::reads::{Page, Paging};
 use crate::store::{Mutation, json_with_id, object_id};
+use crate::validate::{ApiQuery, Valid};
 pub use events::payload::{Author, LinkPreview, Media, Post, PostStats};
 
-const POST_TYPES: [&str; 4] = ["text", "image", "link", "video"];
+/// What a post is.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PostType {
+    Text,
+    Image,
+    Link,
+    Video,
+}
+
+impl PostType {
+    fn as_str(self) -> &'static str {
+        match self {
+            PostType::Text => "text",
+            PostType::Image => "image",
+            PostType::Link => "link",
+            PostType::Video => "video",
+        }
+    }
+}
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePost {
-    pub post_type: String,
+    pub post_type: PostType,
+    #[schema(max_length = 60000)]
     pub text_content: Option<String>,
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub media: Vec<Media>,
     pub link_preview: Option<LinkPreview>,
 }
@@ -45,33 +66,11 @@ pub struct CreatePost {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePost {
+    #[schema(max_length = 60000)]
     pub text_content: Option<String>,
+    #[schema(max_items = 20)]
     pub media: Option<Vec<Media>>,
     pub link_preview: Option<LinkPreview>,
-}
-
-fn check_content(
-    text: &Option<String>,
-    media: Option<&Vec<Media>>,
-    link: &Option<LinkPreview>,
-) -> ApiResult<()> {
-    optional("text_content", text, 60_000)?;
-    if let Some(media) = media {
-        if media.len() > 20 {
-            return Err(ApiError::Validation("at most 20 media".into()));
-        }
-        for (i, m) in media.iter().enumerate() {
-            required(&format!("media[{i}].type"), &m.kind, 32)?;
-            required(&format!("media[{i}].url"), &m.url, 2048)?;
-        }
-    }
-    if let Some(l) = link {
-        required("link_preview.url", &l.url, 2048)?;
-        optional("link_preview.title", &l.title, 512)?;
-        optional("link_preview.description", &l.description, 10_000)?;
-        optional("link_preview.image", &l.image, 2048)?;
-    }
-    Ok(())
 }
 
 pub fn router() -> Router<AppState> {
@@ -81,31 +80,24 @@ pub fn router() -> Router<AppState> {
         .route("/posts/{id}/publish", post(publish))
 }
 
-#[utoipa::path(post, path = "/posts", tag = "posts", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = CreatePost, security(("bearer" = [])), responses((status = 201, description = "emits post.created", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a user account", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/posts", tag = "posts", params(crate::idempotency::IdempotencyKey), request_body = CreatePost, security(("bearer" = [])), responses((status = 404, description = "the author does not exist", body = crate::error::ErrorBody), (status = 409, description = "the author was deleted", body = crate::error::ErrorBody), (status = 201, description = "emits post.created", body = Post), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a user account", body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     caller: Principal,
     new_id: NewId,
-    ApiJson(req): ApiJson<CreatePost>,
+    Valid(req): Valid<CreatePost>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let author_id = caller.as_user()?;
-    if !POST_TYPES.contains(&req.post_type.as_str()) {
-        return Err(ApiError::Validation(format!(
-            "post_type must be one of {}",
-            POST_TYPES.join(", ")
-        )));
-    }
-    check_content(&req.text_content, Some(&req.media), &req.link_preview)?;
     let author = match app.users.get(author_id).await? {
         Some((u, _)) if u.deleted_at.is_none() => u,
         Some(_) => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::Conflict(format!(
                 "author {} was deleted",
                 author_id.to_hex()
             )));
         }
         None => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::NotFound(format!(
                 "author {} does not exist",
                 author_id.to_hex()
             )));
@@ -115,7 +107,7 @@ async fn create(
     let (post, _) = app
         .posts
         .insert(id, EventType::PostCreated, |at| Post {
-            post_type: req.post_type,
+            post_type: req.post_type.as_str().into(),
             author: Author {
                 user_id: author_id.to_hex(),
                 display_name: author.profile.display_name,
@@ -140,6 +132,7 @@ async fn create(
 #[into_params(parameter_in = Query)]
 pub struct PostFilter {
     /// Only this author's published posts.
+    #[param(pattern = "^[0-9a-f]{24}$")]
     pub author_id: Option<String>,
 }
 
@@ -164,7 +157,8 @@ async fn list(
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "post")?;
     match app.posts.get(oid).await? {
-        Some((p, _)) => Ok(Json(json_with_id(oid, &p))),
+        Some((p, _)) if p.deleted_at.is_none() => Ok(Json(json_with_id(oid, &p))),
+        Some(_) => Err(ApiError::NotFound(format!("post {id} was deleted"))),
         None => Err(ApiError::NotFound(format!("post {id} not found"))),
     }
 }
@@ -174,9 +168,8 @@ async fn update(
     State(app): State<AppState>,
     caller: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<UpdatePost>,
+    Valid(req): Valid<UpdatePost>,
 ) -> ApiResult<Json<Value>> {
-    check_content(&req.text_content, req.media.as_ref(), &req.link_preview)?;
     let oid = object_id(&id, "post")?;
     let p = app
         .posts

@@ -31,19 +31,23 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::common::{non_negative, optional, required};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::idempotency::NewId;
 use crate::reads::{Page, Paging};
 use crate::store::{Mutation, json_with_id, object_id};
+use crate::validate::{ApiQuery, Valid};
 pub use events::payload::{Attribute, Metadata, Product, Stats, Variant};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
+    #[schema(pattern = r"\S", max_length = 512)]
     pub name: String,
+    #[schema(max_length = 20000)]
     pub description: Option<String>,
+    #[schema(pattern = r"\S", max_length = 128)]
     pub category: String,
+    #[schema(minimum = 0)]
     pub base_price_cents: i64,
     #[serde(default)]
     pub metadata: Metadata,
@@ -54,38 +58,16 @@ pub struct ProductInput {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    #[schema(pattern = r"\S", max_length = 512)]
     pub name: Option<String>,
+    #[schema(max_length = 20000)]
     pub description: Option<String>,
+    #[schema(pattern = r"\S", max_length = 128)]
     pub category: Option<String>,
+    #[schema(minimum = 0)]
     pub base_price_cents: Option<i64>,
     pub metadata: Option<Metadata>,
     pub variants: Option<BTreeMap<String, Variant>>,
-}
-
-fn check_variants(variants: &BTreeMap<String, Variant>) -> ApiResult<()> {
-    if variants.len() > 100 {
-        return Err(ApiError::Validation("at most 100 variants".into()));
-    }
-    for (key, v) in variants {
-        required("variants key", key, 255)?;
-        optional(&format!("variants.{key}.sku"), &v.sku, 128)?;
-        non_negative(&format!("variants.{key}.price_cents"), v.price_cents)?;
-        non_negative(&format!("variants.{key}.quantity"), v.quantity)?;
-        if v.attributes.len() > 50 {
-            return Err(ApiError::Validation(format!(
-                "variants.{key}.attributes: at most 50"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn check_metadata(m: &Metadata) -> ApiResult<()> {
-    optional("metadata.base_sku", &m.base_sku, 128)?;
-    if m.tags.len() > 50 {
-        return Err(ApiError::Validation("metadata.tags: at most 50".into()));
-    }
-    Ok(())
 }
 
 pub fn router() -> Router<AppState> {
@@ -98,30 +80,24 @@ pub fn router() -> Router<AppState> {
         .route("/products/{id}/restore", post(restore))
 }
 
-#[utoipa::path(post, path = "/products", tag = "products", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = ProductInput, security(("bearer" = [])), responses((status = 201, description = "a draft; emits product.created", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a supplier", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/products", tag = "products", params(crate::idempotency::IdempotencyKey), request_body = ProductInput, security(("bearer" = [])), responses((status = 404, description = "the supplier does not exist", body = crate::error::ErrorBody), (status = 409, description = "the supplier was deleted", body = crate::error::ErrorBody), (status = 201, description = "a draft; emits product.created", body = Product), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a supplier", body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     caller: Principal,
     new_id: NewId,
-    ApiJson(req): ApiJson<ProductInput>,
+    Valid(req): Valid<ProductInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let supplier_id = caller.as_supplier()?;
-    required("name", &req.name, 512)?;
-    required("category", &req.category, 128)?;
-    optional("description", &req.description, 20_000)?;
-    non_negative("base_price_cents", req.base_price_cents)?;
-    check_metadata(&req.metadata)?;
-    check_variants(&req.variants)?;
     match app.suppliers.get(supplier_id).await? {
         Some((s, _)) if s.deleted_at.is_none() => {}
         Some(_) => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::Conflict(format!(
                 "supplier {} was deleted",
                 supplier_id.to_hex()
             )));
         }
         None => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::NotFound(format!(
                 "supplier {} does not exist",
                 supplier_id.to_hex()
             )));
@@ -154,9 +130,11 @@ async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ProductFilter {
     /// Only this supplier's products.
+    #[param(pattern = "^[0-9a-f]{24}$")]
     pub supplier_id: Option<String>,
     /// Only products in this status (draft, active, out_of_stock,
     /// discontinued, deleted).
+    #[param(pattern = "^(draft|active|out_of_stock|discontinued|deleted)$")]
     pub status: Option<String>,
 }
 
@@ -193,7 +171,8 @@ const STATUSES: [&str; 5] = ["draft", "active", "out_of_stock", "discontinued", 
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "product")?;
     match app.products.get(oid).await? {
-        Some((p, _)) => Ok(Json(json_with_id(oid, &p))),
+        Some((p, _)) if p.status != "deleted" => Ok(Json(json_with_id(oid, &p))),
+        Some(_) => Err(ApiError::NotFound(format!("product {id} was deleted"))),
         None => Err(ApiError::NotFound(format!("product {id} not found"))),
     }
 }
@@ -203,24 +182,8 @@ async fn update(
     State(app): State<AppState>,
     caller: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ProductPatch>,
+    Valid(req): Valid<ProductPatch>,
 ) -> ApiResult<Json<Value>> {
-    if let Some(n) = &req.name {
-        required("name", n, 512)?;
-    }
-    if let Some(c) = &req.category {
-        required("category", c, 128)?;
-    }
-    optional("description", &req.description, 20_000)?;
-    if let Some(p) = req.base_price_cents {
-        non_negative("base_price_cents", p)?;
-    }
-    if let Some(m) = &req.metadata {
-        check_metadata(m)?;
-    }
-    if let Some(v) = &req.variants {
-        check_variants(v)?;
-    }
     let oid = object_id(&id, "product")?;
     let p = app
         .products

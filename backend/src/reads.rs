@@ -29,25 +29,24 @@ pub struct Page {
 #[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
+    #[param(pattern = "^[0-9a-f]{24}(_[0-9]{1,19})?$")]
     pub after: Option<String>,
 }
 
 impl Paging {
-    pub fn limit(&self) -> ApiResult<u32> {
-        match self.limit {
-            None => Ok(DEFAULT_LIMIT),
-            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::Validation(format!(
-                "limit must be 1 to {MAX_LIMIT}"
-            ))),
-        }
+    /// The page size (its range is checked against the document).
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
     }
 }
 
 /// A position in a list sorted by (`field` descending, `_id` descending),
-/// or by `_id` descending alone.
+/// or by `_id` descending alone: the last item's id, and its `field` (a
+/// stored time) as microseconds since the epoch. Every string of the
+/// documented pattern (`<24 hex>` or `<24 hex>_<digits>`) is a position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub key: Option<String>,
@@ -56,19 +55,34 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        hex::encode(format!(
-            "{}|{}",
-            self.key.as_deref().unwrap_or(""),
-            self.id.to_hex()
-        ))
+        let micros = self.key.as_deref().and_then(|k| {
+            chrono::DateTime::parse_from_rfc3339(k)
+                .ok()
+                .map(|t| t.timestamp_micros())
+        });
+        match micros {
+            Some(us) => format!("{}_{}", self.id.to_hex(), us.max(0)),
+            None => self.id.to_hex(),
+        }
     }
 
     pub fn decode(text: &str) -> ApiResult<Cursor> {
         let bad = || ApiError::Validation("after is not a cursor this list returned".into());
-        let raw = String::from_utf8(hex::decode(text).map_err(|_| bad())?).map_err(|_| bad())?;
-        let (key, id) = raw.rsplit_once('|').ok_or_else(bad)?;
+        let (id, micros) = match text.split_once('_') {
+            Some((id, us)) => (id, Some(us)),
+            None => (text, None),
+        };
+        let key = match micros {
+            None => None,
+            Some(us) => {
+                let us: i64 = us.parse().unwrap_or(i64::MAX);
+                let t = chrono::DateTime::from_timestamp_micros(us)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+                Some(events::format_timestamp(&t))
+            }
+        };
         Ok(Cursor {
-            key: (!key.is_empty()).then(|| key.to_owned()),
+            key,
             id: ObjectId::parse_str(id).map_err(|_| bad())?,
         })
     }
@@ -95,7 +109,7 @@ pub async fn page(
     paging: &Paging,
 ) -> ApiResult<Page> {
     use futures_util::TryStreamExt as _;
-    let limit = paging.limit()?;
+    let limit = paging.limit();
     if let Some(after) = &paging.after {
         let cursor = Cursor::decode(after)?;
         let extra = cursor.after(field);
@@ -174,7 +188,8 @@ mod tests {
             id: ObjectId::new(),
         };
         assert_eq!(Cursor::decode(&bare.encode()).unwrap(), bare);
-        assert!(Cursor::decode("zz").is_err());
-        assert!(Cursor::decode(&hex::encode("no-separator")).is_err());
+        // Any string of the documented pattern is a position.
+        let far = Cursor::decode("0123456789abcdef01234567_9999999999999999999").unwrap();
+        assert!(far.key.is_some());
     }
 }

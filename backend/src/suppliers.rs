@@ -20,17 +20,18 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::AppState;
-use crate::auth::{Principal, Role, check_password, hash_password};
-use crate::common::{email, optional, required};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::auth::{Principal, Role, hash_password};
+use crate::error::{ApiError, ApiResult};
 use crate::idempotency::NewId;
 use crate::store::{Mutation, json_with_id, object_id};
+use crate::validate::Valid;
 pub use events::payload::{Address, BusinessInfo, CompanyInfo, Supplier, SupplierContact};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierInput {
     /// 8 to 128 characters; log in with `contact_info.primary_email` and it.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     pub contact_info: SupplierContact,
     pub company_info: CompanyInfo,
@@ -46,72 +47,18 @@ pub struct SupplierPatch {
     pub business_info: Option<BusinessInfo>,
 }
 
-fn check_contact(c: &SupplierContact) -> ApiResult<()> {
-    email("contact_info.primary_email", &c.primary_email)?;
-    optional("contact_info.primary_phone", &c.primary_phone, 64)?;
-    optional(
-        "contact_info.contact_person_name",
-        &c.contact_person_name,
-        255,
-    )?;
-    optional(
-        "contact_info.contact_person_title",
-        &c.contact_person_title,
-        255,
-    )?;
-    optional(
-        "contact_info.contact_person_email",
-        &c.contact_person_email,
-        255,
-    )?;
-    optional(
-        "contact_info.contact_person_phone",
-        &c.contact_person_phone,
-        64,
-    )
-}
-
-fn check_company(c: &CompanyInfo) -> ApiResult<()> {
-    required("company_info.legal_name", &c.legal_name, 255)?;
-    optional("company_info.dba_name", &c.dba_name, 255)?;
-    if let Some(a) = &c.business_address {
-        optional("company_info.business_address.street", &a.street, 255)?;
-        optional("company_info.business_address.city", &a.city, 128)?;
-        optional("company_info.business_address.state", &a.state, 128)?;
-        optional("company_info.business_address.zip_code", &a.zip_code, 32)?;
-        optional("company_info.business_address.country", &a.country, 64)?;
-    }
-    Ok(())
-}
-
-fn check_business(b: &BusinessInfo) -> ApiResult<()> {
-    optional("business_info.support_email", &b.support_email, 255)?;
-    optional("business_info.support_phone", &b.support_phone, 64)?;
-    optional("business_info.website", &b.website, 1024)?;
-    if b.social_urls.len() > 20 || b.social_urls.values().any(|u| u.len() > 1024) {
-        return Err(ApiError::Validation(
-            "business_info.social_urls: at most 20 URLs of 1024 characters".into(),
-        ));
-    }
-    Ok(())
-}
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/suppliers", post(create))
         .route("/suppliers/{id}", get(read).patch(update).delete(delete))
 }
 
-#[utoipa::path(post, path = "/suppliers", tag = "suppliers", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = SupplierInput, responses((status = 201, description = "emits supplier.created", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 409, description = "the email is taken", body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/suppliers", tag = "suppliers", params(crate::idempotency::IdempotencyKey), request_body = SupplierInput, responses((status = 201, description = "emits supplier.created", body = Supplier), (status = 400, body = crate::error::ErrorBody), (status = 409, description = "the email is taken", body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     new_id: NewId,
-    ApiJson(req): ApiJson<SupplierInput>,
+    Valid(req): Valid<SupplierInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    check_password(&req.password)?;
-    check_contact(&req.contact_info)?;
-    check_company(&req.company_info)?;
-    check_business(&req.business_info)?;
     let id = new_id.0;
     let hash = hash_password(req.password).await?;
     app.accounts
@@ -136,7 +83,8 @@ async fn create(
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "supplier")?;
     match app.suppliers.get(oid).await? {
-        Some((s, _)) => Ok(Json(json_with_id(oid, &s))),
+        Some((s, _)) if s.deleted_at.is_none() => Ok(Json(json_with_id(oid, &s))),
+        Some(_) => Err(ApiError::NotFound(format!("supplier {id} was deleted"))),
         None => Err(ApiError::NotFound(format!("supplier {id} not found"))),
     }
 }
@@ -146,17 +94,8 @@ async fn update(
     State(app): State<AppState>,
     caller: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<SupplierPatch>,
+    Valid(req): Valid<SupplierPatch>,
 ) -> ApiResult<Json<Value>> {
-    if let Some(c) = &req.contact_info {
-        check_contact(c)?;
-    }
-    if let Some(c) = &req.company_info {
-        check_company(c)?;
-    }
-    if let Some(b) = &req.business_info {
-        check_business(b)?;
-    }
     let oid = object_id(&id, "supplier")?;
     caller.owns_or_admin(&id, "supplier")?;
     let new_email = req.contact_info.as_ref().map(|c| c.primary_email.as_str());

@@ -21,43 +21,44 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::AppState;
-use crate::auth::{Principal, Role, check_password, hash_password};
-use crate::common::{email, optional, required};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::auth::{Principal, Role, hash_password};
+use crate::error::{ApiError, ApiResult};
 use crate::idempotency::NewId;
 use crate::store::{Mutation, json_with_id, object_id};
+use crate::validate::{ApiQuery, Valid};
 pub use events::payload::{Profile, User, UserContact};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterUser {
+    #[schema(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length = 254)]
     pub email: String,
     /// 8 to 128 characters; log in with it at `POST /auth/login`.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    #[schema(pattern = r"\S", max_length = 255)]
     pub display_name: String,
+    #[schema(max_length = 64)]
     pub phone: Option<String>,
+    #[schema(max_length = 1024)]
     pub avatar: Option<String>,
+    #[schema(max_length = 10000)]
     pub bio: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    #[schema(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length = 254)]
     pub email: Option<String>,
+    #[schema(pattern = r"\S", max_length = 255)]
     pub display_name: Option<String>,
+    #[schema(max_length = 64)]
     pub phone: Option<String>,
+    #[schema(max_length = 1024)]
     pub avatar: Option<String>,
+    #[schema(max_length = 10000)]
     pub bio: Option<String>,
-}
-
-fn check_optional(
-    phone: &Option<String>,
-    avatar: &Option<String>,
-    bio: &Option<String>,
-) -> ApiResult<()> {
-    optional("phone", phone, 64)?;
-    optional("avatar", avatar, 1024)?;
-    optional("bio", bio, 10_000)
 }
 
 pub fn router() -> Router<AppState> {
@@ -66,16 +67,12 @@ pub fn router() -> Router<AppState> {
         .route("/users/{id}", get(read).patch(update).delete(delete))
 }
 
-#[utoipa::path(post, path = "/users", tag = "users", params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key answers the first response")), request_body = RegisterUser, responses((status = 201, description = "registered; emits user.created", body = User), (status = 400, body = crate::error::ErrorBody), (status = 409, description = "the email is taken", body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/users", tag = "users", params(crate::idempotency::IdempotencyKey), request_body = RegisterUser, responses((status = 201, description = "registered; emits user.created", body = User), (status = 400, body = crate::error::ErrorBody), (status = 409, description = "the email is taken", body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 async fn register(
     State(app): State<AppState>,
     new_id: NewId,
-    ApiJson(req): ApiJson<RegisterUser>,
+    Valid(req): Valid<RegisterUser>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    email("email", &req.email)?;
-    check_password(&req.password)?;
-    required("display_name", &req.display_name, 255)?;
-    check_optional(&req.phone, &req.avatar, &req.bio)?;
     let id = new_id.0;
     let hash = hash_password(req.password).await?;
     app.accounts
@@ -106,6 +103,7 @@ async fn register(
 #[into_params(parameter_in = Query)]
 pub struct ByEmail {
     /// The user's email (case-insensitive).
+    #[param(max_length = 254)]
     pub email: String,
 }
 
@@ -129,7 +127,8 @@ async fn by_email(
 async fn read(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let oid = object_id(&id, "user")?;
     match app.users.get(oid).await? {
-        Some((user, _)) => Ok(Json(json_with_id(oid, &user))),
+        Some((user, _)) if user.deleted_at.is_none() => Ok(Json(json_with_id(oid, &user))),
+        Some(_) => Err(ApiError::NotFound(format!("user {id} was deleted"))),
         None => Err(ApiError::NotFound(format!("user {id} not found"))),
     }
 }
@@ -139,15 +138,8 @@ async fn update(
     State(app): State<AppState>,
     caller: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<UpdateUser>,
+    Valid(req): Valid<UpdateUser>,
 ) -> ApiResult<Json<Value>> {
-    if let Some(e) = &req.email {
-        email("email", e)?;
-    }
-    if let Some(n) = &req.display_name {
-        required("display_name", n, 255)?;
-    }
-    check_optional(&req.phone, &req.avatar, &req.bio)?;
     let oid = object_id(&id, "user")?;
     caller.owns_or_admin(&id, "user")?;
     let old_email = match &req.email {

@@ -1006,7 +1006,7 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
                 "/users",
                 None,
                 Some(
-                    json!({"email": "c@example.com", "password": PASSWORD, "display_name": "B", "bio": "x".repeat(300_000)}),
+                    json!({"email": "c@example.com", "password": PASSWORD, "display_name": "B", "bio": "x".repeat(1_100_000)}),
                 ),
             ),
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1214,12 +1214,12 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
                 Some(&ghost_user),
                 Some(order_body(&active)),
             ),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::NOT_FOUND,
         ),
         (
             "unknown product",
             req("POST", "/orders", c, Some(order_body(&nobody))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::NOT_FOUND,
         ),
         (
             "draft product",
@@ -1246,7 +1246,7 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
                 Some(&ghost_supplier),
                 Some(product_body()),
             ),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::NOT_FOUND,
         ),
         (
             "negative price",
@@ -1301,6 +1301,59 @@ async fn bad_requests_get_a_4xx_json_error_and_change_nothing() {
         (
             "a bad status filter",
             req("GET", "/products?status=sold", None, None),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown variant",
+            req(
+                "POST",
+                "/orders",
+                c,
+                Some(
+                    json!({"items": [{"product_id": active, "variant": "Purple", "quantity": 1}], "shipping_address": order_body(&active)["shipping_address"]}),
+                ),
+            ),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "blank city",
+            req(
+                "POST",
+                "/orders",
+                c,
+                Some(
+                    json!({"items": [{"product_id": active, "quantity": 1}], "shipping_address": {"recipient_name": "Z", "street": "S", "city": " \t", "zip_code": "1", "country": "DE"}}),
+                ),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a deleted product",
+            req("GET", &format!("/products/{deleted}"), None, None),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "a blank variant name",
+            req(
+                "POST",
+                "/products",
+                a,
+                Some(
+                    json!({"name": "N", "category": "c", "base_price_cents": 1, "variants": {" ": {"price_cents": 1, "quantity": 1}}}),
+                ),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a bad Idempotency-Key",
+            Request::builder()
+                .method("POST")
+                .uri("/posts")
+                .header("authorization", format!("Bearer {}", customer.token))
+                .header("idempotency-key", "")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"post_type": "text"}"#))
+                .unwrap(),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
     ];
@@ -1931,7 +1984,7 @@ async fn a_retried_create_answers_the_first_response_and_emits_nothing_new() {
     let mut other = register.clone();
     other["display_name"] = json!("J");
     let (status, body) = env.raw(keyed("/users", "k-1", None, &other)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
 
     let user = Account {
         id: first["id"].as_str().unwrap().to_owned(),
@@ -2124,5 +2177,145 @@ async fn two_relays_publish_every_event_while_documents_change() {
         assert_eq!(bios, bio_edits(30), "every edit of {} once, in order", u.id);
     }
     assert_eq!(env.pending_events().await, 0);
+    env.db.drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_needs_a_token_and_its_owner_and_then_emits_exactly_one_event() {
+    let env = Env::new().await;
+    let ana = env.user("ana@example.com").await;
+    let bob = env.user("bob@example.com").await;
+    let acme = env.supplier("ops@acme.example").await;
+    let rival = env.supplier("ops@rival.example").await;
+    let sold = env.product(&acme, true).await;
+    let order = |n: u32| {
+        let (env, ana, sold) = (&env, &ana, &sold);
+        async move {
+            let _ = n;
+            env.ok("POST", "/orders", Some(&ana.token), Some(order_body(sold)))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (to_cancel, to_ship) = (order(1).await, order(2).await);
+    let post = env
+        .ok(
+            "POST",
+            "/posts",
+            Some(&ana.token),
+            Some(json!({"post_type": "text", "text_content": "hi"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let product = env.product(&acme, false).await;
+    let ship = json!({"carrier": "DHL", "tracking_number": "1"});
+    // (method, path, body, owner, somebody else), in an order that keeps
+    // every step valid for its owner; creates check the role instead.
+    let (a, b, s, r) = (&ana, &bob, &acme, &rival);
+    let steps: Vec<(&str, String, Option<Value>, &Account, &Account)> = vec![
+        (
+            "PATCH",
+            format!("/users/{}", a.id),
+            Some(json!({"bio": "x"})),
+            a,
+            b,
+        ),
+        (
+            "PATCH",
+            format!("/suppliers/{}", s.id),
+            Some(json!({"business_info": {}})),
+            s,
+            r,
+        ),
+        ("POST", "/products".into(), Some(product_body()), s, a),
+        (
+            "PATCH",
+            format!("/products/{product}"),
+            Some(json!({"name": "New"})),
+            s,
+            r,
+        ),
+        ("POST", format!("/products/{product}/publish"), None, s, r),
+        (
+            "POST",
+            format!("/products/{product}/out-of-stock"),
+            None,
+            s,
+            r,
+        ),
+        ("POST", format!("/products/{product}/restore"), None, s, r),
+        (
+            "POST",
+            format!("/products/{product}/discontinue"),
+            None,
+            s,
+            r,
+        ),
+        ("DELETE", format!("/products/{product}"), None, s, r),
+        ("POST", "/orders".into(), Some(order_body(&sold)), a, s),
+        ("POST", format!("/orders/{to_cancel}/cancel"), None, a, b),
+        (
+            "POST",
+            format!("/orders/{to_ship}/ship"),
+            Some(ship.clone()),
+            s,
+            r,
+        ),
+        (
+            "POST",
+            "/posts".into(),
+            Some(json!({"post_type": "text"})),
+            a,
+            s,
+        ),
+        (
+            "PATCH",
+            format!("/posts/{post}"),
+            Some(json!({"text_content": "y"})),
+            a,
+            b,
+        ),
+        ("POST", format!("/posts/{post}/publish"), None, a, b),
+        ("DELETE", format!("/posts/{post}"), None, a, b),
+        ("DELETE", format!("/suppliers/{}", s.id), None, s, r),
+        ("DELETE", format!("/users/{}", a.id), None, a, b),
+    ];
+    for (method, path, body, owner, other) in steps {
+        let before = env.snapshot().await;
+        let (status, resp) = env.call(method, &path, None, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token: {resp}"
+        );
+        let (status, resp) = env
+            .call(method, &path, Some(&other.token), body.clone())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} {path} as somebody else: {resp}"
+        );
+        assert_eq!(
+            env.snapshot().await,
+            before,
+            "{method} {path}: refused, nothing written"
+        );
+        let pending = env.pending_events().await;
+        let (status, resp) = env.call(method, &path, Some(&owner.token), body).await;
+        assert!(
+            status.is_success(),
+            "{method} {path} as its owner: {status} {resp}"
+        );
+        assert_eq!(
+            env.pending_events().await,
+            pending + 1,
+            "{method} {path}: one event"
+        );
+    }
     env.db.drop().await.unwrap();
 }

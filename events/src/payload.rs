@@ -58,11 +58,20 @@ pub struct Supplier {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SupplierContact {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length = 254)
+    )]
     pub primary_email: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub primary_phone: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub contact_person_name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub contact_person_title: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub contact_person_email: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub contact_person_phone: Option<String>,
 }
 
@@ -70,7 +79,9 @@ pub struct SupplierContact {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompanyInfo {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 255))]
     pub legal_name: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub dba_name: Option<String>,
     pub business_address: Option<Address>,
 }
@@ -79,10 +90,15 @@ pub struct CompanyInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Address {
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub street: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub city: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub state: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 32))]
     pub zip_code: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub country: Option<String>,
 }
 
@@ -90,9 +106,13 @@ pub struct Address {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BusinessInfo {
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub support_email: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub support_phone: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub website: Option<String>,
+    /// At most 20 (the document says so).
     #[serde(default)]
     pub social_urls: BTreeMap<String, String>,
 }
@@ -119,8 +139,10 @@ pub struct Product {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub base_sku: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 50))]
     pub tags: Vec<String>,
 }
 
@@ -138,10 +160,14 @@ pub struct Stats {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
+    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub sku: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub price_cents: i64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub quantity: i64,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 50))]
     pub attributes: Vec<Attribute>,
 }
 
@@ -149,7 +175,9 @@ pub struct Variant {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Attribute {
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub value: String,
 }
 
@@ -180,12 +208,19 @@ pub struct Customer {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddress {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 255))]
     pub recipient_name: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub phone: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 255))]
     pub street: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 128))]
     pub city: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub state: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 32))]
     pub zip_code: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 64))]
     pub country: String,
 }
 
@@ -245,9 +280,13 @@ pub struct Author {
 #[serde(deny_unknown_fields)]
 pub struct Media {
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 32))]
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 2048))]
     pub url: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub width: Option<i64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub height: Option<i64>,
 }
 
@@ -255,9 +294,13 @@ pub struct Media {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkPreview {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 2048))]
     pub url: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 512))]
     pub title: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 10000))]
     pub description: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
     pub image: Option<String>,
 }
 
