@@ -1860,6 +1860,44 @@ async fn lists_page_through_every_item_once_newest_first() {
     )
     .await;
     assert_eq!(by_admin, expected);
+    // Orders placed between two pages neither repeat nor shift the pages:
+    // the walk still yields exactly the orders there were when it began.
+    let first = env
+        .ok("GET", "/orders?limit=2", Some(&ana.token), None)
+        .await;
+    let mut walked: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut next = first["next"].as_str().map(str::to_owned);
+    while let Some(cursor) = next {
+        env.ok(
+            "POST",
+            "/orders",
+            Some(&ana.token),
+            Some(order_body(&product)),
+        )
+        .await;
+        let page = env
+            .ok(
+                "GET",
+                &format!("/orders?limit=2&after={cursor}"),
+                Some(&ana.token),
+                None,
+            )
+            .await;
+        walked.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_owned()),
+        );
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(walked, expected, "stable while orders are placed");
 
     // A supplier's products by status.
     let drafts: Vec<String> = [
@@ -2054,39 +2092,62 @@ async fn a_retried_create_answers_the_first_response_and_emits_nothing_new() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_outbox_answers_503_instead_of_growing_the_document() {
+async fn a_kafka_outage_past_the_outbox_cap_answers_503_and_loses_no_acknowledged_write() {
     let env = Env::with(StoreConfig {
         outbox_cap: 5,
         ..StoreConfig::default()
     })
     .await;
+    // Kafka is unreachable: the relay keeps failing while writes go on.
+    let down = env.relay("127.0.0.1:1");
     let user = env.user("cap@example.com").await;
-    env.edit_bio(&user, 4).await; // 1 created + 4 updated = the cap
-    let before = env.snapshot().await;
-    let resp = app(env.state.clone())
-        .oneshot(
-            Request::builder()
-                .method("PATCH")
-                .uri(format!("/users/{}", user.id))
-                .header("authorization", format!("Bearer {}", user.token))
-                .header("content-type", "application/json")
-                .body(Body::from(r#"{"bio": "one too many"}"#))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        resp.headers()["retry-after"]
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..8 {
+        down.sweep().await;
+        let before = env.snapshot().await;
+        let resp = app(env.state.clone())
+            .oneshot(
+                Request::builder()
+                    .method("PATCH")
+                    .uri(format!("/users/{}", user.id))
+                    .header("authorization", format!("Bearer {}", user.token))
+                    .header("content-type", "application/json")
+                    .body(Body::from(json!({"bio": format!("edit {i}")}).to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        if resp.status().is_success() {
+            acknowledged.push(json!(format!("edit {i}")));
+            continue;
+        }
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after: u64 = resp.headers()["retry-after"]
             .to_str()
             .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            > 0
-    );
-    assert_eq!(env.snapshot().await, before, "nothing written");
-    // Once published, writes go through again.
+            .parse()
+            .unwrap();
+        assert!(retry_after > 0);
+        assert_eq!(
+            env.snapshot().await,
+            before,
+            "a refused write writes nothing"
+        );
+        refused += 1;
+    }
+    // 1 created + 4 updates fill the cap; the other 4 are refused.
+    assert_eq!((acknowledged.len(), refused), (4, 4));
+    // Kafka is back: every acknowledged write is published, in order.
     env.publish_all(&env.relay(&kafka())).await;
+    let got = env.consume(5).await;
+    let bios: Vec<Value> = got
+        .iter()
+        .filter(|(_, _, e)| e["event_type"] == "user.updated")
+        .map(|(_, _, e)| e["data"]["profile"]["bio"].clone())
+        .collect();
+    assert_eq!(bios, acknowledged);
+    // And writes go through again.
     env.edit_bio(&user, 1).await;
     env.db.drop().await.unwrap();
 }
