@@ -73,6 +73,41 @@ impl utoipa::Modify for BearerScheme {
 )]
 pub struct ApiDoc;
 
+/// A map key stored as a MongoDB field name: not blank, and no `.`, `$` or
+/// U+0000, which MongoDB and FerretDB refuse in field names.
+pub const MAP_KEY: &str = r"^[^.$\x00]*[^\s.$\x00][^.$\x00]*$";
+/// Text without U+0000, for strings that declare no pattern of their own.
+pub const NO_NUL: &str = r"^[^\x00]*$";
+
+/// Gives every string in `schema` that has no pattern the [`NO_NUL`] one
+/// (the declared patterns exclude U+0000 themselves).
+pub fn forbid_nul(schema: &mut Value) {
+    let Some(map) = schema.as_object_mut() else {
+        return;
+    };
+    let is_string = match map.get("type") {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+        _ => false,
+    };
+    if is_string && !map.contains_key("pattern") && !map.contains_key("enum") {
+        map.insert("pattern".into(), json!(NO_NUL));
+    }
+    for key in ["items", "additionalProperties", "propertyNames", "not"] {
+        if let Some(inner) = map.get_mut(key) {
+            forbid_nul(inner);
+        }
+    }
+    if let Some(props) = map.get_mut("properties").and_then(Value::as_object_mut) {
+        props.values_mut().for_each(forbid_nul);
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        if let Some(list) = map.get_mut(key).and_then(Value::as_array_mut) {
+            list.iter_mut().for_each(forbid_nul);
+        }
+    }
+}
+
 /// The served document, completed.
 pub fn document() -> &'static Value {
     static DOC: LazyLock<Value> = LazyLock::new(|| {
@@ -152,7 +187,7 @@ fn complete(doc: &mut Value) {
         if let Some(variants) =
             doc["components"]["schemas"][schema]["properties"].get_mut("variants")
         {
-            variants["propertyNames"] = json!({"pattern": r"\S", "maxLength": 255});
+            variants["propertyNames"] = json!({"pattern": MAP_KEY, "maxLength": 255});
             variants["maxProperties"] = json!(100);
         }
     }
@@ -160,6 +195,27 @@ fn complete(doc: &mut Value) {
         doc["components"]["schemas"]["BusinessInfo"]["properties"].get_mut("social_urls")
     {
         urls["maxProperties"] = json!(20);
+        urls["propertyNames"] = json!({"pattern": MAP_KEY, "maxLength": 64});
+    }
+    // No text may hold U+0000: PostgreSQL (FerretDB's store) refuses it.
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.values_mut().for_each(forbid_nul);
+    }
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+            {
+                let params = op.get_mut("parameters").and_then(Value::as_array_mut);
+                for p in params.into_iter().flatten() {
+                    if let Some(schema) = p.get_mut("schema") {
+                        forbid_nul(schema);
+                    }
+                }
+            }
+        }
     }
 }
 

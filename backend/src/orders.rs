@@ -54,9 +54,9 @@ pub struct OrderLine {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipOrder {
-    #[schema(pattern = r"\S", max_length = 64)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 64)]
     pub carrier: String,
-    #[schema(pattern = r"\S", max_length = 128)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 128)]
     pub tracking_number: String,
 }
 

@@ -41,11 +41,11 @@ pub use events::payload::{Attribute, Metadata, Product, Stats, Variant};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
-    #[schema(pattern = r"\S", max_length = 512)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 512)]
     pub name: String,
     #[schema(max_length = 20000)]
     pub description: Option<String>,
-    #[schema(pattern = r"\S", max_length = 128)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 128)]
     pub category: String,
     #[schema(minimum = 0)]
     pub base_price_cents: i64,
@@ -58,11 +58,11 @@ pub struct ProductInput {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
-    #[schema(pattern = r"\S", max_length = 512)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 512)]
     pub name: Option<String>,
     #[schema(max_length = 20000)]
     pub description: Option<String>,
-    #[schema(pattern = r"\S", max_length = 128)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 128)]
     pub category: Option<String>,
     #[schema(minimum = 0)]
     pub base_price_cents: Option<i64>,

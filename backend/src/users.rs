@@ -31,12 +31,12 @@ pub use events::payload::{Profile, User, UserContact};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterUser {
-    #[schema(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length = 254)]
+    #[schema(pattern = r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$", max_length = 254)]
     pub email: String,
     /// 8 to 128 characters; log in with it at `POST /auth/login`.
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    #[schema(pattern = r"\S", max_length = 255)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 255)]
     pub display_name: String,
     #[schema(max_length = 64)]
     pub phone: Option<String>,
@@ -49,9 +49,9 @@ pub struct RegisterUser {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    #[schema(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length = 254)]
+    #[schema(pattern = r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$", max_length = 254)]
     pub email: Option<String>,
-    #[schema(pattern = r"\S", max_length = 255)]
+    #[schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 255)]
     pub display_name: Option<String>,
     #[schema(max_length = 64)]
     pub phone: Option<String>,

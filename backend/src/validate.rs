@@ -36,14 +36,6 @@ static VALIDATORS: LazyLock<
     std::sync::Mutex<HashMap<String, std::sync::Arc<jsonschema::Validator>>>,
 > = LazyLock::new(Default::default);
 
-/// Email addresses: what the projection and a mail server accept (one `@`,
-/// a dotted domain, no spaces). Also the `format: email` of the document.
-pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+\.[^@\s]+$";
-/// Text that is not blank.
-pub const NOT_BLANK: &str = r"\S";
-/// A 24-hex ObjectId.
-pub const OBJECT_ID: &str = "^[0-9a-f]{24}$";
-
 fn compile(schema: &Value) -> std::sync::Arc<jsonschema::Validator> {
     let mut root = schema.clone();
     if let Some(map) = root.as_object_mut() {
@@ -163,7 +155,9 @@ fn params_schema(params: Vec<utoipa::openapi::path::Parameter>) -> Value {
         if p["required"] == json!(true) {
             required.push(json!(name));
         }
-        properties.insert(name, p.get("schema").cloned().unwrap_or_else(|| json!({})));
+        let mut schema = p.get("schema").cloned().unwrap_or_else(|| json!({}));
+        crate::openapi::forbid_nul(&mut schema);
+        properties.insert(name, schema);
     }
     json!({"type": "object", "properties": properties, "required": required})
 }

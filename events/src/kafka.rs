@@ -14,6 +14,13 @@ pub struct KafkaSettings {
     pub client_id: String,
     /// Consumer group of the projection host.
     pub group_id: String,
+    /// Static group membership: a name for this host process that stays the
+    /// same across its restarts (a host name, a pod name). Each of its
+    /// consumers joins as `<instance_id>-<topic>` (`group.instance.id`), so
+    /// a restarted host takes its partitions back at once instead of after
+    /// a session timeout and a rebalance. Two live processes must never
+    /// share one. None: dynamic membership.
+    pub instance_id: Option<String>,
     /// Extra librdkafka properties, applied last (they win).
     pub extra: BTreeMap<String, String>,
 }
@@ -27,6 +34,7 @@ impl Default for KafkaSettings {
             bootstrap_servers: "127.0.0.1:9092".to_owned(),
             client_id: "projector".to_owned(),
             group_id: DEFAULT_GROUP_ID.to_owned(),
+            instance_id: None,
             extra: BTreeMap::new(),
         }
     }

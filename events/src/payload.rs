@@ -60,7 +60,7 @@ pub struct Supplier {
 pub struct SupplierContact {
     #[cfg_attr(
         feature = "openapi",
-        schema(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length = 254)
+        schema(pattern = r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$", max_length = 254)
     )]
     pub primary_email: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 64))]
@@ -79,7 +79,10 @@ pub struct SupplierContact {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompanyInfo {
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 255))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 255)
+    )]
     pub legal_name: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub dba_name: Option<String>,
@@ -208,19 +211,34 @@ pub struct Customer {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddress {
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 255))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 255)
+    )]
     pub recipient_name: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub phone: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 255))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 255)
+    )]
     pub street: String,
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 128))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 128)
+    )]
     pub city: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub state: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 32))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 32)
+    )]
     pub zip_code: String,
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 64))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 64)
+    )]
     pub country: String,
 }
 
@@ -280,9 +298,15 @@ pub struct Author {
 #[serde(deny_unknown_fields)]
 pub struct Media {
     #[serde(rename = "type")]
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 32))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 32)
+    )]
     pub kind: String,
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 2048))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 2048)
+    )]
     pub url: String,
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub width: Option<i64>,
@@ -294,7 +318,10 @@ pub struct Media {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkPreview {
-    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 2048))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", max_length = 2048)
+    )]
     pub url: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 512))]
     pub title: Option<String>,

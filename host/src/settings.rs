@@ -6,6 +6,8 @@
 //! |------------------------------|----------------------------|
 //! | `KAFKA_BOOTSTRAP`            | `kafka.bootstrap_servers`  |
 //! | `PROJECTOR_GROUP_ID`         | `kafka.group_id`           |
+//! | `PROJECTOR_INSTANCE_ID`      | `kafka.instance_id` (static membership) |
+//! | `PROJECTOR_COMPILED_CACHE`   | `components.compiled_cache` ("" turns it off) |
 //! | `PROJECTOR_TOPICS`           | `topics` (comma-separated) |
 //! | `MYSQL_URL`                  | `mysql.url`                |
 //! | `PROJECTOR_COMPONENTS_DIR`   | `components.dir`           |
@@ -166,6 +168,12 @@ pub struct ComponentSettings {
     pub dir: PathBuf,
     /// Watch the folder and hot-reload new or changed components.
     pub watch: bool,
+    /// Where compiled components are kept between starts, keyed by the
+    /// component's digest, the engine's configuration and the sandbox
+    /// limits (default `~/.cache/projector/compiled`; none or an empty path:
+    /// compile on every start). Only this user should be able to write it:
+    /// the host loads its files as machine code.
+    pub compiled_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +263,9 @@ impl Default for ComponentSettings {
         ComponentSettings {
             dir: PathBuf::from("build/projections"),
             watch: true,
+            compiled_cache: std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache/projector/compiled")),
         }
     }
 }
@@ -284,9 +295,11 @@ impl Default for AdminSettings {
 }
 
 /// Environment variables and the setting each one sets.
-const ENV: [(&str, &str); 23] = [
+const ENV: [(&str, &str); 25] = [
     ("KAFKA_BOOTSTRAP", "kafka.bootstrap_servers"),
     ("PROJECTOR_GROUP_ID", "kafka.group_id"),
+    ("PROJECTOR_INSTANCE_ID", "kafka.instance_id"),
+    ("PROJECTOR_COMPILED_CACHE", "components.compiled_cache"),
     ("PROJECTOR_TOPICS", "topics"),
     ("MYSQL_URL", "mysql.url"),
     ("PROJECTOR_COMPONENTS_DIR", "components.dir"),

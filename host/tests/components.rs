@@ -464,3 +464,70 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
+
+#[test]
+fn a_compiled_component_is_kept_and_reused_and_a_damaged_one_is_compiled_again() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("compiled");
+    let source = component_path("user");
+    let (v, data) = fixture("user.created");
+    let event = envelope(&v, &data);
+    let cached_files = || {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    };
+
+    // The first load compiles and keeps the result.
+    let first = Runtime::new(SandboxLimits::default())
+        .unwrap()
+        .with_cache(&dir);
+    let loaded = first.load_file(&source).unwrap();
+    let expected = loaded.session().project(&event).unwrap();
+    let files = cached_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&loaded.digest) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "only this user may write the cache");
+    }
+
+    // Another process (a new runtime) loads the kept file and projects the same.
+    let again = Runtime::new(SandboxLimits::default())
+        .unwrap()
+        .with_cache(&dir);
+    let reloaded = again.load_file(&source).unwrap();
+    assert_eq!(reloaded.session().project(&event).unwrap(), expected);
+    assert_eq!(cached_files(), files, "nothing compiled anew");
+
+    // Other limits are another entry: the pooling allocator checked the
+    // component against the limits it was compiled under.
+    let other = Runtime::new(SandboxLimits {
+        memory_mb: 32,
+        ..SandboxLimits::default()
+    })
+    .unwrap()
+    .with_cache(&dir);
+    other.load_file(&source).unwrap();
+    assert_eq!(cached_files().len(), 2);
+
+    // A damaged file is not trusted: it is compiled again and replaced.
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    let repaired = Runtime::new(SandboxLimits::default())
+        .unwrap()
+        .with_cache(&dir);
+    let loaded = repaired.load_file(&source).unwrap();
+    assert_eq!(loaded.session().project(&event).unwrap(), expected);
+    assert!(
+        std::fs::metadata(&files[0]).unwrap().len() > 1000,
+        "replaced by a compiled component"
+    );
+}

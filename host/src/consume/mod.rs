@@ -122,6 +122,23 @@ impl Source {
             topic.rsplit('.').next().unwrap_or(topic)
         );
         config.insert("client.id".to_owned(), client_id);
+        if let Some(instance) = settings
+            .kafka
+            .instance_id
+            .as_deref()
+            .filter(|i| !i.is_empty())
+        {
+            config.insert(
+                "group.instance.id".to_owned(),
+                format!(
+                    "{instance}-{}",
+                    topic.replace(
+                        |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '.',
+                        "_"
+                    )
+                ),
+            );
+        }
         let consumer: StreamConsumer<RebalanceLog> = client_config(config)
             .create_with_context(RebalanceLog::default())
             .context("failed to create the Kafka consumer")?;

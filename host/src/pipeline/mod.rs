@@ -177,7 +177,7 @@ impl Host {
         sink::migrate(&pool).await?;
         let (projections, runtime) = match mode {
             Mode::Wasm => {
-                let runtime = Arc::new(Runtime::new(settings.sandbox)?);
+                let runtime = Arc::new(Runtime::from_settings(&settings)?);
                 (
                     Registry::load_files(&runtime, &settings.components.dir)?,
                     Some(runtime),

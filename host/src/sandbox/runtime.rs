@@ -38,7 +38,6 @@ use rand_wasi::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -126,21 +125,91 @@ impl GuestFailure {
     }
 }
 
-/// Per-store state: the WASI context (only its fixed-seed randomness is
-/// reachable) and the limits.
+/// Per-store state: the guest's randomness (all it can reach) and the
+/// limits.
 pub struct GuestState {
-    wasi: WasiCtx,
+    random: FixedRandom,
     limits: StoreLimits,
 }
 
-/// Links `wasi:random/*` (fixed seeds, from the store's `WasiCtx`) and
-/// nothing else.
+/// `wasi:random/*` with fixed seeds, so a projection stays a pure function
+/// of its event (Rust's `std` seeds its `HashMap`s from it), and at most
+/// `max_bytes` per call. Made for every call, so it is two seeded
+/// generators and nothing else (a whole `WasiCtx` per call cost more than
+/// the rest of the store).
+struct FixedRandom {
+    secure: rand_wasi::rngs::StdRng,
+    insecure: rand_wasi::rngs::StdRng,
+    max_bytes: u64,
+}
+
+impl FixedRandom {
+    fn new(max_bytes: u64) -> Self {
+        FixedRandom {
+            secure: rand_wasi::rngs::StdRng::seed_from_u64(0),
+            insecure: rand_wasi::rngs::StdRng::seed_from_u64(0),
+            max_bytes,
+        }
+    }
+
+    /// The same bytes `wasmtime-wasi`'s own context gives for a seed, so
+    /// what a component computes from them did not change with this type.
+    fn bytes(rng: &mut rand_wasi::rngs::StdRng, len: u64, max: u64) -> wasmtime::Result<Vec<u8>> {
+        use rand_wasi::RngExt as _;
+        if len > max {
+            wasmtime::bail!("requested len {len:?} exceeds limit {max}");
+        }
+        Ok(rng.random_iter().take(len as usize).collect())
+    }
+}
+
+mod random_host {
+    use wasmtime_wasi::p2::bindings::random::{insecure, insecure_seed, random};
+
+    use super::FixedRandom;
+
+    impl random::Host for FixedRandom {
+        fn get_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+            FixedRandom::bytes(&mut self.secure, len, self.max_bytes)
+        }
+
+        fn get_random_u64(&mut self) -> wasmtime::Result<u64> {
+            use rand_wasi::RngExt as _;
+            Ok(self.secure.random())
+        }
+    }
+
+    impl insecure::Host for FixedRandom {
+        fn get_insecure_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+            FixedRandom::bytes(&mut self.insecure, len, self.max_bytes)
+        }
+
+        fn get_insecure_random_u64(&mut self) -> wasmtime::Result<u64> {
+            use rand_wasi::RngExt as _;
+            Ok(self.insecure.random())
+        }
+    }
+
+    impl insecure_seed::Host for FixedRandom {
+        fn insecure_seed(&mut self) -> wasmtime::Result<(u64, u64)> {
+            Ok((0, 0))
+        }
+    }
+}
+
+/// Selects [`FixedRandom`] as the host of the `wasi:random` bindings.
+struct Fixed;
+
+impl wasmtime::component::HasData for Fixed {
+    type Data<'a> = &'a mut FixedRandom;
+}
+
+/// Links `wasi:random/*` (fixed seeds, [`FixedRandom`]) and nothing else.
 fn link_random(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::p2::bindings::random;
-    use wasmtime_wasi::random::WasiRandom;
-    random::random::add_to_linker::<GuestState, WasiRandom>(linker, |s| s.wasi.random())?;
-    random::insecure::add_to_linker::<GuestState, WasiRandom>(linker, |s| s.wasi.random())?;
-    random::insecure_seed::add_to_linker::<GuestState, WasiRandom>(linker, |s| s.wasi.random())?;
+    random::random::add_to_linker::<GuestState, Fixed>(linker, |s| &mut s.random)?;
+    random::insecure::add_to_linker::<GuestState, Fixed>(linker, |s| &mut s.random)?;
+    random::insecure_seed::add_to_linker::<GuestState, Fixed>(linker, |s| &mut s.random)?;
     Ok(())
 }
 
@@ -173,7 +242,18 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
     limits: SandboxLimits,
+    /// Compiled components kept between starts (see [`Runtime::with_cache`]).
+    cache: Option<CompiledCache>,
     _ticker: Arc<()>,
+}
+
+/// A folder of compiled components: `<digest>-<engine and limits>.cwasm`.
+struct CompiledCache {
+    dir: std::path::PathBuf,
+    /// What else decides whether a compiled file fits this process: the
+    /// engine's configuration (wasmtime version, target, features) and the
+    /// sandbox limits the pooling allocator checked at compile time.
+    fingerprint: String,
 }
 
 impl Runtime {
@@ -206,8 +286,68 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             limits,
+            cache: None,
             _ticker: alive,
         })
+    }
+
+    /// The runtime of a host's settings: its sandbox limits and, if set,
+    /// its compiled-component cache.
+    pub fn from_settings(settings: &crate::settings::Settings) -> anyhow::Result<Self> {
+        let runtime = Runtime::new(settings.sandbox)?;
+        Ok(match &settings.components.compiled_cache {
+            Some(dir) if !dir.as_os_str().is_empty() => runtime.with_cache(dir),
+            _ => runtime,
+        })
+    }
+
+    /// Keeps compiled components in `dir` (made with mode 0700 if missing),
+    /// so a start or a reload of a component compiled before skips
+    /// compilation (about 0.5 s per component here). A file that does not
+    /// load is removed and the component compiled again.
+    pub fn with_cache(mut self, dir: &Path) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:?}", self.limits).hash(&mut hasher);
+        self.cache = Some(CompiledCache {
+            dir: dir.to_owned(),
+            fingerprint: format!("{:016x}", hasher.finish()),
+        });
+        self
+    }
+
+    /// Compiles `bytes`, or loads the compiled form from the cache.
+    fn compile(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
+        let Some(cache) = &self.cache else {
+            return Component::new(&self.engine, bytes);
+        };
+        let path = cache
+            .dir
+            .join(format!("{digest}-{}.cwasm", cache.fingerprint));
+        // Read into memory rather than mapped: a file changed on disk
+        // under a mapping would crash the process.
+        if let Ok(compiled) = std::fs::read(&path) {
+            // SAFETY: the bytes were written by `Component::serialize` of an
+            // engine with this configuration (the file's name holds the
+            // digest of the component and the engine's compatibility hash),
+            // in a folder only this user writes; wasmtime checks their
+            // header and the engine's compatibility again before using them.
+            match unsafe { Component::deserialize(&self.engine, &compiled) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "a cached compiled component does not load; compiling again");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Err(e) = store_compiled(&cache.dir, &path, &component) {
+            tracing::warn!(dir = %cache.dir.display(), error = %format!("{e:#}"), "could not cache a compiled component");
+        }
+        Ok(component)
     }
 
     pub fn limits(&self) -> SandboxLimits {
@@ -228,7 +368,7 @@ impl Runtime {
     /// version, and answer `describe()` sensibly.
     pub fn load(&self, bytes: &[u8], source: &str) -> Result<LoadedComponent, LoadError> {
         let digest = hex::encode(Sha256::digest(bytes));
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
+        let component = self.compile(bytes, &digest).map_err(|e| {
             // The pooling allocator checks a component's declared minimums
             // against its slots when it is compiled.
             if format!("{e:#}").contains("pooling allocator") {
@@ -277,6 +417,26 @@ impl Runtime {
     }
 }
 
+/// Writes a compiled component into the cache: to a temporary name, then
+/// renamed, so a concurrent start never reads half a file.
+fn store_compiled(dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    let bytes = component
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("serialising: {e:#}"))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// A compiled, validated component, ready to instantiate.
 pub struct LoadedComponent {
     /// What the component declared.
@@ -314,12 +474,7 @@ impl LoadedComponent {
 
     fn new_store(&self) -> Store<GuestState> {
         // Only its randomness is linked (see the module's header).
-        let wasi = WasiCtxBuilder::new()
-            .secure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
-            .insecure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
-            .insecure_random_seed(0)
-            .max_random_size(self.limits.max_host_call_bytes)
-            .build();
+        let random = FixedRandom::new(self.limits.max_host_call_bytes);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes())
             .instances(self.limits.max_instances)
@@ -328,7 +483,7 @@ impl LoadedComponent {
             .table_elements(self.limits.max_table_elements)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, GuestState { wasi, limits });
+        let mut store = Store::new(&self.engine, GuestState { random, limits });
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store

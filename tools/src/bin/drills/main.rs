@@ -562,24 +562,71 @@ async fn metric(url: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// Spawns the host of `run` as static member `instance` of its group, so a
+/// restart takes its partitions back at once.
+fn spawn_static(ctx: &Ctx, run: &Run, instance: &str) -> anyhow::Result<Proc> {
+    ctx.spawn_host_with(
+        &run.spec(false),
+        "kill9.log",
+        &[("PROJECTOR_INSTANCE_ID", instance)],
+    )
+}
+
+/// How long after `spawned` the host committed its first batch, if it did
+/// before `until` (its events counter starts at 0 in each process).
+async fn first_commit(run: &Run, spawned: Instant, until: Instant) -> Option<Duration> {
+    while Instant::now() < until {
+        if metric(&run.url(), "projector_events_total").await > 0.0 {
+            return Some(spawned.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
 async fn drill_kill9(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     let run = ctx.begin(ctx.components()).await?;
     let over = Duration::from_secs(if ctx.short { 6 } else { 15 });
     let producing = ctx.start_producing(&run, over)?;
-    let mut host = ctx.spawn_host(&run.spec(false), "kill9.log")?;
+    let instance = format!("{}-host", run.group);
+    let mut host = spawn_static(ctx, &run, &instance)?;
     let mut kills = 0;
+    let mut restarts = Vec::new();
+    let mut spawned = Instant::now();
     for _ in 0..5 {
-        let wait = ctx.rng.random_range(400..1600);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let wait = Duration::from_millis(ctx.rng.random_range(400..1600));
+        if let Some(t) = first_commit(&run, spawned, spawned + wait).await {
+            restarts.push(t);
+        }
+        tokio::time::sleep((spawned + wait).saturating_duration_since(Instant::now())).await;
         kill9(&mut host);
         kills += 1;
         let pause = ctx.rng.random_range(0..400);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        host = ctx.spawn_host(&run.spec(false), "kill9.log")?;
+        host = spawn_static(ctx, &run, &instance)?;
+        spawned = Instant::now();
     }
+    // The last restart, given all the time it needs.
+    let last = first_commit(&run, spawned, spawned + Duration::from_secs(30)).await;
     run.all_applied(producing).await?;
     sigterm(&mut host);
-    judge(ctx, "kill9", run, format!("({kills} kills with SIGKILL)")).await
+    let last = last.map_or("none (nothing was left)".to_owned(), |t| {
+        format!("{:.2} s", t.as_secs_f64())
+    });
+    let slowest = restarts
+        .iter()
+        .max()
+        .map_or("-".to_owned(), |t| format!("{:.2} s", t.as_secs_f64()));
+    judge(
+        ctx,
+        "kill9",
+        run,
+        format!(
+            "({kills} kills with SIGKILL; start to first commit: slowest {slowest} of {} measured before the next kill, after the last kill {last})",
+            restarts.len()
+        ),
+    )
+    .await
 }
 
 async fn drill_broker(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
