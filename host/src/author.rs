@@ -348,7 +348,7 @@ pub fn test(settings: &Settings, dir: &Path) -> anyhow::Result<usize> {
         })
         .rfind(|f| f.extension().is_some_and(|x| x == "wasm"))
         .context("the build produced no .wasm component")?;
-    let runtime = Runtime::from_settings(&settings)?;
+    let runtime = Runtime::from_settings(settings)?;
     let loaded = runtime
         .load_file(&wasm)
         .with_context(|| format!("{} refused", wasm.display()))?;

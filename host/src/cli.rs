@@ -33,7 +33,7 @@ pub fn run(settings: Settings, native: bool) -> anyhow::Result<ExitCode> {
 /// tables every component of the configured folder declares (as a host
 /// starting on that folder would, grants first), printing each change.
 pub fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::from_settings(&settings)?;
+    let runtime = Runtime::from_settings(settings)?;
     let files = crate::sandbox::registry::wasm_files(&settings.components.dir).unwrap_or_default();
     tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
@@ -89,7 +89,7 @@ pub fn check(
     against: Option<&str>,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::from_settings(&settings)?;
+    let runtime = Runtime::from_settings(settings)?;
     let rt = tokio_runtime()?;
     let database = match against {
         Some(url) => Some(rt.block_on(async {
@@ -169,7 +169,7 @@ pub fn schema_doc(
     write: Option<&Path>,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::from_settings(&settings)?;
+    let runtime = Runtime::from_settings(settings)?;
     let files = if files.is_empty() {
         crate::sandbox::registry::wasm_files(&settings.components.dir)?
     } else {
@@ -277,7 +277,7 @@ pub fn project(
     dir: Option<&Path>,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::from_settings(&settings)?;
+    let runtime = Runtime::from_settings(settings)?;
     let dir = dir.unwrap_or(&settings.components.dir);
     let mut components = std::collections::HashMap::new();
     let mut failed = 0;

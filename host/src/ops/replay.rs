@@ -61,7 +61,7 @@ pub fn tables_of(
     schema: &Schema,
     domain: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let runtime = Runtime::from_settings(&settings)?;
+    let runtime = Runtime::from_settings(settings)?;
     // The same admission as a running host: a declaration outside the
     // domain's grant is refused, so a replay never clears another domain's
     // tables.
