@@ -218,3 +218,22 @@ where
             .map_err(|e| ApiError::Validation(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_floats_read_as_the_integers_they_are() {
+        // A client (Python's json) may write an integer as `N.0`; near 2^51
+        // a best-effort float parse lands a quarter off and would be refused.
+        let mut v: Value =
+            serde_json::from_str(r#"{"a": 2251799813685247.0, "b": 3.0, "c": 1.5, "d": [7.0]}"#)
+                .unwrap();
+        whole_numbers(&mut v);
+        assert_eq!(
+            v,
+            json!({"a": 2251799813685247i64, "b": 3, "c": 1.5, "d": [7]})
+        );
+    }
+}
