@@ -88,6 +88,7 @@ pub fn check(
     settings: &Settings,
     against: Option<&str>,
     files: &[PathBuf],
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::from_settings(settings)?;
     let rt = tokio_runtime()?;
@@ -100,6 +101,7 @@ pub fn check(
         None => None,
     };
     let mut refused = 0;
+    let mut report = Vec::new();
     for file in files {
         let checked = runtime
             .load_file(file)
@@ -124,6 +126,29 @@ pub fn check(
                     _ => Ok((c, plan)),
                 }
             });
+        if json {
+            report.push(match &checked {
+                Ok((c, plan)) => serde_json::json!({
+                    "file": file,
+                    "ok": true,
+                    "domain": c.info.domain,
+                    "version": c.info.version,
+                    "digest": c.digest,
+                    "handles": c.info.handles,
+                    "writes": c.info.writes.iter().map(|t| serde_json::json!({
+                        "table": t.table,
+                        "columns": t.columns.len(),
+                    })).collect::<Vec<_>>(),
+                    "typed_tables": c.info.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                    "schema_plan": plan.as_ref().map(ToString::to_string),
+                }),
+                Err(e) => serde_json::json!({"file": file, "ok": false, "reason": e}),
+            });
+            if checked.is_err() {
+                refused += 1;
+            }
+            continue;
+        }
         match checked {
             Ok((c, plan)) => {
                 println!(
@@ -153,6 +178,9 @@ pub fn check(
     }
     if let Some((pool, _)) = database {
         rt.block_on(pool.close());
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(if refused == 0 {
         ExitCode::SUCCESS
@@ -418,23 +446,44 @@ pub fn publish(settings: &Settings, prefix: &str, files: &[PathBuf]) -> anyhow::
     })
 }
 
-/// `projector status`: what the projection holds and how far behind it is.
-pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
+/// What `projector status` reports.
+#[derive(serde::Serialize)]
+struct Status {
+    group: String,
+    /// Rows per projection table.
+    tables: std::collections::BTreeMap<String, i64>,
+    events_applied: i64,
+    partitions: Vec<PartitionStatus>,
+    total_lag: i64,
+}
+
+#[derive(serde::Serialize)]
+struct PartitionStatus {
+    topic: String,
+    partition: i32,
+    next_offset: i64,
+    log_end_offset: i64,
+    lag: i64,
+}
+
+/// `projector status [--json]`: what the projection holds and how far
+/// behind it is.
+pub fn status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    tokio_runtime()?.block_on(async {
+    let status = tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
-        println!("table                 rows");
+        let mut tables = std::collections::BTreeMap::new();
         for table in crate::sink::schema::PROJECTION_TABLES {
             let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))
                 .fetch_one(&pool)
                 .await?;
-            println!("{table:<20} {n:>6}");
+            tables.insert((*table).to_owned(), n);
         }
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
+        let events_applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
             .fetch_one(&pool)
             .await?;
-        println!("events applied       {applied:>6}");
         let stored = crate::sink::stored_offsets(&pool, &settings.kafka.group_id).await?;
+        pool.close().await;
         let mut config = rdkafka::ClientConfig::new();
         for (k, v) in settings.kafka.consumer_config() {
             config.set(k, v);
@@ -443,11 +492,7 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
         let metadata = consumer
             .fetch_metadata(None, std::time::Duration::from_secs(10))
             .context("Kafka metadata unavailable")?;
-        println!(
-            "\ntopic[partition]   next  end  lag   (group {})",
-            settings.kafka.group_id
-        );
-        let mut total = 0;
+        let mut partitions = Vec::new();
         for topic in metadata
             .topics()
             .iter()
@@ -461,17 +506,48 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
                     .get(&(topic.name().to_owned(), p.id()))
                     .copied()
                     .unwrap_or(0);
-                let lag = (high - next).max(0);
-                total += lag;
-                println!(
-                    "{:<16} {next:>6} {high:>4} {lag:>4}",
-                    format!("{}[{}]", topic.name(), p.id())
-                );
+                partitions.push(PartitionStatus {
+                    topic: topic.name().to_owned(),
+                    partition: p.id(),
+                    next_offset: next,
+                    log_end_offset: high,
+                    lag: (high - next).max(0),
+                });
             }
         }
-        println!("total lag {total}");
-        Ok(ExitCode::SUCCESS)
-    })
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        anyhow::Ok(Status {
+            group: settings.kafka.group_id.clone(),
+            tables,
+            events_applied,
+            total_lag: partitions.iter().map(|p| p.lag).sum(),
+            partitions,
+        })
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("table                 rows");
+    for (table, n) in &status.tables {
+        println!("{table:<20} {n:>6}");
+    }
+    println!("events applied       {:>6}", status.events_applied);
+    println!(
+        "\ntopic[partition]   next  end  lag   (group {})",
+        status.group
+    );
+    for p in &status.partitions {
+        println!(
+            "{:<16} {:>6} {:>4} {:>4}",
+            format!("{}[{}]", p.topic, p.partition),
+            p.next_offset,
+            p.log_end_offset,
+            p.lag
+        );
+    }
+    println!("total lag {}", status.total_lag);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `projector replay --domain D`: resets the domain and follows the rebuild.
@@ -548,23 +624,55 @@ pub fn prune(settings: &Settings, tombstone_days: u32) -> anyhow::Result<ExitCod
     })
 }
 
-/// `projector dlq list`.
-pub fn dlq_list(settings: &Settings, class: Option<&str>) -> anyhow::Result<ExitCode> {
+/// One dead letter as `projector dlq list --json` prints it.
+#[derive(serde::Serialize)]
+struct ListedLetter<'a> {
+    id: String,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    error_class: &'a str,
+    error: &'a str,
+    failed_at: chrono::DateTime<chrono::Utc>,
+    retry_count: u32,
+    redriven: bool,
+}
+
+/// `projector dlq list [--class C] [--json]`.
+pub fn dlq_list(settings: &Settings, class: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let letters = crate::dlq::redrive::read_letters(settings)?;
     let done = tokio_runtime()?.block_on(async {
         let pool = connect_mysql(&settings.mysql.url, 1).await?;
         crate::sink::migrate(&pool).await?;
         crate::dlq::redrive::redriven(&pool).await
     })?;
-    let mut shown = 0;
+    let selected: Vec<_> = letters
+        .iter()
+        .filter(|l| class.is_none_or(|c| c == l.error_class()))
+        .collect();
+    if json {
+        let listed: Vec<ListedLetter<'_>> = selected
+            .iter()
+            .map(|l| ListedLetter {
+                id: l.id(),
+                topic: &l.letter.topic,
+                partition: l.letter.partition,
+                offset: l.letter.offset,
+                error_class: l.error_class(),
+                error: &l.letter.error,
+                failed_at: l.letter.failed_at,
+                retry_count: l.letter.retry_count,
+                redriven: done.contains(&l.id()),
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&listed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<22} {:<22} {:<20} {:>5} {:<9} error",
         "id", "source", "class", "retry", "redriven"
     );
-    for l in letters
-        .iter()
-        .filter(|l| class.is_none_or(|c| c == l.error_class()))
-    {
+    for l in &selected {
         let (topic, partition, offset) = l.source();
         println!(
             "{:<22} {:<22} {:<20} {:>5} {:<9} {}",
@@ -575,16 +683,15 @@ pub fn dlq_list(settings: &Settings, class: Option<&str>) -> anyhow::Result<Exit
             if done.contains(&l.id()) { "yes" } else { "no" },
             clip(&l.letter.error, 80)
         );
-        shown += 1;
     }
-    println!("{shown} dead letters");
+    println!("{} dead letters", selected.len());
     Ok(ExitCode::SUCCESS)
 }
 
-/// `projector dlq show ID`.
-pub fn dlq_show(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
-    let letters = crate::dlq::redrive::read_letters(settings)?;
-    let Some(letter) = letters.iter().find(|l| l.id() == id) else {
+/// `projector dlq show ID [--json]`: the letter with its original parsed
+/// when it is JSON; exit 1 when there is no such letter.
+pub fn dlq_show(settings: &Settings, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(letter) = crate::dlq::redrive::read_letter(settings, id)? else {
         eprintln!("no dead letter {id} (see `projector dlq list`)");
         return Ok(ExitCode::FAILURE);
     };
@@ -594,7 +701,12 @@ pub fn dlq_show(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
     {
         value["original"] = parsed;
     }
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    value["id"] = serde_json::Value::String(letter.id());
+    if json {
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

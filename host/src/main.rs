@@ -3,21 +3,45 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use projector_host::{cli, settings::Settings};
+
+/// What `projector` exits with.
+const EXIT_CODES: &str = "Exit status:
+  0  success
+  1  the command ran and failed: a component refused, a letter not found,
+     a redrive that failed, a host or service that did not answer
+  2  usage or settings error (nothing was done)";
 
 #[derive(Parser)]
 #[command(
     name = "projector",
     version,
-    about = "WebAssembly-pluggable event projection host (Kafka -> MySQL)"
+    about = "WebAssembly-pluggable event projection host (Kafka -> MySQL)",
+    after_help = EXIT_CODES
 )]
 struct Args {
     /// Settings file (TOML); environment variables override it.
     #[arg(long, short, global = true, env = "PROJECTOR_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` (one object per
+    /// line) for log shippers. The level comes from RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        env = "PROJECTOR_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -42,7 +66,11 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Row counts of the projection, applied events, and lag per partition.
-    Status,
+    Status {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild one domain's tables from the start of its topic through the
     /// current component, while the running host keeps the other domains going.
     Replay {
@@ -83,6 +111,10 @@ enum Command {
         /// `.wasm` component files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// One JSON array, an object per file (`ok`, and the declaration or
+        /// the `reason`).
+        #[arg(long)]
+        json: bool,
     },
     /// Scaffold a projection component crate: one table, three event types,
     /// fixtures with their golden operations, a native test.
@@ -123,6 +155,15 @@ enum Command {
         /// `.wasm` component files (default: every one in the configured folder).
         files: Vec<PathBuf>,
     },
+    /// Print a shell completion script (e.g. `projector completions bash >
+    /// /etc/bash_completion.d/projector`).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (projector.1 and one per subcommand) into a folder.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Project envelope files (JSON) through the components of a folder and print the row operations.
     Project {
         /// Folder of `<domain>.wasm` components (default: the configured one).
@@ -141,11 +182,17 @@ enum DlqCommand {
         /// Only letters of this error class (e.g. invalid_event, guest_trap).
         #[arg(long)]
         class: Option<String>,
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Everything about one dead letter, its original included.
     Show {
         /// `<dlq topic>:<partition>:<offset>`, as `dlq list` prints it.
         id: String,
+        /// Compact JSON on one line (the default is indented).
+        #[arg(long)]
+        json: bool,
     },
     /// Send dead letters back to their source topic, through the components in force now.
     Redrive {
@@ -167,13 +214,41 @@ enum DlqCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let args = Args::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    // Generated from the definitions above, so they never drift from them.
+    match &args.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Args::command(),
+                "projector",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match man_pages(dir) {
+                Ok(n) => {
+                    println!("wrote {n} man pages into {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -188,7 +263,7 @@ fn main() -> ExitCode {
             topic_prefix,
             files,
         } => cli::publish(&settings, &topic_prefix, &files),
-        Command::Status => cli::status(&settings),
+        Command::Status { json } => cli::status(&settings, json),
         Command::Replay {
             domain,
             no_wait,
@@ -200,8 +275,8 @@ fn main() -> ExitCode {
             tombstone_days.unwrap_or(settings.prune.tombstone_days),
         ),
         Command::Dlq { command } => match command {
-            DlqCommand::List { class } => cli::dlq_list(&settings, class.as_deref()),
-            DlqCommand::Show { id } => cli::dlq_show(&settings, &id),
+            DlqCommand::List { class, json } => cli::dlq_list(&settings, class.as_deref(), json),
+            DlqCommand::Show { id, json } => cli::dlq_show(&settings, &id, json),
             DlqCommand::Redrive {
                 all,
                 class,
@@ -219,7 +294,12 @@ fn main() -> ExitCode {
                 dry_run,
             ),
         },
-        Command::Check { against, files } => cli::check(&settings, against.as_deref(), &files),
+        Command::Check {
+            against,
+            files,
+            json,
+        } => cli::check(&settings, against.as_deref(), &files, json),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("answered above"),
         Command::New { domain, dir, sdk } => cli::new(&domain, dir, &sdk),
         Command::Test { dir } => cli::test(&settings, &dir),
         Command::Deploy { file, url } => cli::deploy(&settings, &file, url.as_deref()),
@@ -235,4 +315,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `projector.1` and `projector-<sub>[-<sub>].1` for every
+/// subcommand into `dir`; returns how many.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fn write(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<usize> {
+        let cmd = cmd.name(name.to_owned());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(n)
+    }
+    let mut cmd = Args::command();
+    cmd.build();
+    write(cmd, "projector", dir)
 }

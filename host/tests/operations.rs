@@ -135,6 +135,21 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
         5.0
     );
     assert_eq!(sum(&m, "projector_dead_letters_total", ""), 0.0);
+    // Series a rate or increase() alert needs exist from the start, at 0.
+    for key in [
+        format!(
+            r#"projector_dead_letters_total{{error_class="guest_trap",topic="{}"}}"#,
+            topics.of("order.created")
+        ),
+        r#"projector_events_total{event_type="post.deleted",outcome="dead_lettered"}"#.to_owned(),
+        r#"projector_component_reloads_total{domain="product",outcome="refused"}"#.to_owned(),
+        format!(
+            r#"projector_log_gap_offsets_total{{partition="0",topic="{}"}}"#,
+            topics.of("user.created")
+        ),
+    ] {
+        assert_eq!(m.get(&key), Some(&0.0), "{key} is not exported at 0");
+    }
 
     let (code, page) = http_get(&format!("{url}/")).await;
     assert_eq!(code, 200);
@@ -145,9 +160,36 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
         &format!("{}[0]", topics.of("order.created")),
         "events/s",
         "Recent errors",
+        "<td>orders, order_items</td><td>orders, order_items</td>",
     ] {
         assert!(page.contains(needle), "status page lacks {needle:?}");
     }
+    // The charts: one line per domain, a point per monitor sample kept.
+    let (_, status) = http_get(&format!("{url}/status.json")).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let samples = status["observed"]["history"].as_array().unwrap().len();
+    assert!(samples >= 2, "{status}");
+    assert!(!page.contains("<script"), "the page runs no scripts");
+    for domain in ["user", "supplier", "product", "order", "post"] {
+        let line = page
+            .split(&format!("<polyline data-series=\"{domain}\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {domain} line in {page}"));
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        // The page may have been rendered a sample earlier than status.json.
+        let n = points.split(' ').count();
+        assert!(
+            n + 1 >= samples && n <= samples,
+            "{n} points, {samples} samples"
+        );
+    }
+    assert!(page.contains("Total lag"), "{page}");
     host.stop().await;
 
     // Events arrive while no host consumes: a monitor of the group reports
@@ -169,6 +211,7 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
             shared: shared.clone(),
             reloader: None,
             token: None,
+            settings: None,
         },
     )
     .await
@@ -544,6 +587,51 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
     assert!(ok, "{listing}");
     assert!(listing.contains("8 dead letters"), "{listing}");
 
+    // For scripts: the same letters as JSON, in the topic's order, each
+    // shown alone by its id, and linked from the status page.
+    let (ok, listed) = cli(&["dlq", "list", "--json"]);
+    assert!(ok, "{listed}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).expect(&listed);
+    let listed_classes: Vec<&str> = listed
+        .iter()
+        .map(|l| l["error_class"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_classes, classes);
+    let (_, page) = http_get(&format!("{url}/")).await;
+    for (l, (letter, _)) in listed.iter().zip(&letters) {
+        let id = l["id"].as_str().unwrap();
+        assert_eq!(l["offset"], letter["offset"], "{l}");
+        assert_eq!(l["redriven"], false);
+        let (ok, shown) = cli(&["dlq", "show", "--json", id]);
+        assert!(ok, "{shown}");
+        let shown: serde_json::Value = serde_json::from_str(&shown).expect(&shown);
+        assert_eq!(shown["id"], id);
+        assert_eq!(shown["error"], letter["error"]);
+        assert!(
+            page.contains(&format!("href=\"/dead-letters/{id}\"")),
+            "the status page links {id}"
+        );
+        let (code, shown) = http_get(&format!("{url}/dead-letters/{id}")).await;
+        assert_eq!(code, 200, "{shown}");
+        assert!(
+            shown.contains(&format!("class {}", l["error_class"].as_str().unwrap())),
+            "{shown}"
+        );
+    }
+    let missing = format!("dlq.{topic}:0:999999");
+    assert_eq!(
+        http_get(&format!("{url}/dead-letters/{missing}")).await.0,
+        404
+    );
+    let (ok, out) = cli(&["dlq", "show", &missing]);
+    assert!(!ok && out.contains("no dead letter"), "{out}");
+    assert_eq!(
+        http_get(&format!("{url}/dead-letters/other.topic:0:1"))
+            .await
+            .0,
+        400
+    );
+
     // Fix the causes: the real user component, a wider column.
     install_file(
         &dir.path().join("user.wasm"),
@@ -680,12 +768,27 @@ async fn reload_needs_the_admin_token_and_the_status_page_escapes_payload_text()
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // So does the letter's own page, its original included.
+    let link = page
+        .split("href=\"/dead-letters/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no dead-letter link in {page}"))
+        .to_owned();
+    let (code, letter) = http_get(&format!("{url}/dead-letters/{link}")).await;
     host.stop().await;
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{page}"
     );
     assert!(!page.contains("<script>alert(1)"), "{page}");
+    assert_eq!(code, 200, "{letter}");
+    assert!(letter.contains("class invalid_envelope"), "{letter}");
+    assert!(
+        letter.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{letter}"
+    );
+    assert!(!letter.contains("<script>"), "{letter}");
     db.drop_db().await;
 }
 

@@ -30,6 +30,27 @@ pub const MAX_KEY: usize = 1024;
 /// and the broker's default `max.message.bytes` (1,048,588).
 pub const DEFAULT_BUDGET: usize = 900_000;
 
+/// Every class a dead letter can have (the `error_class` field, the
+/// `x-error-class` header, the `error_class` label of
+/// `projector_dead_letters_total`). The host creates each class's series at
+/// zero for every topic, and refuses (in debug builds) to count a class
+/// missing here.
+pub const CLASSES: [&str; 13] = [
+    "too_large",
+    "invalid_envelope",
+    "unknown_event_type",
+    "invalid_event",
+    "unsupported",
+    "guest_error",
+    "guest_trap",
+    "guest_output_too_large",
+    "guest_instantiate",
+    "disallowed_op",
+    "invalid_op",
+    "rejected_by_database",
+    "unclassified",
+];
+
 /// A permanent failure of one event: why it is dead-lettered.
 #[derive(Debug, Clone)]
 pub struct Failure {

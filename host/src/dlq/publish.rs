@@ -84,12 +84,14 @@ impl Publisher {
     }
 
     /// Publishes one letter per `(index into messages, failure)` to
-    /// `dlq.<source topic>` and returns once the broker acknowledged them all.
+    /// `dlq.<source topic>` and returns once the broker acknowledged them all,
+    /// with each letter's id (`<dlq topic>:<partition>:<offset>`, as `projector
+    /// dlq` names it), in the order of `failed`.
     pub async fn send(
         &self,
         messages: &[OwnedMessage],
         failed: &[(usize, Failure)],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<String>> {
         let mut pending = Vec::with_capacity(failed.len());
         for (index, failure) in failed {
             let m = &messages[*index];
@@ -135,10 +137,16 @@ impl Publisher {
                 self.producer.send(record, Duration::from_secs(30))
             })
             .collect();
-        for send in sends {
-            send.await
+        let mut ids = Vec::with_capacity(sends.len());
+        for (send, (topic, ..)) in sends.into_iter().zip(&pending) {
+            let delivery = send
+                .await
                 .map_err(|(e, _)| anyhow::anyhow!("dead-letter topic unavailable: {e}"))?;
+            ids.push(format!(
+                "{topic}:{}:{}",
+                delivery.partition, delivery.offset
+            ));
         }
-        Ok(())
+        Ok(ids)
     }
 }

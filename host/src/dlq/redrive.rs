@@ -167,6 +167,54 @@ pub fn read_letters(settings: &Settings) -> anyhow::Result<Vec<Letter>> {
     Ok(letters)
 }
 
+/// The letter `id` (`<dlq topic>:<partition>:<offset>`), or none when the
+/// topic holds no message there (never written, or deleted by retention).
+/// Only dead-letter topics of the configured topics are read.
+pub fn read_letter(settings: &Settings, id: &str) -> anyhow::Result<Option<Letter>> {
+    let mut parts = id.rsplitn(3, ':');
+    let (Some(offset), Some(partition), Some(topic)) = (parts.next(), parts.next(), parts.next())
+    else {
+        anyhow::bail!("{id:?} is not a dead-letter id (<dlq topic>:<partition>:<offset>)");
+    };
+    let (Ok(partition), Ok(offset)) = (partition.parse::<i32>(), offset.parse::<i64>()) else {
+        anyhow::bail!("{id:?} is not a dead-letter id (<dlq topic>:<partition>:<offset>)");
+    };
+    if !dlq_topics(settings).iter().any(|t| t == topic) {
+        anyhow::bail!("{topic:?} is not a dead-letter topic of this host's topics");
+    }
+    let consumer = client(settings)?;
+    let timeout = Duration::from_secs(10);
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .with_context(|| format!("watermarks of {topic}[{partition}]"))?;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.context("reading a dead-letter topic")?;
+        // A compacted or transactional log may skip the offset asked for.
+        if m.offset() != offset {
+            return Ok(None);
+        }
+        let letter = serde_json::from_slice(m.payload().unwrap_or_default())
+            .unwrap_or_else(|e| foreign_letter(&m, e.to_string()));
+        return Ok(Some(Letter {
+            dlq_topic: topic.to_owned(),
+            partition,
+            offset,
+            letter,
+        }));
+    }
+    anyhow::bail!("timed out reading {id}")
+}
+
 /// Ids of letters already redriven.
 pub async fn redriven(pool: &MySqlPool) -> anyhow::Result<HashSet<String>> {
     let rows = sqlx::query("SELECT dlq_topic, `partition`, `offset` FROM dlq_redrives")

@@ -3,11 +3,12 @@
 //!
 //! | route                     | what                                              |
 //! |---------------------------|---------------------------------------------------|
-//! | `GET /`                   | status page (HTML, refreshes itself every 2 s)    |
+//! | `GET /`                   | status page (HTML, refreshes itself every 2 s): charts of the last 15 minutes, components, lag, dead letters |
 //! | `GET /health/live`        | 200 while the process serves                      |
 //! | `GET /health/ready`       | 200 or 503, JSON with every check and the reasons |
 //! | `GET /metrics`            | Prometheus text format                            |
 //! | `GET /status.json`        | what the status page shows, as JSON               |
+//! | `GET /dead-letters/{id}`  | one dead letter, read back from its topic         |
 //! | `POST /projections/reload`| reload changed components now; 200, or 422 if any was refused |
 //! | `POST /projections/deploy`| body: a component; validated, written into the folder and swapped in (200), or refused (422) |
 //!
@@ -30,6 +31,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use super::chart::{self, Series, esc};
 use super::lag::LagStatus;
 use super::state::{Check, Shared};
 use crate::sandbox::Reloader;
@@ -40,6 +42,9 @@ pub struct Admin {
     pub reloader: Option<Arc<Reloader>>,
     /// SHA-256 of the admin token; none: mutating routes are refused.
     pub token: Option<[u8; 32]>,
+    /// Where `GET /dead-letters/{id}` reads letters back from; none: it
+    /// answers 404.
+    pub settings: Option<Arc<crate::settings::Settings>>,
 }
 
 impl Admin {
@@ -86,6 +91,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/status.json", get(status))
+        .route("/dead-letters/{id}", get(dead_letter))
         .route("/projections/reload", post(reload))
         .route(
             "/projections/deploy",
@@ -246,13 +252,6 @@ async fn deploy(
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn badge(status: LagStatus) -> String {
     let colour = match status {
         LagStatus::Ok => "#2e7d32",
@@ -266,22 +265,67 @@ fn badge(status: LagStatus) -> String {
     )
 }
 
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;max-width:72em}\
+     table{border-collapse:collapse;margin:.5em 0 1.5em}\
+     td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left;vertical-align:top}\
+     td.n{text-align:right;font-variant-numeric:tabular-nums}\
+     .b{color:#fff;padding:.1em .5em;border-radius:.3em;font-weight:600}\
+     code,pre{font-size:12px}pre{background:#f6f6f6;padding:1em;overflow:auto}\
+     .charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{margin:0}\
+     figcaption{font-weight:600;margin-bottom:.3em}\
+     .legend span{margin-right:1em;font-size:12px}\
+     .legend i{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:middle}";
+
+fn head(title: &str, refresh: bool) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8>{}<title>{}</title><style>{STYLE}</style></head><body>",
+        if refresh {
+            "<meta http-equiv=refresh content=2>"
+        } else {
+            ""
+        },
+        esc(title)
+    )
+}
+
+/// The last [`HISTORY`](super::state::HISTORY) as two charts: events
+/// applied per second per domain, and the total lag.
+fn charts(o: &super::state::Observed) -> String {
+    let now = chrono::Utc::now();
+    let span = super::state::HISTORY;
+    let domains: std::collections::BTreeSet<&String> =
+        o.history.iter().flat_map(|s| s.rates.keys()).collect();
+    let rates: Vec<Series<'_>> = domains
+        .iter()
+        .map(|d| Series {
+            name: d.as_str(),
+            points: o
+                .history
+                .iter()
+                .map(|s| (s.at, s.rates.get(*d).copied().unwrap_or(0.0)))
+                .collect(),
+        })
+        .collect();
+    let lag = [Series {
+        name: "total lag",
+        points: o
+            .history
+            .iter()
+            .map(|s| (s.at, s.total_lag as f64))
+            .collect(),
+    }];
+    format!(
+        "<div class=charts>{}{}</div>",
+        chart::render("Events applied per second", "events/s", &rates, now, span),
+        chart::render("Total lag", "events", &lag, now, span)
+    )
+}
+
 async fn page(State(admin): State<Admin>) -> Html<String> {
     let shared = &admin.shared;
     let o = shared.observed();
     let reasons = shared.not_ready_reasons();
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
-         <title>projector</title><style>\
-         body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}\
-         table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
-         td,th{{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left}}\
-         td.n{{text-align:right;font-variant-numeric:tabular-nums}}\
-         .b{{color:#fff;padding:.1em .5em;border-radius:.3em;font-weight:600}}\
-         code{{font-size:12px}}</style></head><body>"
-    );
+    let mut h = head("projector", true);
     let state = if reasons.is_empty() {
         "<span class=b style=\"background:#2e7d32\">READY</span>".to_owned()
     } else {
@@ -310,16 +354,21 @@ async fn page(State(admin): State<Admin>) -> Html<String> {
         }
         h.push_str("</ul>");
     }
-    h.push_str("<h2>Projections</h2><table><tr><th>domain</th><th>version</th><th>digest</th><th>events/s</th><th>applied</th></tr>");
+    h.push_str("<h2>The last 15 minutes</h2>");
+    h.push_str(&charts(&o));
+    h.push_str("<h2>Projections</h2><table><tr><th>domain</th><th>version</th><th>digest</th><th>events/s</th><th>applied</th><th>writes</th><th>granted</th></tr>");
     for c in shared.components() {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td class=n>{:.1}</td><td class=n>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code title=\"{}\">{}</code></td><td class=n>{:.1}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&c.domain),
             esc(&c.version),
+            esc(&c.digest),
             esc(&c.digest[..c.digest.len().min(12)]),
             o.rates.get(&c.domain).copied().unwrap_or(0.0),
-            o.applied.get(&c.domain).copied().unwrap_or(0)
+            o.applied.get(&c.domain).copied().unwrap_or(0),
+            esc(&c.writes.join(", ")),
+            esc(&c.granted.join(", "))
         );
     }
     h.push_str("</table><h2>Lag per partition</h2><table><tr><th>topic[partition]</th><th>next offset</th><th>log end</th><th>lag</th><th>status</th></tr>");
@@ -335,9 +384,52 @@ async fn page(State(admin): State<Admin>) -> Html<String> {
             badge(p.status)
         );
     }
+    h.push_str("</table><h2>Dead letters</h2>");
+    let by_class = shared.metrics.dead_letters_by_class();
+    if by_class.is_empty() {
+        h.push_str("<p>none since start</p>");
+    } else {
+        h.push_str("<table><tr><th>class</th><th>since start</th><th>latest</th></tr>");
+        for (class, n) in &by_class {
+            let latest = o
+                .recent_letters
+                .iter()
+                .rev()
+                .filter(|l| &l.class == class)
+                .take(5)
+                .map(|l| {
+                    format!(
+                        "<a href=\"/dead-letters/{}\">{}</a>",
+                        esc(&l.id),
+                        esc(&l.source)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=n>{n}</td><td>{latest}</td></tr>",
+                esc(class)
+            );
+        }
+        h.push_str("</table><table><tr><th>at</th><th>letter</th><th>class</th><th>event</th><th>error</th></tr>");
+        for l in o.recent_letters.iter().rev() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td><a href=\"/dead-letters/{}\">{}</a></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                l.at.format("%H:%M:%S"),
+                esc(&l.id),
+                esc(&l.id),
+                esc(&l.class),
+                esc(&l.source),
+                esc(&l.error)
+            );
+        }
+        h.push_str("</table>");
+    }
     let _ = write!(
         h,
-        "</table><h2>Dependencies</h2><table><tr><td>MySQL</td><td>{}</td></tr><tr><td>Kafka</td><td>{}</td></tr></table>",
+        "<h2>Dependencies</h2><table><tr><td>MySQL</td><td>{}</td></tr><tr><td>Kafka</td><td>{}</td></tr></table>",
         check(&o.mysql),
         check(&o.kafka)
     );
@@ -359,6 +451,70 @@ async fn page(State(admin): State<Admin>) -> Html<String> {
     }
     h.push_str("<p><a href=/metrics>/metrics</a> · <a href=/health/ready>/health/ready</a> · <a href=/status.json>/status.json</a></p></body></html>");
     Html(h)
+}
+
+/// `GET /dead-letters/{id}`: one dead letter read back from its topic,
+/// its original parsed when it is JSON; 404 when the topic holds none there.
+async fn dead_letter(
+    State(admin): State<Admin>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Some(settings) = admin.settings.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html("dead letters are not readable here".to_owned()),
+        )
+            .into_response();
+    };
+    let wanted = id.clone();
+    let read =
+        tokio::task::spawn_blocking(move || crate::dlq::redrive::read_letter(&settings, &wanted))
+            .await;
+    let (code, body) = match read {
+        Ok(Ok(Some(letter))) => {
+            let mut value = serde_json::to_value(&letter.letter).unwrap_or_default();
+            if let Some(original) = value.get("original").and_then(|o| o.as_str())
+                && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(original)
+                && let Some(slot) = value.get_mut("original")
+            {
+                *slot = parsed;
+            }
+            let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+            (
+                StatusCode::OK,
+                format!(
+                    "<h1>Dead letter <code>{}</code></h1><p>class {} · redrive with <code>projector dlq redrive {}</code></p><pre>{}</pre>",
+                    esc(&id),
+                    esc(letter.error_class()),
+                    esc(&id),
+                    esc(&text)
+                ),
+            )
+        }
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "<h1>No dead letter <code>{}</code></h1><p>retention may have deleted it</p>",
+                esc(&id)
+            ),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "<h1>Cannot read <code>{}</code></h1><p>{}</p>",
+                esc(&id),
+                esc(&format!("{e:#}"))
+            ),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("<p>{}</p>", esc(&e.to_string())),
+        ),
+    };
+    let mut h = head(&format!("dead letter {id}"), false);
+    h.push_str(&body);
+    h.push_str("<p><a href=/>status page</a></p></body></html>");
+    (code, Html(h)).into_response()
 }
 
 fn check(c: &Check) -> String {

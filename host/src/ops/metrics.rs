@@ -24,6 +24,9 @@ pub struct Metrics {
     pub batch_events: Histogram,
     /// `projector_batch_duration_seconds`: project + commit of one batch.
     pub batch_seconds: Histogram,
+    /// `projector_batch_commit_duration_seconds`: the MySQL transaction of
+    /// one batch (positions check, rows, bookkeeping, commit).
+    pub batch_commit_seconds: Histogram,
     /// `projector_guest_call_duration_seconds{domain}`: one `project` call.
     pub guest_call_seconds: HistogramVec,
     /// `projector_end_to_end_latency_seconds`: envelope timestamp to commit.
@@ -120,6 +123,13 @@ impl Metrics {
                 HistogramOpts::new(
                     "projector_batch_duration_seconds",
                     "Time to project and commit one batch."
+                )
+                .buckets(seconds_buckets())
+            )),
+            batch_commit_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "projector_batch_commit_duration_seconds",
+                    "Time of one batch's MySQL transaction, commit included."
                 )
                 .buckets(seconds_buckets())
             )),
@@ -222,6 +232,27 @@ impl Metrics {
         }
     }
 
+    /// Creates the series a host will count, at zero, so that rates and
+    /// `increase()` see their first increment (a series born at 1 has no
+    /// earlier sample to differ from): every outcome of every event type
+    /// the components handle, and every dead-letter class of every topic.
+    pub fn init_series<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+        event_types: impl IntoIterator<Item = &'a str>,
+    ) {
+        for event_type in event_types {
+            for outcome in ["applied", "duplicate", "dead_lettered"] {
+                self.events.with_label_values(&[event_type, outcome]);
+            }
+        }
+        for topic in topics {
+            for class in crate::dlq::CLASSES {
+                self.dead_letters.with_label_values(&[topic, class]);
+            }
+        }
+    }
+
     /// Events applied now (not skipped as duplicates).
     pub fn applied_total(&self) -> u64 {
         self.events_by_outcome("applied").values().sum()
@@ -240,6 +271,26 @@ impl Metrics {
             .flat_map(|f| f.get_metric())
             .map(|m| m.get_counter().get_value() as u64)
             .sum()
+    }
+
+    /// Dead letters sent per error class (classes with none left out).
+    pub fn dead_letters_by_class(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for family in self.dead_letters.collect() {
+            for m in family.get_metric() {
+                let n = m.get_counter().get_value() as u64;
+                let class = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "error_class")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                if n > 0 {
+                    *out.entry(class).or_insert(0) += n;
+                }
+            }
+        }
+        out
     }
 
     /// Batches committed.

@@ -6,6 +6,7 @@
 //! [`state::Shared`] and [`metrics::Metrics`], and ops read them.
 
 pub mod admin;
+pub mod chart;
 pub mod lag;
 pub mod metrics;
 pub mod monitor;

@@ -124,6 +124,8 @@ impl Monitor {
                     total += lag;
                     let labels = [topic.as_str(), &partition.to_string()];
                     metrics.lag.with_label_values(&labels).set(lag);
+                    // At zero until a gap: `increase()` then sees the first one.
+                    metrics.log_gap_offsets.with_label_values(&labels);
                     metrics.next_offset.with_label_values(&labels).set(next);
                     metrics.log_end_offset.with_label_values(&labels).set(*high);
                     metrics
@@ -159,6 +161,12 @@ impl Monitor {
                     })
                     .collect();
                 o.rates = rates;
+                let sample = super::state::Sample {
+                    at: now,
+                    rates: o.rates.clone(),
+                    total_lag: o.total_lag,
+                };
+                Shared::push_sample(&mut o, sample, shared.history_len());
             }
             o.rate_base = Some((instant, applied));
         }

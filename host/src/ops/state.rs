@@ -19,6 +19,33 @@ use crate::settings::Settings;
 /// Most recent errors kept for the status page.
 const RECENT_ERRORS: usize = 20;
 
+/// Most recent dead letters kept for the status page.
+const RECENT_LETTERS: usize = 50;
+
+/// How far back the status page's charts go.
+pub const HISTORY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// One monitor sample kept for the charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub at: DateTime<Utc>,
+    /// Events applied per second per domain since the previous sample.
+    pub rates: BTreeMap<String, f64>,
+    pub total_lag: i64,
+}
+
+/// A dead letter this host sent, as the status page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentLetter {
+    /// `<dlq topic>:<partition>:<offset>`, as `projector dlq show` takes it.
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub class: String,
+    /// `<topic>[<partition>]@<offset>` of the event.
+    pub source: String,
+    pub error: String,
+}
+
 /// The result of one dependency check.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Check {
@@ -58,6 +85,10 @@ pub struct Observed {
     pub log_gaps: u64,
     pub log_gap_offsets: u64,
     pub recent_errors: VecDeque<RecentError>,
+    /// The dead letters this host sent, newest last.
+    pub recent_letters: VecDeque<RecentLetter>,
+    /// The monitor's samples of the last [`HISTORY`], oldest first.
+    pub history: VecDeque<Sample>,
     #[serde(skip)]
     pub(super) rate_base: Option<(Instant, BTreeMap<String, u64>)>,
 }
@@ -69,6 +100,10 @@ pub struct ComponentView {
     pub version: String,
     pub digest: String,
     pub handles: Vec<String>,
+    /// The tables it declares it writes.
+    pub writes: Vec<String>,
+    /// The tables the settings grant its domain.
+    pub granted: Vec<String>,
 }
 
 /// State shared by the pipeline, the monitor, the reloader and the admin
@@ -83,6 +118,9 @@ pub struct Shared {
     pub admin_addr: OnceLock<std::net::SocketAddr>,
     /// Where the read-only listener (`admin.metrics_listen`) is bound.
     pub metrics_addr: OnceLock<std::net::SocketAddr>,
+    pub grants: crate::settings::Grants,
+    /// Samples kept for the charts: [`HISTORY`] at the monitor's interval.
+    history_len: usize,
     observed: Mutex<Observed>,
 }
 
@@ -96,6 +134,11 @@ impl Shared {
             started_at: Utc::now(),
             admin_addr: OnceLock::new(),
             metrics_addr: OnceLock::new(),
+            grants: settings.grants.clone(),
+            history_len: (HISTORY.as_secs_f64()
+                / settings.admin.lag_interval.as_secs_f64().max(0.05))
+            .ceil()
+            .clamp(2.0, 20_000.0) as usize,
             observed: Mutex::new(Observed::default()),
         };
         shared.components_changed();
@@ -123,19 +166,67 @@ impl Shared {
                 version: p.info().version.clone(),
                 digest: p.digest().to_owned(),
                 handles: p.info().handles.clone(),
+                writes: p.info().writes.iter().map(|t| t.table.clone()).collect(),
+                granted: self.grants.0.get(domain).cloned().unwrap_or_default(),
             })
             .collect()
     }
 
-    /// Refreshes `projector_component_info` after a (re)load.
+    /// Refreshes `projector_component_info` after a (re)load, and creates
+    /// the counters of the event types it handles at zero.
     pub fn components_changed(&self) {
         self.metrics.component_info.reset();
-        for c in self.components() {
+        let components = self.components();
+        for c in &components {
             self.metrics
                 .component_info
                 .with_label_values(&[&c.domain, &c.version, &c.digest])
                 .set(1);
         }
+        self.metrics.init_series(
+            self.topics.iter().map(String::as_str),
+            components
+                .iter()
+                .flat_map(|c| c.handles.iter().map(String::as_str)),
+        );
+        for domain in self
+            .grants
+            .0
+            .keys()
+            .chain(components.iter().map(|c| &c.domain))
+        {
+            for outcome in ["loaded", "refused"] {
+                self.metrics.reloads.with_label_values(&[domain, outcome]);
+            }
+        }
+    }
+
+    /// Keeps a monitor sample for the charts, dropping those older than
+    /// [`HISTORY`].
+    pub(super) fn push_sample(o: &mut Observed, sample: Sample, len: usize) {
+        o.history.push_back(sample);
+        while o.history.len() > len {
+            o.history.pop_front();
+        }
+    }
+
+    pub(super) fn history_len(&self) -> usize {
+        self.history_len
+    }
+
+    /// Records a dead letter this host sent.
+    pub fn record_letter(&self, id: String, class: &str, source: String, error: &str) {
+        let mut o = self.lock();
+        if o.recent_letters.len() == RECENT_LETTERS {
+            o.recent_letters.pop_front();
+        }
+        o.recent_letters.push_back(RecentLetter {
+            id,
+            at: Utc::now(),
+            class: class.to_owned(),
+            source,
+            error: error.chars().take(500).collect(),
+        });
     }
 
     pub fn record_error(&self, kind: &str, message: impl Into<String>) {

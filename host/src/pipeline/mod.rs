@@ -275,6 +275,7 @@ impl Host {
             shared: self.shared.clone(),
             reloader: reloader.clone(),
             token: self.settings.admin.token()?.as_deref().map(Admin::digest),
+            settings: Some(Arc::new(self.settings.clone())),
         };
         if let Some(addr) = self.settings.admin.metrics_listen {
             tasks.push(admin::serve_read_only(addr, admin.clone()).await?.1);

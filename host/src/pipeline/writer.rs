@@ -115,6 +115,10 @@ impl Writer {
                 outcome
             }
         };
+        self.shared
+            .metrics
+            .batch_commit_seconds
+            .observe(commit_started.elapsed().as_secs_f64());
         self.observe_batch(&p.applied, &outcome, &refused, p.started);
         tracing::debug!(
             messages = p.messages.len(),
@@ -305,9 +309,14 @@ impl Writer {
         if failed.is_empty() {
             return Ok(());
         }
-        self.dlq.send(messages, failed).await?;
-        for (index, failure) in failed {
+        let ids = self.dlq.send(messages, failed).await?;
+        for ((index, failure), id) in failed.iter().zip(ids) {
             let m = &messages[*index];
+            debug_assert!(
+                crate::dlq::CLASSES.contains(&failure.class),
+                "dead-letter class {:?} is missing from dlq::CLASSES",
+                failure.class
+            );
             self.shared
                 .metrics
                 .dead_letters
@@ -321,16 +330,11 @@ impl Writer {
                     .with_label_values(&[envelope.event_type.as_str(), "dead_lettered"])
                     .inc();
             }
-            self.shared.record_error(
-                failure.class,
-                format!(
-                    "{}[{}]@{}: {}",
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    failure.message
-                ),
-            );
+            let source = format!("{}[{}]@{}", m.topic(), m.partition(), m.offset());
+            self.shared
+                .record_error(failure.class, format!("{source}: {}", failure.message));
+            self.shared
+                .record_letter(id, failure.class, source, &failure.message);
         }
         Ok(())
     }
