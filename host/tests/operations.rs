@@ -234,6 +234,37 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
         total += lag;
     }
     assert!(total > 0, "the tool saw lag");
+    // `projector status --json` says the same, and counts what MySQL holds.
+    let (ok, out) = projector(
+        &db.url,
+        &topics,
+        &group,
+        &components_dir(),
+        &["status", "--json"],
+    );
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    for ((topic, partition), (end, lag)) in &tool {
+        let p = status["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["topic"] == topic.as_str() && p["partition"] == *partition)
+            .unwrap_or_else(|| panic!("{topic}[{partition}] missing from {status}"));
+        assert_eq!(
+            (&p["log_end_offset"], &p["lag"]),
+            (&json!(end), &json!(lag))
+        );
+    }
+    for table in ["users", "orders", "order_items", "posts"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(status["tables"][table], n, "{table}");
+    }
+    assert_eq!(status["events_applied"], first.len());
+    assert_eq!(status["group"], group.as_str());
     // Partitions the tool prints as `-` (never committed) are lag too.
     assert_eq!(
         sum(&m, "projector_partition_lag{", &topics.prefix),

@@ -80,7 +80,7 @@ pub fn render(
         LEFT + plot_w,
         LEFT - 4.0,
         TOP + 8.0,
-        esc(&format!("{} {unit}", number(top))),
+        esc(&number(top)),
         LEFT - 4.0,
         HEIGHT - 4.0,
         (span_secs / 60.0).round(),
@@ -105,7 +105,7 @@ pub fn render(
             points.join(" ")
         );
     }
-    svg.push_str("</svg><div class=legend>");
+    let _ = write!(svg, "</svg><div class=legend><span>{}:</span>", esc(unit));
     for (i, s) in series.iter().enumerate() {
         let last = s.points.last().map_or(0.0, |p| p.1);
         let _ = write!(
@@ -172,7 +172,7 @@ mod tests {
             LEFT + plot_w
         );
         assert!(svg.contains(&expected), "{expected} not in {svg}");
-        assert!(svg.contains(">100 events/s<"), "{svg}");
+        assert!(svg.contains(">100</text>"), "the axis top is 100: {svg}");
     }
 
     #[test]
