@@ -7,9 +7,18 @@
 //! 2. Runs every mode `--runs` times (3 by default) in rotated order (round
 //!    r starts with mode r), each run on a fresh database and group:
 //!    - raw Kafka consume: the N messages read and their envelopes decoded;
-//!    - MySQL ceiling: the row writes of the N events (flattened beforehand,
-//!      untimed) executed with the sink's multi-row statements in
-//!      5,000-event transactions: no Kafka, JSON, WASM or bookkeeping;
+//!    - executor ceiling: the row writes of the N events (flattened
+//!      beforehand, untimed) executed with the sink's multi-row guarded
+//!      statements in 5,000-event transactions: no Kafka, JSON, WASM or
+//!      bookkeeping;
+//!    - plain ceiling: the final row images of the N events written with
+//!      plain multi-row upserts in 10,000-row transactions (tables must
+//!      equal the executor's);
+//!    - the seed design: the M events one at a time from Kafka, the seed's
+//!      statements, a commit per statement, no bookkeeping;
+//!    - the default host as one and as two processes in one group, and
+//!      killed with SIGKILL a third of the way and restarted (time from the
+//!      restart to its first commit);
 //!    - the host (`projector run`, a child process) per-event (batch 1, on
 //!      the first M events), batched with the WASM components (the
 //!      default), batched with the flattening compiled in (`--native`), and
@@ -367,16 +376,11 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<R
     })
 }
 
-/// MySQL ceiling: the stream's row writes without Kafka, JSON, WASM or
-/// bookkeeping, in 5,000-event transactions.
-async fn mysql_ceiling(
-    ctx: &Ctx,
-    seed: u64,
-    n: usize,
-    tag: &str,
-    round: usize,
-) -> anyhow::Result<RunResult> {
-    let (name, _url, pool) = ctx.fresh_db(&format!("{tag}{round}")).await?;
+/// Writes the row operations of the first `n` events of `seed` into the
+/// fresh database of `pool` with the executor's statements (the sink's
+/// multi-row, guarded writes) in 5,000-event transactions; returns the time
+/// spent in SQL (generating and flattening are not timed).
+async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<Duration> {
     projector_host::sink::migrate_with_builtin_tables(&pool).await?;
     let schema = projector_host::sink::Schema::load(&pool).await?;
     let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
@@ -425,7 +429,288 @@ async fn mysql_ceiling(
         timed += started.elapsed();
         done += chunk;
     }
+    Ok(timed)
+}
+
+/// Plain ceiling: the final row images of the `n` events (made untimed by
+/// the executor in a scratch database, read back as SQL literals) written
+/// into a fresh database with plain multi-row `INSERT … ON DUPLICATE KEY
+/// UPDATE col = VALUES(col)`, 1,000 rows a statement, 10,000 rows a
+/// transaction: no guards, no bookkeeping, no per-event work. The fastest
+/// way found here to make MariaDB hold these tables; its tables must equal
+/// the executor's.
+async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::Result<RunResult> {
+    let (src_name, _, src) = ctx.fresh_db(&format!("plainsrc{round}")).await?;
+    executor_fill(&src, seed, n).await?;
+    let want = projector_tools::snapshot::checksum(&src).await?;
+    // Row images, parents first, as `(lit, lit, …)` tuples.
+    let mut images: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for table in projector_tools::snapshot::TABLES {
+        let cols: Vec<String> = sqlx::query_scalar(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
+        )
+        .bind(table)
+        .fetch_all(&src)
+        .await?;
+        let tuple = cols
+            .iter()
+            .map(|c| format!("QUOTE(`{c}`)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+            "SELECT CONCAT('(', CONCAT_WS(',', {tuple}), ')') FROM `{table}`"
+        ))
+        .fetch_all(&src)
+        .await?;
+        let rows = rows
+            .into_iter()
+            .map(String::from_utf8)
+            .collect::<Result<Vec<_>, _>>()?;
+        images.push((table.to_owned(), cols, rows));
+    }
+    let _ = sqlx::query(&format!("DROP DATABASE `{src_name}`"))
+        .execute(&src)
+        .await;
+    let (name, _, pool) = ctx.fresh_db(&format!("plain{round}")).await?;
+    projector_host::sink::migrate_with_builtin_tables(&pool).await?;
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    let mut rows_written = 0;
+    for (table, cols, rows) in &images {
+        let names = cols
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let update = cols
+            .iter()
+            .map(|c| format!("`{c}` = VALUES(`{c}`)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for tx_rows in rows.chunks(10_000) {
+            let mut tx = conn.begin().await?;
+            for chunk in tx_rows.chunks(1_000) {
+                let sql = format!(
+                    "INSERT INTO `{table}` ({names}) VALUES {} ON DUPLICATE KEY UPDATE {update}",
+                    chunk.join(",")
+                );
+                sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+        rows_written += rows.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
     drop(conn);
+    let checksum = projector_tools::snapshot::checksum(&pool).await?;
+    say(format!(
+        "plain ceiling: {rows_written} final rows of {n} events in {secs:.2} s of SQL; tables {} the executor's",
+        if checksum == want { "equal" } else { "DIFFER from" }
+    ));
+    let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
+        .execute(&pool)
+        .await;
+    Ok(RunResult {
+        mode: PLAIN_CEILING.to_owned(),
+        round,
+        events: n,
+        events_per_sec: n as f64 / secs,
+        wall_secs: secs,
+        cpu_secs: None,
+        p50_ms: None,
+        p99_ms: None,
+        paced_rate: None,
+        rate_over_capacity: None,
+        peak_rss_mb: None,
+        checksum: Some(checksum),
+    })
+}
+
+/// The seed's design, in Rust: consume `set` one message at a time, flatten
+/// it (natively, the same flattening), and run the seed's statements on an
+/// autocommit connection: each upsert, update, soft delete or delete its
+/// own statement and commit; a replace a DELETE and one INSERT per row in
+/// one transaction (the seed's `replace_variants`). No guards, no
+/// `processed_events`, no positions: what it gives up is what the host
+/// keeps. Timed from the first message to the last commit.
+async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<RunResult> {
+    use projector_host::sink::{Bind, ValidOp};
+    let (name, _, pool) = ctx.fresh_db(&format!("seed{round}")).await?;
+    projector_host::sink::migrate_with_builtin_tables(&pool).await?;
+    let schema = projector_host::sink::Schema::load(&pool).await?;
+    let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
+        .into_iter()
+        .map(|d| (d.name, (d, (d.info)())))
+        .collect();
+    let mut settings = ctx.kafka_config();
+    settings.group_id = format!("bench_{}_seed{round}", ctx.run);
+    let mut config = ClientConfig::new();
+    for (k, v) in settings.consumer_config() {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in ctx.topics(set) {
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut conn = pool.acquire().await?;
+    let cols = |c: &[(String, Bind)]| {
+        c.iter()
+            .map(|(n, _)| format!("`{n}`"))
+            .collect::<Vec<_>>()
+    };
+    let key_where = |k: &[(String, Bind)]| {
+        k.iter()
+            .map(|(n, _)| format!("`{n}` = ?"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let mut started = None;
+    let mut done = 0;
+    while done < n {
+        let m = match tokio::task::block_in_place(|| consumer.poll(Duration::from_secs(10))) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => bail!("consume failed: {e}"),
+            None => bail!("no message within 10 s after {done}"),
+        };
+        started.get_or_insert_with(Instant::now);
+        let env: events::RawEnvelope = events::Envelope::from_slice(m.payload().unwrap_or_default())?;
+        let (domain, info) = &infos[env.topic()];
+        let ops = projector_host::sandbox::envelope_view(&env, |flat| (domain.project)(flat))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (event_id, ts) = (env.event_id.to_string(), env.timestamp.naive_utc());
+        for op in &ops {
+            let op = projector_host::sink::validate(op, info, &schema).map_err(|e| anyhow::anyhow!(e))?;
+            match op {
+                ValidOp::Upsert { table, key, values } => {
+                    let mut names = cols(&key);
+                    names.extend(cols(&values));
+                    let update: Vec<String> = cols(&values)
+                        .iter()
+                        .chain(["`event_id`".to_owned(), "`event_timestamp`".to_owned()].iter())
+                        .map(|c| format!("{c} = VALUES({c})"))
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO `{table}` ({}, `event_id`, `event_timestamp`) VALUES ({}?, ?) \
+                         ON DUPLICATE KEY UPDATE {}",
+                        names.join(", "),
+                        "?, ".repeat(names.len()),
+                        update.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (_, b) in key.iter().chain(&values) {
+                        q = q.bind(b);
+                    }
+                    q.bind(&event_id).bind(ts).execute(&mut *conn).await?;
+                }
+                ValidOp::Update { table, key, values } => {
+                    let set: Vec<String> = cols(&values).iter().map(|c| format!("{c} = ?")).collect();
+                    let sql = format!(
+                        "UPDATE `{table}` SET {}, `event_id` = ?, `event_timestamp` = ? WHERE {}",
+                        set.join(", "),
+                        key_where(&key)
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (_, b) in &values {
+                        q = q.bind(b);
+                    }
+                    q = q.bind(&event_id).bind(ts);
+                    for (_, b) in &key {
+                        q = q.bind(b);
+                    }
+                    q.execute(&mut *conn).await?;
+                }
+                ValidOp::Replace { table, parent, rows } => {
+                    // The child's foreign key columns carry the parent's key names.
+                    let mut tx = conn.begin().await?;
+                    let sql = format!("DELETE FROM `{table}` WHERE {}", key_where(&parent));
+                    let mut q = sqlx::query(&sql);
+                    for (_, b) in &parent {
+                        q = q.bind(b);
+                    }
+                    q.execute(&mut *tx).await?;
+                    for row in &rows {
+                        let mut names = cols(&parent);
+                        names.extend(cols(row));
+                        let sql = format!(
+                            "INSERT INTO `{table}` ({}, `event_id`, `event_timestamp`) VALUES ({}?, ?)",
+                            names.join(", "),
+                            "?, ".repeat(names.len())
+                        );
+                        let mut q = sqlx::query(&sql);
+                        for (_, b) in parent.iter().chain(row) {
+                            q = q.bind(b);
+                        }
+                        q.bind(&event_id).bind(ts).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                }
+                ValidOp::SoftDelete { table, key } => {
+                    let sql = format!(
+                        "UPDATE `{table}` SET `deleted_at` = ?, `event_id` = ?, `event_timestamp` = ? WHERE {}",
+                        key_where(&key)
+                    );
+                    let mut q = sqlx::query(&sql).bind(ts).bind(&event_id).bind(ts);
+                    for (_, b) in &key {
+                        q = q.bind(b);
+                    }
+                    q.execute(&mut *conn).await?;
+                }
+                ValidOp::Delete { table, key } => {
+                    let sql = format!("DELETE FROM `{table}` WHERE {}", key_where(&key));
+                    let mut q = sqlx::query(&sql);
+                    for (_, b) in &key {
+                        q = q.bind(b);
+                    }
+                    q.execute(&mut *conn).await?;
+                }
+            }
+        }
+        done += 1;
+    }
+    let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64()).max(1e-6);
+    drop(conn);
+    // Its tables are not compared: without the guards an event that
+    // arrives late overwrites newer rows, which is the point of the host.
+    let checksum = projector_tools::snapshot::checksum(&pool).await?;
+    say(format!("seed design: {n} events in {secs:.2} s, one commit per statement"));
+    let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
+        .execute(&pool)
+        .await;
+    Ok(RunResult {
+        mode: SEED_DESIGN.to_owned(),
+        round,
+        events: n,
+        events_per_sec: n as f64 / secs,
+        wall_secs: secs,
+        cpu_secs: None,
+        p50_ms: None,
+        p99_ms: None,
+        paced_rate: None,
+        rate_over_capacity: None,
+        peak_rss_mb: None,
+        checksum: Some(format!("seed:{checksum}")),
+    })
+}
+
+/// MySQL ceiling: the stream's row writes without Kafka, JSON, WASM or
+/// bookkeeping, in 5,000-event transactions.
+async fn mysql_ceiling(
+    ctx: &Ctx,
+    seed: u64,
+    n: usize,
+    tag: &str,
+    round: usize,
+) -> anyhow::Result<RunResult> {
+    let (name, _url, pool) = ctx.fresh_db(&format!("{tag}{round}")).await?;
+    let timed = executor_fill(&pool, seed, n).await?;
     let checksum = projector_tools::snapshot::checksum(&pool).await?;
     let secs = timed.as_secs_f64();
     say(format!(
@@ -538,30 +823,8 @@ async fn host_mode(
     let group = format!("bench_{}_{tag}", ctx.run);
     let mut topics = ctx.topics(host.set);
     topics.extend(ctx.topics(latency_set));
-    let mut cmd = Command::new(&host.bin);
-    cmd.arg("run");
-    if host.native {
-        cmd.arg("--native");
-    }
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("bench-{tag}.log")))?;
     let started = Instant::now();
-    let mut child: Child = cmd
-        .env("MYSQL_URL", &url)
-        .env("KAFKA_BOOTSTRAP", &ctx.kafka)
-        .env("PROJECTOR_GROUP_ID", &group)
-        .env("PROJECTOR_TOPICS", topics.join(","))
-        .env(
-            "PROJECTOR_COMPONENTS_DIR",
-            host.components.as_ref().unwrap_or(&ctx.components),
-        )
-        .env("PROJECTOR_BATCH_SIZE", host.batch.to_string())
-        .env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0")
-        .env("PROJECTOR_WATCH_COMPONENTS", "false")
-        .env("RUST_LOG", env_or("BENCH_HOST_LOG", "warn"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("{} starts", host.bin.display()))?;
+    let mut child = spawn_host(ctx, host, &url, &group, &topics, &tag, None)?;
     let result = async {
         let n = host.n as i64;
         let deadline = started + Duration::from_secs(3600);
@@ -697,6 +960,189 @@ async fn host_mode(
     result
 }
 
+/// Starts `projector run` of `host` on database `url` and group `group`
+/// (log in the temp folder, tagged), with static membership when
+/// `instance` is given.
+fn spawn_host(
+    ctx: &Ctx,
+    host: &HostMode,
+    url: &str,
+    group: &str,
+    topics: &[String],
+    tag: &str,
+    instance: Option<&str>,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(&host.bin);
+    cmd.arg("run");
+    if host.native {
+        cmd.arg("--native");
+    }
+    if let Some(id) = instance {
+        cmd.env("PROJECTOR_INSTANCE_ID", id);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join(format!("bench-{tag}.log")))?;
+    cmd.env("MYSQL_URL", url)
+        .env("KAFKA_BOOTSTRAP", &ctx.kafka)
+        .env("PROJECTOR_GROUP_ID", group)
+        .env("PROJECTOR_TOPICS", topics.join(","))
+        .env(
+            "PROJECTOR_COMPONENTS_DIR",
+            host.components.as_ref().unwrap_or(&ctx.components),
+        )
+        .env("PROJECTOR_BATCH_SIZE", host.batch.to_string())
+        .env("PROJECTOR_ADMIN_ADDR", "127.0.0.1:0")
+        .env("PROJECTOR_WATCH_COMPONENTS", "false")
+        .env("RUST_LOG", env_or("BENCH_HOST_LOG", "warn"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("{} starts", host.bin.display()))
+}
+
+/// Events of `ends` committed in the group now.
+async fn progress(pool: &MySqlPool, group: &str, ends: &HashMap<(String, i32), i64>) -> i64 {
+    covered(ends, &committed(pool, group).await)
+}
+
+/// The default host as `processes` processes in one group on the same
+/// backlog (static membership, one instance id each): steady throughput from
+/// the first commit to the last, and the tables.
+async fn scale_out(ctx: &Ctx, host: &HostMode, processes: usize, round: usize) -> anyhow::Result<RunResult> {
+    let tag = format!("scale{processes}_{round}");
+    let (name, url, pool) = ctx.fresh_db(&tag).await?;
+    let group = format!("bench_{}_{tag}", ctx.run);
+    let topics = ctx.topics(host.set);
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..processes {
+        children.push(spawn_host(ctx, host, &url, &group, &topics, &tag, Some(&format!("{tag}-{i}")))?);
+    }
+    let n = host.n as i64;
+    let result = async {
+        let mut first = None;
+        let deadline = started + Duration::from_secs(3600);
+        let last = loop {
+            let done = progress(&pool, &group, &host.ends).await;
+            let now = Instant::now();
+            if done > 0 && first.is_none() {
+                first = Some((now, done));
+            }
+            if done >= n {
+                break now;
+            }
+            for c in &mut children {
+                if let Some(status) = c.try_wait()? {
+                    bail!("a host exited ({status}) after {done} events");
+                }
+            }
+            if now > deadline {
+                bail!("{processes} hosts did not finish in an hour ({done} events)");
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let (first_at, first_done) = first.expect("done > 0 was seen");
+        let steady = (last - first_at).as_secs_f64().max(1e-3);
+        let cpu: f64 = children.iter().filter_map(cpu_secs).sum();
+        Ok(RunResult {
+            mode: scale_name(processes),
+            round,
+            events: host.n,
+            events_per_sec: (n - first_done) as f64 / steady,
+            wall_secs: (last - started).as_secs_f64(),
+            cpu_secs: Some(cpu),
+            p50_ms: None,
+            p99_ms: None,
+            paced_rate: None,
+            rate_over_capacity: None,
+            peak_rss_mb: children.iter().filter_map(peak_rss_mb).reduce(f64::max),
+            checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
+        })
+    }
+    .await;
+    for c in &mut children {
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = c.wait();
+    }
+    let _ = sqlx::query(&format!("DROP DATABASE `{name}`")).execute(&pool).await;
+    result
+}
+
+fn scale_name(processes: usize) -> String {
+    format!("{WASM} x{processes} processes")
+}
+
+/// Recovery: the default host with static membership is killed with
+/// SIGKILL a third of the way through the backlog and started again at
+/// once; the time from the new process's spawn to its first commit past
+/// the kill, and the tables at the end (exactly once across the kill).
+async fn recovery(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Result<RunResult> {
+    let tag = format!("recovery{round}");
+    let (name, url, pool) = ctx.fresh_db(&tag).await?;
+    let group = format!("bench_{}_{tag}", ctx.run);
+    let topics = ctx.topics(host.set);
+    let n = host.n as i64;
+    let instance = format!("{tag}-host");
+    let started = Instant::now();
+    let mut child = spawn_host(ctx, host, &url, &group, &topics, &tag, Some(&instance))?;
+    let result = async {
+        let deadline = started + Duration::from_secs(3600);
+        while progress(&pool, &group, &host.ends).await < n / 3 {
+            if Instant::now() > deadline {
+                bail!("the host made no progress");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        child.kill()?; // SIGKILL
+        let _ = child.wait();
+        let at_kill = progress(&pool, &group, &host.ends).await;
+        let restarted = Instant::now();
+        child = spawn_host(ctx, host, &url, &group, &topics, &tag, Some(&instance))?;
+        let mut first_commit = None;
+        loop {
+            let done = progress(&pool, &group, &host.ends).await;
+            if done > at_kill && first_commit.is_none() {
+                first_commit = Some(restarted.elapsed().as_secs_f64());
+            }
+            if done >= n {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the restarted host exited ({status}) after {done} events");
+            }
+            if Instant::now() > deadline {
+                bail!("the restarted host did not finish ({done} events)");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let secs = first_commit.expect("it finished");
+        say(format!(
+            "recovery: killed at {at_kill}/{n} events; the restarted host committed {secs:.2} s after its spawn"
+        ));
+        Ok(RunResult {
+            mode: RECOVERY.to_owned(),
+            round,
+            events: host.n,
+            events_per_sec: n as f64 / started.elapsed().as_secs_f64(),
+            wall_secs: secs,
+            cpu_secs: None,
+            p50_ms: None,
+            p99_ms: None,
+            paced_rate: None,
+            rate_over_capacity: None,
+            peak_rss_mb: None,
+            checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
+        })
+    }
+    .await;
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let _ = sqlx::query(&format!("DROP DATABASE `{name}`")).execute(&pool).await;
+    result
+}
+
 fn svg_chart(summaries: &[Summary], n: usize, runs: usize) -> String {
     let w = 820.0;
     let bar_h = 34.0;
@@ -744,7 +1190,11 @@ fn svg_chart(summaries: &[Summary], n: usize, runs: usize) -> String {
 }
 
 const RAW_KAFKA: &str = "raw Kafka consume";
-const MYSQL_CEILING: &str = "MySQL ceiling";
+const MYSQL_CEILING: &str = "executor ceiling (MySQL)";
+const PLAIN_CEILING: &str = "plain ceiling (MySQL)";
+const SEED_DESIGN: &str = "seed design (per-statement commits)";
+/// Its `wall_secs` is the restart-to-first-commit time after a kill -9.
+const RECOVERY: &str = "default, kill -9 and restart";
 const WASM: &str = "host batched (WASM, default)";
 const NATIVE: &str = "host batched (native)";
 const PER_EVENT: &str = "host per-event (WASM, batch 1)";
@@ -754,14 +1204,29 @@ const PER_EVENT: &str = "host per-event (WASM, batch 1)";
 enum Mode {
     Kafka,
     Mysql,
+    Plain,
+    Seed,
     Host(HostMode),
+    Scale(HostMode, usize),
+    Recovery(HostMode),
 }
 
 impl Mode {
-    fn name(&self) -> &str {
+    fn name(&self) -> String {
         match self {
+            Mode::Scale(_, processes) => scale_name(*processes),
+            other => other.fixed_name().to_owned(),
+        }
+    }
+
+    fn fixed_name(&self) -> &str {
+        match self {
+            Mode::Scale(..) => unreachable!("named by scale_name"),
+            Mode::Recovery(_) => RECOVERY,
             Mode::Kafka => RAW_KAFKA,
             Mode::Mysql => MYSQL_CEILING,
+            Mode::Plain => PLAIN_CEILING,
+            Mode::Seed => SEED_DESIGN,
             Mode::Host(h) => &h.mode,
         }
     }
@@ -856,6 +1321,12 @@ async fn main() -> anyhow::Result<()> {
     if wanted("mysql") {
         modes.push(Mode::Mysql);
     }
+    if wanted("plain") {
+        modes.push(Mode::Plain);
+    }
+    if wanted("seed") {
+        modes.push(Mode::Seed);
+    }
     if wanted("per-event") {
         modes.push(host(
             PER_EVENT.into(),
@@ -892,6 +1363,23 @@ async fn main() -> anyhow::Result<()> {
             }
             modes.push(mode);
         }
+    }
+    let default_host = HostMode {
+        mode: WASM.into(),
+        bin: bin.clone(),
+        components: None,
+        set: "main",
+        ends: main_ends.clone(),
+        n,
+        native: false,
+        batch: args.batch,
+    };
+    if wanted("scale") {
+        modes.push(Mode::Scale(default_host.clone(), 1));
+        modes.push(Mode::Scale(default_host.clone(), 2));
+    }
+    if wanted("recovery") {
+        modes.push(Mode::Recovery(default_host.clone()));
     }
     if wanted("native") {
         modes.push(host(
@@ -931,6 +1419,10 @@ async fn main() -> anyhow::Result<()> {
                     tokio::task::block_in_place(|| raw_consume(ctx_ref, "main", n, round))?
                 }
                 Mode::Mysql => mysql_ceiling(&ctx, args.seed, n, "ceiling", round).await?,
+                Mode::Plain => plain_ceiling(&ctx, args.seed, n, round).await?,
+                Mode::Seed => seed_design(&ctx, "small", m, round).await?,
+                Mode::Scale(h, processes) => scale_out(&ctx, h, *processes, round).await?,
+                Mode::Recovery(h) => recovery(&ctx, h, round).await?,
                 Mode::Host(h) => {
                     let set = next_latency.next().expect("one paced stream per host run");
                     host_mode(&ctx, h, round, set, &args).await?
@@ -963,7 +1455,7 @@ async fn main() -> anyhow::Result<()> {
     let mut consistent = {
         let full: Vec<&RunResult> = results
             .iter()
-            .filter(|r| r.checksum.is_some() && r.events == n)
+            .filter(|r| r.checksum.is_some() && r.events == n && r.mode != SEED_DESIGN)
             .collect();
         full.windows(2).all(|w| w[0].checksum == w[1].checksum)
     };
@@ -977,7 +1469,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|mode| {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode.name()).collect();
-            Summary::of(mode.name(), &runs)
+            Summary::of(&mode.name(), &runs)
         })
         .collect();
 
@@ -1043,10 +1535,38 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     ratio(
-        "default / MySQL ceiling".into(),
-        "default_over_mysql_ceiling",
+        "default / executor ceiling".into(),
+        "default_over_executor_ceiling",
         rate(WASM),
         rate(MYSQL_CEILING),
+    );
+    ratio(
+        "default / plain ceiling".into(),
+        "default_over_plain_ceiling",
+        rate(WASM),
+        rate(PLAIN_CEILING),
+    );
+    ratio(
+        "executor ceiling / plain ceiling (the executor's SQL shape)".into(),
+        "executor_over_plain_ceiling",
+        rate(MYSQL_CEILING),
+        rate(PLAIN_CEILING),
+    );
+    ratio(
+        if m == n {
+            "default / seed design".into()
+        } else {
+            format!("default / seed design (seed over the first {m} events)")
+        },
+        "default_over_seed_design",
+        rate(WASM),
+        rate(SEED_DESIGN),
+    );
+    ratio(
+        "per-event / seed design (same events)".into(),
+        "per_event_over_seed_design",
+        rate(PER_EVENT),
+        rate(SEED_DESIGN),
     );
     ratio(
         "default / Kafka consume".into(),
@@ -1063,6 +1583,12 @@ async fn main() -> anyhow::Result<()> {
         "default_over_per_event",
         rate(WASM),
         rate(PER_EVENT),
+    );
+    ratio(
+        "scale-out: 2 processes / 1 process".into(),
+        "two_processes_over_one",
+        rate(&scale_name(2)),
+        rate(&scale_name(1)),
     );
     ratio(
         "default (WASM) / native".into(),
@@ -1090,6 +1616,13 @@ async fn main() -> anyhow::Result<()> {
             cpu(WASM),
             cpu(&other),
         );
+    }
+    if let Some(r) = summaries.iter().find(|s| s.mode == RECOVERY) {
+        println!(
+            "{:<60} {:.2} s",
+            "restart to first commit after kill -9 (static membership)", r.wall_secs
+        );
+        ratios.insert("restart_to_first_commit_secs".into(), json!(r.wall_secs));
     }
     println!(
         "table checksums: {}",
