@@ -301,7 +301,18 @@ async fn a_real_prometheus_scrapes_the_host_evaluates_the_rules_and_answers_the_
         .execute(&mut lock)
         .await
         .unwrap();
-    let more = events(8);
+    // One entity's events share a partition: its lag alone passes 10.
+    let user = object_id();
+    let more: Vec<serde_json::Value> = (0..30)
+        .map(|i| {
+            let kind = if i == 0 {
+                "user.created"
+            } else {
+                "user.updated"
+            };
+            fixture(kind, &user, &format!("2026-02-01T00:00:{i:02}Z"))
+        })
+        .collect();
     produce_all(&topics, &more).await;
     let pending = prometheus
         .wait_alert("ProjectorLagError", Some("pending"))

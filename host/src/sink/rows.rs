@@ -10,7 +10,7 @@
 //!   rows keep batch order. Because every write is timestamp-guarded, the
 //!   final state equals that of applying the events one by one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 use sqlx::{MySqlConnection, Row as _};
@@ -19,7 +19,7 @@ use super::Applied;
 use super::classify::ExecError;
 use super::schema::{ForeignKey, Schema, TableInfo};
 use super::statement::Statement;
-use super::tombstones::{record, row_key, tombstones_of};
+use super::tombstones::{record, row_key, tombstones_of, values_key};
 use super::validate::{Bind, ValidOp};
 
 /// MySQL caps a statement at 65 535 placeholders; stay well below.
@@ -415,15 +415,17 @@ async fn replace_children(
             })
             .collect()
     };
+    // Keys by their text (hash lookups: a batch can hold thousands).
     let mut keys: Vec<Vec<Bind>> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for (parent, _, _) in ops {
         let k = parent_key(parent);
-        if !keys.contains(&k) {
+        if seen.insert(values_key(k.iter())) {
             keys.push(k);
         }
     }
     // Current parent timestamps (locked: no concurrent writer can slip in).
-    let mut parent_ts: Vec<(Vec<Bind>, NaiveDateTime)> = Vec::new();
+    let mut parent_ts: HashMap<String, NaiveDateTime> = HashMap::new();
     for chunk in keys.chunks(KEYS_PER_STATEMENT) {
         let head = format!(
             "SELECT {}, `event_timestamp` FROM {} WHERE ({}) IN (",
@@ -445,20 +447,25 @@ async fn replace_children(
             let key: Vec<Bind> = (0..parent_cols.len())
                 .map(|i| row.try_get::<String, _>(i).map(Bind::Text))
                 .collect::<Result<_, _>>()?;
-            parent_ts.push((key, row.try_get(parent_cols.len())?));
+            parent_ts.insert(values_key(key.iter()), row.try_get(parent_cols.len())?);
         }
     }
     // The winning op per parent: the last one at least as new as the parent row.
     let mut winners: Vec<(Vec<Bind>, usize)> = Vec::new();
+    let mut winner_of: HashMap<String, usize> = HashMap::new();
     for (i, (parent, _, stamp)) in ops.iter().enumerate() {
         let k = parent_key(parent);
-        let Some((_, ts)) = parent_ts.iter().find(|(pk, _)| *pk == k) else {
+        let text = values_key(k.iter());
+        let Some(ts) = parent_ts.get(&text) else {
             continue;
         };
         if stamp.ts >= *ts {
-            match winners.iter_mut().find(|(wk, _)| *wk == k) {
-                Some(w) => w.1 = i,
-                None => winners.push((k, i)),
+            match winner_of.get(&text) {
+                Some(&w) => winners[w].1 = i,
+                None => {
+                    winner_of.insert(text, winners.len());
+                    winners.push((k, i));
+                }
             }
         }
     }

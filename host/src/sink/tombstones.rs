@@ -43,8 +43,14 @@ pub(super) async fn record(
 /// A row's key as `tombstones.row_key`: its key values as text, joined by
 /// U+001F (one value: the value itself, e.g. the entity id).
 pub(super) fn row_key(key: &[(String, Bind)]) -> String {
+    values_key(key.iter().map(|(_, v)| v))
+}
+
+/// Values as [`row_key`] writes them: a text that is equal for equal keys,
+/// whether a value came from an operation or was read back as text.
+pub(super) fn values_key<'a>(values: impl Iterator<Item = &'a Bind>) -> String {
     let mut out = String::new();
-    for (i, (_, v)) in key.iter().enumerate() {
+    for (i, v) in values.enumerate() {
         if i > 0 {
             out.push('\u{1f}');
         }

@@ -311,6 +311,9 @@ async fn create_topics(ctx: &Ctx, sets: &[&str]) -> anyhow::Result<()> {
     config.set("bootstrap.servers", &ctx.kafka);
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = config.create()?;
     let names: Vec<String> = sets.iter().flat_map(|s| ctx.topics(s)).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| NewTopic::new(n, 4, TopicReplication::Fixed(1)))
@@ -381,8 +384,8 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<R
 /// multi-row, guarded writes) in 5,000-event transactions; returns the time
 /// spent in SQL (generating and flattening are not timed).
 async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<Duration> {
-    projector_host::sink::migrate_with_builtin_tables(&pool).await?;
-    let schema = projector_host::sink::Schema::load(&pool).await?;
+    projector_host::sink::migrate_with_builtin_tables(pool).await?;
+    let schema = projector_host::sink::Schema::load(pool).await?;
     let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
         .into_iter()
         .map(|d| (d.name, (d, (d.info)())))
@@ -506,7 +509,11 @@ async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::
     let checksum = projector_tools::snapshot::checksum(&pool).await?;
     say(format!(
         "plain ceiling: {rows_written} final rows of {n} events in {secs:.2} s of SQL; tables {} the executor's",
-        if checksum == want { "equal" } else { "DIFFER from" }
+        if checksum == want {
+            "equal"
+        } else {
+            "DIFFER from"
+        }
     ));
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
@@ -561,11 +568,7 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
     }
     consumer.assign(&tpl)?;
     let mut conn = pool.acquire().await?;
-    let cols = |c: &[(String, Bind)]| {
-        c.iter()
-            .map(|(n, _)| format!("`{n}`"))
-            .collect::<Vec<_>>()
-    };
+    let cols = |c: &[(String, Bind)]| c.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>();
     let key_where = |k: &[(String, Bind)]| {
         k.iter()
             .map(|(n, _)| format!("`{n}` = ?"))
@@ -581,13 +584,15 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
             None => bail!("no message within 10 s after {done}"),
         };
         started.get_or_insert_with(Instant::now);
-        let env: events::RawEnvelope = events::Envelope::from_slice(m.payload().unwrap_or_default())?;
+        let env: events::RawEnvelope =
+            events::Envelope::from_slice(m.payload().unwrap_or_default())?;
         let (domain, info) = &infos[env.topic()];
         let ops = projector_host::sandbox::envelope_view(&env, |flat| (domain.project)(flat))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (event_id, ts) = (env.event_id.to_string(), env.timestamp.naive_utc());
         for op in &ops {
-            let op = projector_host::sink::validate(op, info, &schema).map_err(|e| anyhow::anyhow!(e))?;
+            let op = projector_host::sink::validate(op, info, &schema)
+                .map_err(|e| anyhow::anyhow!(e))?;
             match op {
                 ValidOp::Upsert { table, key, values } => {
                     let mut names = cols(&key);
@@ -611,7 +616,8 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
                     q.bind(&event_id).bind(ts).execute(&mut *conn).await?;
                 }
                 ValidOp::Update { table, key, values } => {
-                    let set: Vec<String> = cols(&values).iter().map(|c| format!("{c} = ?")).collect();
+                    let set: Vec<String> =
+                        cols(&values).iter().map(|c| format!("{c} = ?")).collect();
                     let sql = format!(
                         "UPDATE `{table}` SET {}, `event_id` = ?, `event_timestamp` = ? WHERE {}",
                         set.join(", "),
@@ -627,7 +633,11 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
                     }
                     q.execute(&mut *conn).await?;
                 }
-                ValidOp::Replace { table, parent, rows } => {
+                ValidOp::Replace {
+                    table,
+                    parent,
+                    rows,
+                } => {
                     // The child's foreign key columns carry the parent's key names.
                     let mut tx = conn.begin().await?;
                     let sql = format!("DELETE FROM `{table}` WHERE {}", key_where(&parent));
@@ -680,7 +690,9 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
     // Its tables are not compared: without the guards an event that
     // arrives late overwrites newer rows, which is the point of the host.
     let checksum = projector_tools::snapshot::checksum(&pool).await?;
-    say(format!("seed design: {n} events in {secs:.2} s, one commit per statement"));
+    say(format!(
+        "seed design: {n} events in {secs:.2} s, one commit per statement"
+    ));
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
@@ -1010,7 +1022,12 @@ async fn progress(pool: &MySqlPool, group: &str, ends: &HashMap<(String, i32), i
 /// The default host as `processes` processes in one group on the same
 /// backlog (static membership, one instance id each): steady throughput from
 /// the first commit to the last, and the tables.
-async fn scale_out(ctx: &Ctx, host: &HostMode, processes: usize, round: usize) -> anyhow::Result<RunResult> {
+async fn scale_out(
+    ctx: &Ctx,
+    host: &HostMode,
+    processes: usize,
+    round: usize,
+) -> anyhow::Result<RunResult> {
     let tag = format!("scale{processes}_{round}");
     let (name, url, pool) = ctx.fresh_db(&tag).await?;
     let group = format!("bench_{}_{tag}", ctx.run);
@@ -1018,7 +1035,15 @@ async fn scale_out(ctx: &Ctx, host: &HostMode, processes: usize, round: usize) -
     let started = Instant::now();
     let mut children = Vec::new();
     for i in 0..processes {
-        children.push(spawn_host(ctx, host, &url, &group, &topics, &tag, Some(&format!("{tag}-{i}")))?);
+        children.push(spawn_host(
+            ctx,
+            host,
+            &url,
+            &group,
+            &topics,
+            &tag,
+            Some(&format!("{tag}-{i}")),
+        )?);
     }
     let n = host.n as i64;
     let result = async {
@@ -1063,10 +1088,15 @@ async fn scale_out(ctx: &Ctx, host: &HostMode, processes: usize, round: usize) -
     }
     .await;
     for c in &mut children {
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let _ = c.wait();
     }
-    let _ = sqlx::query(&format!("DROP DATABASE `{name}`")).execute(&pool).await;
+    let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
+        .execute(&pool)
+        .await;
     result
 }
 
@@ -1137,9 +1167,14 @@ async fn recovery(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Result<Ru
         })
     }
     .await;
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
-    let _ = sqlx::query(&format!("DROP DATABASE `{name}`")).execute(&pool).await;
+    let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
+        .execute(&pool)
+        .await;
     result
 }
 
