@@ -139,6 +139,33 @@ struct RunResult {
     checksum: Option<String>,
 }
 
+impl RunResult {
+    /// A run timed from the inside (no process, no paced stream): `events`
+    /// over `secs`.
+    fn timed(
+        mode: &str,
+        round: usize,
+        events: usize,
+        secs: f64,
+        checksum: Option<String>,
+    ) -> RunResult {
+        RunResult {
+            mode: mode.to_owned(),
+            round,
+            events,
+            events_per_sec: events as f64 / secs,
+            wall_secs: secs,
+            cpu_secs: None,
+            p50_ms: None,
+            p99_ms: None,
+            paced_rate: None,
+            rate_over_capacity: None,
+            peak_rss_mb: None,
+            checksum,
+        }
+    }
+}
+
 /// The runs of one mode: medians, and the spread of the throughput.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Summary {
@@ -363,20 +390,7 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<R
         "raw consume: {read} messages ({} MB of data) in {secs:.2} s",
         bytes >> 20
     ));
-    Ok(RunResult {
-        mode: RAW_KAFKA.to_owned(),
-        round,
-        events: read,
-        events_per_sec: read as f64 / secs,
-        wall_secs: secs,
-        cpu_secs: None,
-        p50_ms: None,
-        p99_ms: None,
-        paced_rate: None,
-        rate_over_capacity: None,
-        peak_rss_mb: None,
-        checksum: None,
-    })
+    Ok(RunResult::timed(RAW_KAFKA, round, read, secs, None))
 }
 
 /// Writes the row operations of the first `n` events of `seed` into the
@@ -518,20 +532,13 @@ async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
-    Ok(RunResult {
-        mode: PLAIN_CEILING.to_owned(),
+    Ok(RunResult::timed(
+        PLAIN_CEILING,
         round,
-        events: n,
-        events_per_sec: n as f64 / secs,
-        wall_secs: secs,
-        cpu_secs: None,
-        p50_ms: None,
-        p99_ms: None,
-        paced_rate: None,
-        rate_over_capacity: None,
-        peak_rss_mb: None,
-        checksum: Some(checksum),
-    })
+        n,
+        secs,
+        Some(checksum),
+    ))
 }
 
 /// The seed's design, in Rust: consume `set` one message at a time, flatten
@@ -696,20 +703,13 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
-    Ok(RunResult {
-        mode: SEED_DESIGN.to_owned(),
+    Ok(RunResult::timed(
+        SEED_DESIGN,
         round,
-        events: n,
-        events_per_sec: n as f64 / secs,
-        wall_secs: secs,
-        cpu_secs: None,
-        p50_ms: None,
-        p99_ms: None,
-        paced_rate: None,
-        rate_over_capacity: None,
-        peak_rss_mb: None,
-        checksum: Some(format!("seed:{checksum}")),
-    })
+        n,
+        secs,
+        Some(format!("seed:{checksum}")),
+    ))
 }
 
 /// MySQL ceiling: the stream's row writes without Kafka, JSON, WASM or
@@ -731,20 +731,13 @@ async fn mysql_ceiling(
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
-    Ok(RunResult {
-        mode: MYSQL_CEILING.to_owned(),
+    Ok(RunResult::timed(
+        MYSQL_CEILING,
         round,
-        events: n,
-        events_per_sec: n as f64 / secs,
-        wall_secs: secs,
-        cpu_secs: None,
-        p50_ms: None,
-        p99_ms: None,
-        paced_rate: None,
-        rate_over_capacity: None,
-        peak_rss_mb: None,
-        checksum: Some(checksum),
-    })
+        n,
+        secs,
+        Some(checksum),
+    ))
 }
 
 fn peak_rss_mb(child: &Child) -> Option<f64> {
