@@ -151,7 +151,23 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
         assert_eq!(m.get(&key), Some(&0.0), "{key} is not exported at 0");
     }
 
+    // The charts need two monitor samples (a rate is a difference).
+    let history = || async {
+        let (_, status) = http_get(&format!("{url}/status.json")).await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status["observed"]["history"].as_array().unwrap().len()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let n = history().await;
+        if n >= 2 {
+            break n;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no second sample");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let (code, page) = http_get(&format!("{url}/")).await;
+    let after = history().await;
     assert_eq!(code, 200);
     for needle in [
         "READY",
@@ -165,10 +181,6 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
         assert!(page.contains(needle), "status page lacks {needle:?}");
     }
     // The charts: one line per domain, a point per monitor sample kept.
-    let (_, status) = http_get(&format!("{url}/status.json")).await;
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let samples = status["observed"]["history"].as_array().unwrap().len();
-    assert!(samples >= 2, "{status}");
     assert!(!page.contains("<script"), "the page runs no scripts");
     for domain in ["user", "supplier", "product", "order", "post"] {
         let line = page
@@ -182,11 +194,10 @@ async fn health_metrics_and_status_page_report_what_the_broker_sees() {
             .split('"')
             .next()
             .unwrap();
-        // The page may have been rendered a sample earlier than status.json.
         let n = points.split(' ').count();
         assert!(
-            n + 1 >= samples && n <= samples,
-            "{n} points, {samples} samples"
+            (before..=after).contains(&n),
+            "{n} points, {before}..={after} samples"
         );
     }
     assert!(page.contains("Total lag"), "{page}");
