@@ -351,10 +351,11 @@ async fn create_topics(ctx: &Ctx, sets: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raw consume: every message of the topics read and its envelope decoded.
-fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<RunResult> {
+/// A consumer (group `bench_<run>_<tag>`, never committing) assigned every
+/// partition of `set`'s topics from the beginning.
+fn from_the_start(ctx: &Ctx, set: &str, tag: &str) -> anyhow::Result<BaseConsumer> {
     let mut settings = ctx.kafka_config();
-    settings.group_id = format!("bench_{}_raw{round}", ctx.run);
+    settings.group_id = format!("bench_{}_{tag}", ctx.run);
     let mut config = ClientConfig::new();
     for (k, v) in settings.consumer_config() {
         config.set(k, v);
@@ -370,6 +371,12 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<R
         }
     }
     consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Raw consume: every message of the topics read and its envelope decoded.
+fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<RunResult> {
+    let consumer = from_the_start(ctx, set, &format!("raw{round}"))?;
     let started = Instant::now();
     let mut read = 0;
     let mut bytes = 0usize;
@@ -557,23 +564,7 @@ async fn seed_design(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Re
         .into_iter()
         .map(|d| (d.name, (d, (d.info)())))
         .collect();
-    let mut settings = ctx.kafka_config();
-    settings.group_id = format!("bench_{}_seed{round}", ctx.run);
-    let mut config = ClientConfig::new();
-    for (k, v) in settings.consumer_config() {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create()?;
-    let mut tpl = TopicPartitionList::new();
-    for topic in ctx.topics(set) {
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning)?;
-            }
-        }
-    }
-    consumer.assign(&tpl)?;
+    let consumer = from_the_start(ctx, set, &format!("seed{round}"))?;
     let mut conn = pool.acquire().await?;
     let cols = |c: &[(String, Bind)]| c.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>();
     let key_where = |k: &[(String, Bind)]| {
