@@ -695,12 +695,7 @@ pub fn dlq_show(settings: &Settings, id: &str, json: bool) -> anyhow::Result<Exi
         eprintln!("no dead letter {id} (see `projector dlq list`)");
         return Ok(ExitCode::FAILURE);
     };
-    let mut value = serde_json::to_value(&letter.letter)?;
-    if let Some(original) = value.get("original").and_then(|o| o.as_str())
-        && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(original)
-    {
-        value["original"] = parsed;
-    }
+    let mut value = letter.shown();
     value["id"] = serde_json::Value::String(letter.id());
     if json {
         println!("{}", serde_json::to_string(&value)?);

@@ -34,6 +34,30 @@ pub struct Letter {
 }
 
 impl Letter {
+    /// The letter at `m` of a dead-letter topic (one the host did not
+    /// write is kept as a foreign letter with the parse error).
+    fn read(m: &rdkafka::message::BorrowedMessage<'_>) -> Letter {
+        Letter {
+            dlq_topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            letter: serde_json::from_slice(m.payload().unwrap_or_default())
+                .unwrap_or_else(|e| foreign_letter(m, e.to_string())),
+        }
+    }
+
+    /// The letter as JSON, its original parsed when it is JSON (for
+    /// people and scripts reading one letter).
+    pub fn shown(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.letter).unwrap_or_default();
+        if let Some(original) = value.get("original").and_then(|o| o.as_str())
+            && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(original)
+        {
+            value["original"] = parsed;
+        }
+        value
+    }
+
     pub fn id(&self) -> String {
         format!("{}:{}:{}", self.dlq_topic, self.partition, self.offset)
     }
@@ -152,14 +176,7 @@ pub fn read_letters(settings: &Settings) -> anyhow::Result<Vec<Letter>> {
         if m.offset() + 1 >= ends[&key] {
             remaining.remove(&key);
         }
-        let letter = serde_json::from_slice(m.payload().unwrap_or_default())
-            .unwrap_or_else(|e| foreign_letter(&m, e.to_string()));
-        letters.push(Letter {
-            dlq_topic: key.0,
-            partition: key.1,
-            offset: m.offset(),
-            letter,
-        });
+        letters.push(Letter::read(&m));
     }
     letters.sort_by(|a, b| {
         (&a.dlq_topic, a.partition, a.offset).cmp(&(&b.dlq_topic, b.partition, b.offset))
@@ -203,14 +220,7 @@ pub fn read_letter(settings: &Settings, id: &str) -> anyhow::Result<Option<Lette
         if m.offset() != offset {
             return Ok(None);
         }
-        let letter = serde_json::from_slice(m.payload().unwrap_or_default())
-            .unwrap_or_else(|e| foreign_letter(&m, e.to_string()));
-        return Ok(Some(Letter {
-            dlq_topic: topic.to_owned(),
-            partition,
-            offset,
-            letter,
-        }));
+        return Ok(Some(Letter::read(&m)));
     }
     anyhow::bail!("timed out reading {id}")
 }

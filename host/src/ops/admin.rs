@@ -472,14 +472,7 @@ async fn dead_letter(
             .await;
     let (code, body) = match read {
         Ok(Ok(Some(letter))) => {
-            let mut value = serde_json::to_value(&letter.letter).unwrap_or_default();
-            if let Some(original) = value.get("original").and_then(|o| o.as_str())
-                && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(original)
-                && let Some(slot) = value.get_mut("original")
-            {
-                *slot = parsed;
-            }
-            let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+            let text = serde_json::to_string_pretty(&letter.shown()).unwrap_or_default();
             (
                 StatusCode::OK,
                 format!(

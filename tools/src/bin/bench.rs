@@ -827,7 +827,7 @@ async fn host_mode(
         let mut first: Option<(Instant, i64)> = None;
         let mut said = Instant::now();
         let (last, cpu) = loop {
-            let done = covered(&host.ends, &committed(&pool, &group).await);
+            let done = progress(&pool, &group, &host.ends).await;
             let now = Instant::now();
             if done > 0 && first.is_none() {
                 first = Some((now, done));
