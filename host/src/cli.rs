@@ -259,41 +259,16 @@ pub fn test(settings: &Settings, dir: &Path) -> anyhow::Result<ExitCode> {
 pub fn deploy(settings: &Settings, file: &Path, url: Option<&str>) -> anyhow::Result<ExitCode> {
     let bytes =
         std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
-    let token = settings
-        .admin
-        .token()?
-        .context("no admin token: set admin.token or admin.token_file (PROJECTOR_ADMIN_TOKEN[_FILE]) to the host's")?;
-    let url = url.map_or_else(
-        || format!("http://{}", settings.admin.listen),
-        |u| u.trim_end_matches('/').to_owned(),
-    );
-    tokio_runtime()?.block_on(async {
-        let response = reqwest::Client::new()
-            .post(format!("{url}/projections/deploy"))
-            .bearer_auth(token)
-            .header("content-type", "application/wasm")
-            .body(bytes)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the host at {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if status.is_success() {
-            println!(
-                "deployed {}: {} is in force",
-                file.display(),
-                body["loaded"].as_str().unwrap_or("?")
-            );
-            Ok(ExitCode::SUCCESS)
-        } else if status.as_u16() == 422 {
-            println!(
-                "refused {}: {}",
-                file.display(),
-                body["message"].as_str().unwrap_or("?")
-            );
-            Ok(ExitCode::FAILURE)
-        } else {
-            anyhow::bail!("the host answered {status}: {body}")
+    let outcome =
+        tokio_runtime()?.block_on(crate::ops::admin::deploy_remote(settings, bytes, url))?;
+    Ok(match outcome {
+        Ok(label) => {
+            println!("deployed {}: {label} is in force", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("refused {}: {reason}", file.display());
+            ExitCode::FAILURE
         }
     })
 }
@@ -594,6 +569,133 @@ pub fn replay(
             println!("  {table:<18} {n:>8} rows");
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// What `projector rebuild` does.
+pub enum RebuildAction {
+    Rebuild,
+    Rollback,
+    DropPrevious,
+}
+
+impl RebuildAction {
+    pub fn from_flags(rollback: bool, drop_previous: bool) -> RebuildAction {
+        match (rollback, drop_previous) {
+            (true, _) => RebuildAction::Rollback,
+            (_, true) => RebuildAction::DropPrevious,
+            _ => RebuildAction::Rebuild,
+        }
+    }
+}
+
+/// `projector rebuild --domain D [--component F] [--rollback | --drop-previous]`.
+pub fn rebuild(
+    settings: &Settings,
+    domain: &str,
+    action: RebuildAction,
+    options: crate::ops::rebuild::Options,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::ops::rebuild;
+    tokio_runtime()?.block_on(async {
+        match action {
+            RebuildAction::Rollback => println!(
+                "{}",
+                rebuild::rollback(settings, domain, options.url.as_deref()).await?
+            ),
+            RebuildAction::DropPrevious => {
+                println!("{}", rebuild::drop_previous(settings, domain).await?)
+            }
+            RebuildAction::Rebuild => {
+                let r = rebuild::rebuild(settings, domain, options).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!(
+                        "rebuilt {} from {} events of {} with {} in {:.1} s (caught up after {:.1} s)",
+                        r.domain, r.events, r.topic, r.component, r.total_secs, r.catch_up_secs
+                    );
+                    println!(
+                        "swap: live {} paused {:.0} ms (bookkeeping {:.0} ms), RENAME TABLE {:.1} ms, at positions {:?}",
+                        r.topic, r.live_paused_ms, r.bookkeeping_ms, r.rename_ms, r.positions
+                    );
+                    if let Some(d) = &r.deployed {
+                        println!("deployed {d} to the live host");
+                    }
+                    for (t, n) in &r.tables {
+                        println!("  {t:<18} {n:>8} rows");
+                    }
+                    println!(
+                        "the previous tables are kept: `projector rebuild --domain {domain} --rollback` swaps them back, `--drop-previous` drops them"
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `projector canary FILE`: exit 0 when every event agreed (and, with
+/// `--promote-after`, the candidate was promoted); 1 otherwise.
+pub fn canary(
+    settings: &Settings,
+    file: &Path,
+    options: crate::ops::canary::Options,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let asked = options.promote_after.is_some();
+    let report = tokio_runtime()?.block_on(crate::ops::canary::run(
+        settings,
+        file,
+        options,
+        crate::shutdown::on_signals(),
+    ))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "canary {} beside {}: {} events, {:.2}% agreeing ({} identical, {} expected differences), {} differences, {} errors",
+            report.candidate,
+            report.live,
+            report.events,
+            report.agreement() * 100.0,
+            report.agreed,
+            report.expected_differences,
+            report.differences,
+            report.errors
+        );
+        for (column, n) in &report.by_column {
+            println!("  differs in {column:<32} {n:>6} events");
+        }
+        for e in &report.examples {
+            println!(
+                "  {} {} {} [{}@{}] {}{}: live {} / candidate {}",
+                e.kind,
+                e.event_id,
+                e.event_type,
+                e.partition,
+                e.offset,
+                e.op,
+                e.column
+                    .as_deref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default(),
+                e.live,
+                e.candidate
+            );
+        }
+        match &report.promoted {
+            Some(label) => println!("promoted: {label} is in force"),
+            None if asked => println!("not promoted: {}", report.verdict),
+            None => {}
+        }
+    }
+    let clean = report.differences == 0 && report.errors == 0;
+    Ok(if clean && (!asked || report.promoted.is_some()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -88,6 +88,76 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Rebuild one domain into shadow tables beside live traffic (from the
+    /// start of its topic), then swap them in with one atomic RENAME TABLE:
+    /// readers see the old complete tables or the new ones, never a mix.
+    /// The previous tables are kept for `--rollback` until `--drop-previous`.
+    Rebuild {
+        /// The domain (user, supplier, product, order, post).
+        #[arg(long)]
+        domain: String,
+        /// Rebuild with this component (a new rule applied to all history);
+        /// it is deployed to the live host at the swap.
+        #[arg(long, conflicts_with_all = ["rollback", "drop_previous"])]
+        component: Option<PathBuf>,
+        /// The live host's admin address for deploying (default:
+        /// http://<admin.listen>); the token is `admin.token[_file]`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Swap the previous tables back (and the previous component, if the
+        /// rebuild deployed one); the live host re-projects what came since.
+        #[arg(long, conflicts_with = "drop_previous")]
+        rollback: bool,
+        /// Drop the previous tables (no rollback after this).
+        #[arg(long)]
+        drop_previous: bool,
+        /// Rebuild even though retention deleted the start of the topic.
+        #[arg(long)]
+        force: bool,
+        /// Give up when the shadow makes no progress for this long (seconds).
+        #[arg(long, default_value_t = 60)]
+        stall_timeout: u64,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a candidate component beside the live one on the same live
+    /// events (writing nothing), compare their row operations event by
+    /// event, and report agreement, differences (with examples) and errors.
+    /// Exit 1 when it differs or fails (or is not promoted when asked).
+    Canary {
+        /// The candidate `.wasm` component (its domain's live component is
+        /// the one in the components folder).
+        file: PathBuf,
+        /// Deploy the candidate to the live host after this many agreeing
+        /// events with no difference and no error; any difference or error
+        /// ends the canary without promoting.
+        #[arg(long, value_name = "N")]
+        promote_after: Option<u64>,
+        /// A column whose differences are expected (the point of the
+        /// change): `table.column` or `column`. Repeatable.
+        #[arg(long = "expect", value_name = "COLUMN")]
+        expect: Vec<String>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        events: Option<u64>,
+        /// Stop after this many seconds without an event.
+        #[arg(long, value_name = "SECONDS")]
+        idle_timeout: Option<u64>,
+        /// Compare from the start of the topic instead of the live positions.
+        #[arg(long)]
+        from_start: bool,
+        /// The live host's admin address for promoting (default:
+        /// http://<admin.listen>); the token is `admin.token[_file]`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Examples of differences and errors to keep.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove bookkeeping that can no longer matter: processed events of
     /// messages retention deleted, and old tombstones.
     Prune {
@@ -270,6 +340,51 @@ fn main() -> ExitCode {
             stall_timeout,
             force,
         } => cli::replay(&settings, &domain, !no_wait, stall_timeout, force),
+        Command::Rebuild {
+            domain,
+            component,
+            url,
+            rollback,
+            drop_previous,
+            force,
+            stall_timeout,
+            json,
+        } => cli::rebuild(
+            &settings,
+            &domain,
+            cli::RebuildAction::from_flags(rollback, drop_previous),
+            projector_host::ops::rebuild::Options {
+                component,
+                url,
+                force,
+                stall_timeout: std::time::Duration::from_secs(stall_timeout),
+            },
+            json,
+        ),
+        Command::Canary {
+            file,
+            promote_after,
+            expect,
+            events,
+            idle_timeout,
+            from_start,
+            url,
+            examples,
+            json,
+        } => cli::canary(
+            &settings,
+            &file,
+            projector_host::ops::canary::Options {
+                promote_after,
+                expect,
+                max_events: events,
+                idle_timeout: idle_timeout.map(std::time::Duration::from_secs),
+                from_start,
+                url,
+                examples,
+            },
+            json,
+        ),
         Command::Prune { tombstone_days } => cli::prune(
             &settings,
             tombstone_days.unwrap_or(settings.prune.tombstone_days),

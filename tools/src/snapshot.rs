@@ -58,9 +58,45 @@ pub async fn dump(pool: &MySqlPool) -> Result<Dump, sqlx::Error> {
 /// its columns in name order (tables created by different host versions
 /// may order their columns differently).
 pub async fn checksum(pool: &MySqlPool) -> Result<String, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    checksum_of(&mut conn, &TABLES).await
+}
+
+/// [`checksum`] of some tables, read on `conn` (inside its transaction, if
+/// one is open: a reader's consistent snapshot).
+pub async fn checksum_of(
+    conn: &mut sqlx::MySqlConnection,
+    tables: &[&str],
+) -> Result<String, sqlx::Error> {
+    let mut columns = Vec::new();
+    for table in tables {
+        columns.push((*table, columns_of(conn, table).await?));
+    }
+    checksum_with(conn, &columns).await
+}
+
+/// The columns [`checksum`] covers (all but a surrogate `id`), by name.
+pub async fn columns_of(
+    conn: &mut sqlx::MySqlConnection,
+    table: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+         AND COLUMN_NAME <> 'id' ORDER BY COLUMN_NAME",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// [`checksum_of`] with the columns known (a reader that names its
+/// columns, as queries do, rather than reading the catalog each time).
+pub async fn checksum_with(
+    conn: &mut sqlx::MySqlConnection,
+    tables: &[(&str, Vec<String>)],
+) -> Result<String, sqlx::Error> {
     let mut parts = Vec::new();
-    for table in TABLES {
-        let cols = columns(pool, table).await?;
+    for (table, cols) in tables {
         let row: Vec<String> = cols
             .iter()
             .map(|c| format!("IFNULL(CAST(`{c}` AS CHAR), '\\N')"))
@@ -70,7 +106,7 @@ pub async fn checksum(pool: &MySqlPool) -> Result<String, sqlx::Error> {
              CAST(IFNULL(BIT_XOR(CRC32(CONCAT_WS('|', {cols}))), 0) AS CHAR) FROM `{table}`",
             cols = row.join(", ")
         );
-        let r = sqlx::query(&sql).fetch_one(pool).await?;
+        let r = sqlx::query(&sql).fetch_one(&mut *conn).await?;
         parts.push(format!(
             "{table}:{}:{}:{}",
             r.try_get::<i64, _>(0)?,

@@ -30,6 +30,12 @@ pub type PartitionKey = (String, i32);
 /// Stored next offsets, as the sink reads them.
 pub type Stored = HashMap<PartitionKey, i64>;
 
+/// Offsets a [`Source`] must not deliver from, per partition (a partition
+/// not in the map is not bounded). Shared with whoever moves it: a shadow
+/// rebuild stops its consumer exactly at the live host's positions. Only
+/// ever raised.
+pub type Bound = std::sync::Arc<std::sync::RwLock<HashMap<PartitionKey, i64>>>;
+
 /// A librdkafka configuration from key-value settings.
 pub fn client_config(map: BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -76,6 +82,10 @@ pub struct Source {
     start: StartPolicy,
     /// Gaps met in the log since the pipeline last took them.
     gaps: Vec<Gap>,
+    /// Where delivery stops, if bounded, and the messages received at or
+    /// past it (their partitions paused), in order, until it rises.
+    bound: Option<Bound>,
+    beyond: Vec<OwnedMessage>,
 }
 
 /// Offsets the log no longer has between where a partition stood and the
@@ -156,21 +166,39 @@ impl Source {
             advised_at: None,
             start: settings.start_without_position,
             gaps: Vec::new(),
+            bound: None,
+            beyond: Vec::new(),
         })
+    }
+
+    /// Delivers no message at or past `bound` (see [`Bound`]).
+    pub fn bounded(&mut self, bound: Bound) {
+        self.bound = Some(bound);
     }
 
     /// Up to `max_events` messages: the held ones first, else waits up to a
     /// second for the first message, then at most `max_wait` for the rest.
     /// Cancelling it loses the messages it gathered: only shutdown may.
     pub async fn next_batch(&mut self) -> Vec<OwnedMessage> {
+        let batch = self.next_unbounded().await;
+        self.within_bound(batch)
+    }
+
+    async fn next_unbounded(&mut self) -> Vec<OwnedMessage> {
+        self.release_beyond();
         let max = self.max_events;
         if !self.held.is_empty() {
             let rest = self.held.split_off(self.held.len().min(max));
             return std::mem::replace(&mut self.held, rest);
         }
         let mut batch = Vec::with_capacity(max.min(4096));
-        let Ok(first) = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await
-        else {
+        // Held past a bound, the wait is short: a raised bound is seen soon.
+        let idle = if self.beyond.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(20)
+        };
+        let Ok(first) = tokio::time::timeout(idle, self.consumer.recv()).await else {
             // Idle: whatever was committed since the last advice is advised now.
             self.advise();
             return batch;
@@ -195,6 +223,81 @@ impl Source {
             }
         }
         batch
+    }
+
+    /// Messages kept past the bound that it now admits go to `held` (ahead
+    /// of anything newer), and their partitions resume when none is left.
+    fn release_beyond(&mut self) {
+        let Some(bound) = &self.bound else { return };
+        if self.beyond.is_empty() {
+            return;
+        }
+        let bound = bound.read().unwrap_or_else(|e| e.into_inner());
+        let admitted = |m: &OwnedMessage| {
+            bound
+                .get(&(m.topic().to_owned(), m.partition()))
+                .is_none_or(|b| m.offset() < *b)
+        };
+        // Per partition, a prefix of its messages is admitted.
+        let mut stopped: std::collections::HashSet<(String, i32)> = Default::default();
+        let mut kept = Vec::new();
+        let mut released = Vec::new();
+        for m in std::mem::take(&mut self.beyond) {
+            let key = (m.topic().to_owned(), m.partition());
+            if !stopped.contains(&key) && admitted(&m) {
+                released.push(m);
+            } else {
+                stopped.insert(key);
+                kept.push(m);
+            }
+        }
+        drop(bound);
+        let mut resume = TopicPartitionList::new();
+        for m in &released {
+            let key = (m.topic().to_owned(), m.partition());
+            if !stopped.contains(&key) && resume.find_partition(&key.0, key.1).is_none() {
+                resume.add_partition(&key.0, key.1);
+            }
+        }
+        if resume.count() > 0 {
+            let _ = self.consumer.resume(&resume);
+        }
+        self.beyond = kept;
+        released.append(&mut self.held);
+        self.held = released;
+    }
+
+    /// Keeps out of `batch` every message at or past the bound, and those
+    /// after it in its partition, pausing their partitions.
+    fn within_bound(&mut self, batch: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
+        let Some(bound) = &self.bound else {
+            return batch;
+        };
+        let bound = bound.read().unwrap_or_else(|e| e.into_inner());
+        let mut stopped: std::collections::HashSet<(String, i32)> = self
+            .beyond
+            .iter()
+            .map(|m| (m.topic().to_owned(), m.partition()))
+            .collect();
+        let mut pause = TopicPartitionList::new();
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let key = (m.topic().to_owned(), m.partition());
+            let past = bound.get(&key).is_some_and(|b| m.offset() >= *b);
+            if past || stopped.contains(&key) {
+                stopped.insert(key.clone());
+                if pause.find_partition(&key.0, key.1).is_none() {
+                    pause.add_partition(&key.0, key.1);
+                }
+                self.beyond.push(m);
+            } else {
+                out.push(m);
+            }
+        }
+        if pause.count() > 0 {
+            let _ = self.consumer.pause(&pause);
+        }
+        out
     }
 
     /// Keeps polling until `until` with every assigned partition paused (so

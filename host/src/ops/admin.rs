@@ -252,6 +252,91 @@ async fn deploy(
     }
 }
 
+/// The shadow rebuilds and canaries, as their rows report them.
+fn jobs(jobs: &[super::jobs::Job]) -> String {
+    let mut h = String::from("<h2>Rebuilds and canaries</h2>");
+    if jobs.is_empty() {
+        h.push_str("<p>none</p>");
+        return h;
+    }
+    h.push_str("<table><tr><th>job</th><th>domain</th><th>state</th><th>progress</th><th>updated</th></tr>");
+    for j in jobs {
+        let d = &j.detail;
+        let n = |k: &str| d.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+        let f = |k: &str| d.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        let s = |k: &str| {
+            d.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let progress = match (j.kind.as_str(), j.state.as_str()) {
+            ("rebuild", "swapped") => format!(
+                "{} rebuilt from {} events in {:.1} s; live paused {:.0} ms, RENAME TABLE {:.1} ms",
+                s("component"),
+                n("events"),
+                f("total_secs"),
+                f("live_paused_ms"),
+                f("rename_ms")
+            ),
+            ("rebuild", "failed") => format!("{}: {}", s("component"), s("error")),
+            ("rebuild", _) => format!(
+                "{} {} / {} events ({:.0} ev/s)",
+                s("component"),
+                n("done"),
+                n("total"),
+                f("events_per_sec")
+            ),
+            ("canary", _) => {
+                let mut text = format!(
+                    "{} beside {}: {} events, {:.2}% agreeing, {} differences, {} errors",
+                    s("candidate"),
+                    s("live"),
+                    n("events"),
+                    f("agreement") * 100.0,
+                    n("differences"),
+                    n("errors")
+                );
+                for e in d
+                    .get("examples")
+                    .and_then(|e| e.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = write!(
+                        text,
+                        "<br>{} {} {} {}: live {} / candidate {}",
+                        e["kind"].as_str().unwrap_or(""),
+                        e["event_id"].as_str().unwrap_or(""),
+                        e["op"].as_str().unwrap_or(""),
+                        e["column"].as_str().unwrap_or(""),
+                        e["live"],
+                        e["candidate"]
+                    );
+                }
+                text
+            }
+            _ => String::new(),
+        };
+        // Each part escaped; the example lines are joined by <br>.
+        let progress = progress
+            .split("<br>")
+            .map(esc)
+            .collect::<Vec<_>>()
+            .join("<br>");
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{progress}</td><td>{}</td></tr>",
+            esc(&j.kind),
+            esc(&j.domain),
+            esc(&j.state),
+            esc(&j.updated_at)
+        );
+    }
+    h.push_str("</table>");
+    h
+}
+
 fn badge(status: LagStatus) -> String {
     let colour = match status {
         LagStatus::Ok => "#2e7d32",
@@ -427,6 +512,7 @@ async fn page(State(admin): State<Admin>) -> Html<String> {
         }
         h.push_str("</table>");
     }
+    h.push_str(&jobs(&o.jobs));
     let _ = write!(
         h,
         "<h2>Dependencies</h2><table><tr><td>MySQL</td><td>{}</td></tr><tr><td>Kafka</td><td>{}</td></tr></table>",
@@ -518,5 +604,43 @@ fn check(c: &Check) -> String {
             "<span class=b style=\"background:#c62828\">down</span> <code>{}</code>",
             esc(c.error.as_deref().unwrap_or("not checked yet"))
         )
+    }
+}
+
+/// Sends a component to a running host's `POST /projections/deploy`
+/// (`url`, default `http://<admin.listen>`, with the settings' admin
+/// token): `Ok(Ok(label))` once it is in force there, `Ok(Err(reason))` when
+/// the host refused it, `Err` when the host cannot be reached or answered
+/// something else.
+pub async fn deploy_remote(
+    settings: &crate::settings::Settings,
+    bytes: Vec<u8>,
+    url: Option<&str>,
+) -> anyhow::Result<Result<String, String>> {
+    use anyhow::Context as _;
+    let token = settings
+        .admin
+        .token()?
+        .context("no admin token: set admin.token or admin.token_file (PROJECTOR_ADMIN_TOKEN[_FILE]) to the host's")?;
+    let url = url.map_or_else(
+        || format!("http://{}", settings.admin.listen),
+        |u| u.trim_end_matches('/').to_owned(),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{url}/projections/deploy"))
+        .bearer_auth(token)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the host at {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(Ok(body["loaded"].as_str().unwrap_or("?").to_owned()))
+    } else if status.as_u16() == 422 {
+        Ok(Err(body["message"].as_str().unwrap_or("?").to_owned()))
+    } else {
+        anyhow::bail!("the host at {url} answered {status}: {body}")
     }
 }

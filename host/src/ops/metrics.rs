@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use prometheus::core::Collector as _;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics of one host.
@@ -59,6 +59,15 @@ pub struct Metrics {
     /// `projector_envelope_unknown_fields_total`: envelopes that carried
     /// fields beyond the five (ignored).
     pub envelope_unknown_fields: IntCounter,
+    /// `projector_job_state{kind, domain, state}` = 1: the latest state of
+    /// each shadow rebuild and canary (`projector_jobs`).
+    pub job_state: IntGaugeVec,
+    /// `projector_rebuild_progress_ratio{domain}`: events the shadow applied
+    /// over the live position's (1 once swapped).
+    pub rebuild_progress: GaugeVec,
+    /// `projector_canary_events{domain, result}`: events a canary compared,
+    /// by result (`agreed`, `expected_difference`, `difference`, `error`).
+    pub canary_events: IntGaugeVec,
     /// The unknown field names logged so far (each once, up to a bound).
     unknown_field_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -74,6 +83,51 @@ fn seconds_buckets() -> Vec<f64> {
 const LOGGED_UNKNOWN_FIELDS: usize = 64;
 
 impl Metrics {
+    /// The jobs' gauges from their rows (a job's previous state is removed).
+    pub fn set_jobs(&self, jobs: &[super::jobs::Job]) {
+        self.job_state.reset();
+        self.rebuild_progress.reset();
+        self.canary_events.reset();
+        for j in jobs {
+            self.job_state
+                .with_label_values(&[j.kind.as_str(), j.domain.as_str(), j.state.as_str()])
+                .set(1);
+            let n = |k: &str| {
+                j.detail
+                    .get(k)
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or(0)
+            };
+            match j.kind.as_str() {
+                "rebuild" => {
+                    let ratio = if j.state == "swapped" {
+                        1.0
+                    } else if n("total") > 0 {
+                        n("done") as f64 / n("total") as f64
+                    } else {
+                        0.0
+                    };
+                    self.rebuild_progress
+                        .with_label_values(&[j.domain.as_str()])
+                        .set(ratio);
+                }
+                "canary" => {
+                    for (result, key) in [
+                        ("agreed", "agreed"),
+                        ("expected_difference", "expected_differences"),
+                        ("difference", "differences"),
+                        ("error", "errors"),
+                    ] {
+                        self.canary_events
+                            .with_label_values(&[j.domain.as_str(), result])
+                            .set(n(key));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Counts an envelope that carried `fields` beyond the five, and logs
     /// each field name the first time it is seen.
     pub fn note_unknown_fields(&self, event_type: &str, fields: &[String]) {
@@ -167,6 +221,27 @@ impl Metrics {
                 "Envelopes that carried fields beyond the five known ones (ignored)."
             )),
             unknown_field_names: Default::default(),
+            job_state: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_job_state",
+                    "Shadow rebuilds and canaries: 1 for each job's latest state."
+                ),
+                &["kind", "domain", "state"]
+            )),
+            rebuild_progress: reg!(GaugeVec::new(
+                Opts::new(
+                    "projector_rebuild_progress_ratio",
+                    "A shadow rebuild's events applied over the live position (1 once swapped)."
+                ),
+                &["domain"]
+            )),
+            canary_events: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "projector_canary_events",
+                    "Events a canary compared, by result."
+                ),
+                &["domain", "result"]
+            )),
             transient_errors: reg!(IntCounter::new(
                 "projector_transient_errors_total",
                 "Batch attempts that failed transiently and were retried."

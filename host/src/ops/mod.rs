@@ -6,11 +6,14 @@
 //! [`state::Shared`] and [`metrics::Metrics`], and ops read them.
 
 pub mod admin;
+pub mod canary;
 pub mod chart;
+pub mod jobs;
 pub mod lag;
 pub mod metrics;
 pub mod monitor;
 pub mod prune;
+pub mod rebuild;
 pub mod replay;
 pub mod state;
 

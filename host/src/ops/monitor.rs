@@ -77,6 +77,8 @@ impl Monitor {
             Err(_) => Err("no answer within 3 s".to_owned()),
         };
         let kafka = self.watermarks().await;
+        let jobs =
+            tokio::time::timeout(Duration::from_secs(3), super::jobs::list(&self.pool)).await;
         let shared = &self.shared;
         let metrics = &shared.metrics;
         {
@@ -91,6 +93,10 @@ impl Monitor {
                 error: kafka.as_ref().err().cloned(),
                 checked_at: Some(now),
             };
+            if let Ok(Ok(jobs)) = jobs {
+                metrics.set_jobs(&jobs);
+                o.jobs = jobs;
+            }
             metrics
                 .dependency_up
                 .with_label_values(&["mysql"])

@@ -89,6 +89,8 @@ pub struct Observed {
     pub recent_letters: VecDeque<RecentLetter>,
     /// The monitor's samples of the last [`HISTORY`], oldest first.
     pub history: VecDeque<Sample>,
+    /// Shadow rebuilds and canaries (`projector_jobs`), as last read.
+    pub jobs: Vec<super::jobs::Job>,
     #[serde(skip)]
     pub(super) rate_base: Option<(Instant, BTreeMap<String, u64>)>,
 }

@@ -303,6 +303,13 @@ impl Host {
         self.registry.borrow().clone()
     }
 
+    /// Stops every lane's delivery at `bound` (see [`consume::Bound`]).
+    pub fn bounded(&mut self, bound: &consume::Bound) {
+        for (_, source) in &mut self.sources {
+            source.bounded(bound.clone());
+        }
+    }
+
     /// The sandbox runtime (none in native mode).
     pub fn runtime(&self) -> Option<&Arc<Runtime>> {
         self.runtime.as_ref()

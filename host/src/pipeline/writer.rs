@@ -186,6 +186,7 @@ impl Writer {
         let work = async {
             let mut tx = conn.begin().await?;
             sink::fence(&mut tx, group, expected).await?;
+            self.same_components(applied, offsets)?;
             let outcome =
                 sink::apply_batch(&mut tx, &self.schema.get(), group, &events, offsets).await?;
             tx.commit().await?;
@@ -208,6 +209,31 @@ impl Writer {
         }
     }
 
+    /// Checked under the fence's locks: a batch whose events a component no
+    /// longer in force projected (replaced while the batch waited, as a
+    /// shadow rebuild's swap does while it holds the positions) is not
+    /// written; its partitions restart from their stored positions and the
+    /// events are projected again by the component in force.
+    fn same_components(
+        &self,
+        applied: &[Projected],
+        offsets: &BTreeMap<PartitionKey, i64>,
+    ) -> Result<(), ExecError> {
+        let registry = self.shared.registry.borrow().clone();
+        let stale = applied.iter().any(|a| {
+            a.component_ref.as_ref().is_some_and(|c| {
+                registry
+                    .route(&a.inner.event_type)
+                    .is_none_or(|p| p.digest() != c.digest)
+            })
+        });
+        if stale {
+            tracing::info!("a component was replaced while this batch waited; projecting it again");
+            return Err(ExecError::Moved(offsets.keys().cloned().collect()));
+        }
+        Ok(())
+    }
+
     /// Applies the events one by one under savepoints; the ones the database
     /// refuses are dead-lettered, the others committed with the offsets.
     /// An event failing with an unclassified error retries the batch until
@@ -224,7 +250,10 @@ impl Writer {
         };
         let mut conn = self.pool.acquire().await.map_err(transient)?;
         let mut tx = conn.begin().await.map_err(transient)?;
-        match sink::fence(&mut tx, group, expected).await {
+        match sink::fence(&mut tx, group, expected)
+            .await
+            .and_then(|()| self.same_components(applied, offsets))
+        {
             Ok(()) => {}
             Err(ExecError::Moved(keys)) => return Err(Attempt::Moved(keys)),
             Err(e) => return Err(anyhow::anyhow!("position check failed: {e}").into()),

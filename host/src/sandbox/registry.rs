@@ -199,6 +199,22 @@ pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
+/// The `.wasm` file of `dir` whose component projects `domain`.
+pub fn component_file(
+    runtime: &Runtime,
+    dir: &Path,
+    domain: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    for file in wasm_files(dir)? {
+        if let Ok(c) = runtime.load_file(&file)
+            && c.info.domain == domain
+        {
+            return Ok(file);
+        }
+    }
+    anyhow::bail!("no component for domain {domain:?} in {}", dir.display())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

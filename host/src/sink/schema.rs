@@ -33,11 +33,12 @@ pub const PROJECTION_TABLES: [&str; 7] = [
 ];
 
 /// Tables the host keeps for itself; no component may write them.
-pub const BOOKKEEPING_TABLES: [&str; 5] = [
+pub const BOOKKEEPING_TABLES: [&str; 6] = [
     "processed_events",
     "consumer_offsets",
     "dlq_redrives",
     "tombstones",
+    "projector_jobs",
     "_sqlx_migrations",
 ];
 
