@@ -321,3 +321,119 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
     host.stop().await;
     db.drop_db().await;
 }
+
+/// The live host's digest of the user component.
+fn user_digest(shared: &projector_host::ops::Shared) -> String {
+    shared
+        .registry
+        .borrow()
+        .domains()
+        .find(|(d, _)| d.as_str() == "user")
+        .map(|(_, p)| p.digest().to_owned())
+        .unwrap()
+}
+
+/// Users whose display name is not in upper case (compared as bytes: the
+/// tables' collation ignores case).
+async fn mixed_case_users(pool: &sqlx::MySqlPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE CAST(display_name AS BINARY) <> CAST(UPPER(display_name) AS BINARY)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploys_it_at_the_swap() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    // The swap deploys into the components folder: a copy of it.
+    let dir = components_copy();
+    let mut settings = settings(&db, &topics, &group);
+    settings.components.dir = dir.path().to_owned();
+    settings.batch.max_events = 20;
+    let all = events(240);
+    let (before, during) = all.split_at(all.len() / 2);
+    produce_all(&topics, before).await;
+    let host = RunningHost::start(settings.clone(), Mode::Wasm).await;
+    let url = host.admin_url().await;
+    wait_processed(&db.pool, before.len() as i64, Duration::from_secs(60)).await;
+    let previous = user_digest(&host.shared);
+    assert!(mixed_case_users(&db.pool).await > 0);
+    let traffic = {
+        let (prefix, during) = (topics.prefix.clone(), during.to_vec());
+        tokio::spawn(async move {
+            let topics = Topics { prefix };
+            for chunk in during.chunks(during.len() / 20 + 1) {
+                produce_all(&topics, chunk).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // user-next stores display names upper-cased: a new rule for all history.
+    let report = rebuild::rebuild(
+        &settings,
+        "user",
+        Options {
+            component: Some(test_component("user-next")),
+            url: Some(url.clone()),
+            force: false,
+            stall_timeout: Duration::from_secs(60),
+        },
+    )
+    .await
+    .expect("the rebuild swaps");
+    eprintln!("rebuild with user-next: {report:?}");
+    assert!(
+        report
+            .deployed
+            .as_deref()
+            .is_some_and(|l| l.starts_with("user@"))
+    );
+    assert_ne!(user_digest(&host.shared), previous, "user-next is in force");
+    traffic.await.unwrap();
+    wait_processed(&db.pool, all.len() as i64, Duration::from_secs(60)).await;
+    // Every user, from before the swap or after it, has the new rule; every
+    // other table is a clean run's.
+    assert_eq!(
+        mixed_case_users(&db.pool).await,
+        0,
+        "the new rule applies to all history and to what came after"
+    );
+    let mut expected = clean_run(&all).await;
+    for row in expected.get_mut("users").unwrap() {
+        if let Some(Some(name)) = row.get_mut("display_name") {
+            *name = name.to_uppercase();
+        }
+    }
+    assert_same(&dump(&db.pool).await, &expected);
+
+    // Rolled back: the previous tables and the previous component, and what
+    // came since projected by it.
+    eprintln!(
+        "{}",
+        rebuild::rollback(&settings, "user", Some(&url))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        user_digest(&host.shared),
+        previous,
+        "the previous component is back"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let real = dump(&db.pool).await;
+        if real == clean_run(&all).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the previous tables caught up");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(mixed_case_users(&db.pool).await > 0);
+    rebuild::drop_previous(&settings, "user").await.unwrap();
+    host.stop().await;
+    db.drop_db().await;
+}

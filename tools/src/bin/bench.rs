@@ -77,7 +77,8 @@ struct Args {
     /// Batch size of the batched host modes (the host's default is 500).
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Only these modes (kafka, mysql, per-event, wasm, native).
+    /// Only these modes (kafka, mysql, plain, seed, per-event, wasm, scale,
+    /// recovery, rebuild, native).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs of each mode, in rotated order.
@@ -1162,6 +1163,91 @@ async fn recovery(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Result<Ru
     result
 }
 
+/// The default host projects the set; then `projector rebuild --domain
+/// product` rebuilds that domain into shadow tables beside it and swaps
+/// them in. Its report is the timeline; the tables must equal a clean run's.
+async fn shadow_rebuild(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Result<RunResult> {
+    let tag = format!("rebuild{round}");
+    let (name, url, pool) = ctx.fresh_db(&tag).await?;
+    let group = format!("bench_{}_{tag}", ctx.run);
+    let topics = ctx.topics(host.set);
+    let n = host.n as i64;
+    let mut child = spawn_host(ctx, host, &url, &group, &topics, &tag, None)?;
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while progress(&pool, &group, &host.ends).await < n {
+            if Instant::now() > deadline {
+                bail!("the host did not finish the set");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let before = projector_tools::snapshot::checksum(&pool).await?;
+        let output = Command::new(&host.bin)
+            .args(["rebuild", "--domain", "product", "--json"])
+            .env("MYSQL_URL", &url)
+            .env("KAFKA_BOOTSTRAP", &ctx.kafka)
+            .env("PROJECTOR_GROUP_ID", &group)
+            .env("PROJECTOR_TOPICS", topics.join(","))
+            .env("PROJECTOR_COMPONENTS_DIR", &ctx.components)
+            .env("PROJECTOR_BATCH_SIZE", host.batch.to_string())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .output()
+            .context("projector rebuild runs")?;
+        if !output.status.success() {
+            bail!("projector rebuild failed: {}", String::from_utf8_lossy(&output.stdout));
+        }
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("projector rebuild --json prints its report")?;
+        let after = projector_tools::snapshot::checksum(&pool).await?;
+        if after != before {
+            bail!("the rebuilt tables differ from the live ones they replaced");
+        }
+        let f = |k: &str| report[k].as_f64().unwrap_or(0.0);
+        let events = report["events"].as_u64().unwrap_or(0) as usize;
+        say(format!(
+            "shadow rebuild: {events} product events in {:.2} s ({:.0} events/s while catching up, {:.2} s), swap: live topic paused {:.0} ms (shadow's last stretch {:.0} ms, bookkeeping {:.0} ms), RENAME TABLE {:.1} ms",
+            f("total_secs"),
+            events as f64 / f("catch_up_secs").max(1e-3),
+            f("catch_up_secs"),
+            f("live_paused_ms"),
+            f("reach_ms"),
+            f("bookkeeping_ms"),
+            f("rename_ms"),
+        ));
+        Ok(RunResult {
+            mode: REBUILD.to_owned(),
+            round,
+            events,
+            events_per_sec: events as f64 / f("catch_up_secs").max(1e-3),
+            wall_secs: f("total_secs"),
+            cpu_secs: None,
+            p50_ms: None,
+            p99_ms: None,
+            paced_rate: None,
+            rate_over_capacity: None,
+            peak_rss_mb: None,
+            checksum: Some(after),
+        })
+    }
+    .await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    for db in [
+        name.clone(),
+        format!("{name}_rb_product"),
+        format!("{name}_rbx_product"),
+    ] {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+            .execute(&pool)
+            .await;
+    }
+    result
+}
+
 fn svg_chart(summaries: &[Summary], n: usize, runs: usize) -> String {
     let w = 820.0;
     let bar_h = 34.0;
@@ -1214,6 +1300,9 @@ const PLAIN_CEILING: &str = "plain ceiling (MySQL)";
 const SEED_DESIGN: &str = "seed design (per-statement commits)";
 /// Its `wall_secs` is the restart-to-first-commit time after a kill -9.
 const RECOVERY: &str = "default, kill -9 and restart";
+/// Its `events_per_sec` is the shadow's events over its catch-up time and
+/// `wall_secs` the whole rebuild (start to swap).
+const REBUILD: &str = "shadow rebuild of product (beside the default)";
 const WASM: &str = "host batched (WASM, default)";
 const NATIVE: &str = "host batched (native)";
 const PER_EVENT: &str = "host per-event (WASM, batch 1)";
@@ -1228,6 +1317,7 @@ enum Mode {
     Host(HostMode),
     Scale(HostMode, usize),
     Recovery(HostMode),
+    Rebuild(HostMode),
 }
 
 impl Mode {
@@ -1242,6 +1332,7 @@ impl Mode {
         match self {
             Mode::Scale(..) => unreachable!("named by scale_name"),
             Mode::Recovery(_) => RECOVERY,
+            Mode::Rebuild(_) => REBUILD,
             Mode::Kafka => RAW_KAFKA,
             Mode::Mysql => MYSQL_CEILING,
             Mode::Plain => PLAIN_CEILING,
@@ -1400,6 +1491,9 @@ async fn main() -> anyhow::Result<()> {
     if wanted("recovery") {
         modes.push(Mode::Recovery(default_host.clone()));
     }
+    if wanted("rebuild") {
+        modes.push(Mode::Rebuild(default_host.clone()));
+    }
     if wanted("native") {
         modes.push(host(
             NATIVE.into(),
@@ -1442,6 +1536,7 @@ async fn main() -> anyhow::Result<()> {
                 Mode::Seed => seed_design(&ctx, "small", m, round).await?,
                 Mode::Scale(h, processes) => scale_out(&ctx, h, *processes, round).await?,
                 Mode::Recovery(h) => recovery(&ctx, h, round).await?,
+                Mode::Rebuild(h) => shadow_rebuild(&ctx, h, round).await?,
                 Mode::Host(h) => {
                     let set = next_latency.next().expect("one paced stream per host run");
                     host_mode(&ctx, h, round, set, &args).await?
