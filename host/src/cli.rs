@@ -608,6 +608,9 @@ pub fn rebuild(
                 println!("{}", rebuild::drop_previous(settings, domain).await?)
             }
             RebuildAction::Rebuild => {
+                let mut options = options;
+                // Ctrl-C or SIGTERM stops the catch-up (never a swap under way).
+                options.interrupt = crate::shutdown::on_signals();
                 let r = rebuild::rebuild(settings, domain, options).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
@@ -645,12 +648,10 @@ pub fn canary(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let asked = options.promote_after.is_some();
-    let report = tokio_runtime()?.block_on(crate::ops::canary::run(
-        settings,
-        file,
-        options,
-        crate::shutdown::on_signals(),
-    ))?;
+    let report = tokio_runtime()?.block_on(async {
+        // Ctrl-C or SIGTERM ends the comparison with its report.
+        crate::ops::canary::run(settings, file, options, crate::shutdown::on_signals()).await
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

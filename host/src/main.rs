@@ -358,6 +358,7 @@ fn main() -> ExitCode {
                 url,
                 force,
                 stall_timeout: std::time::Duration::from_secs(stall_timeout),
+                interrupt: Default::default(),
             },
             json,
         ),

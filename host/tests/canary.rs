@@ -139,6 +139,33 @@ async fn canaries_agree_report_exactly_what_differs_and_only_agreeing_ones_are_p
         (7_500, 2_500, 0)
     );
 
+    // The command line: exit 1 on differences, 0 when they are expected.
+    let cli = |extra: &[&str]| {
+        let mut args = vec![
+            "canary",
+            next.to_str().unwrap(),
+            "--from-start",
+            "--events",
+            "200",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        projector(&db.url, &topics, &group, dir.path(), &args)
+    };
+    let (ok, out) = cli(&[]);
+    assert!(!ok, "differences exit 1: {out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&out[..out.rfind('}').unwrap_or_else(|| panic!("{out}")) + 1])
+            .unwrap();
+    assert_eq!(json["events"], 200);
+    assert!(json["differences"].as_u64().unwrap() > 0);
+    assert_eq!(
+        json["agreed"].as_u64().unwrap() + json["differences"].as_u64().unwrap(),
+        200
+    );
+    let (ok, out) = cli(&["--expect", "display_name"]);
+    assert!(ok, "expected differences exit 0: {out}");
+
     // Asked to promote, the changed rule is refused at its first difference.
     let r = run(&settings, &next, options(Some(10_000), None, &url)).await;
     assert_eq!(r.verdict, "refused");

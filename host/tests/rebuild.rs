@@ -170,6 +170,7 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
             url: Some(url.clone()),
             force: false,
             stall_timeout: Duration::from_secs(60),
+            interrupt: Default::default(),
         },
     )
     .await
@@ -265,6 +266,27 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
     assert_eq!(report.positions.len(), 1);
     assert!(report.positions[0].1 > 0);
 
+    // The host shows the swapped rebuild.
+    let swapped = "projector_job_state{domain=\"product\",kind=\"rebuild\",state=\"swapped\"}";
+    let mut m = Default::default();
+    for _ in 0..100 {
+        m = parse_prometheus(&http_get(&format!("{url}/metrics")).await.1);
+        if m.get(swapped) == Some(&1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(m.get(swapped), Some(&1.0), "{m:?}");
+    assert_eq!(
+        m.get("projector_rebuild_progress_ratio{domain=\"product\"}"),
+        Some(&1.0)
+    );
+    let (_, page) = http_get(&format!("{url}/")).await;
+    assert!(
+        page.contains("RENAME TABLE"),
+        "the status page shows the swap"
+    );
+
     // More traffic after the swap, then the rollback: the previous tables
     // come back and the live host projects onto them what came since.
     let swap_position = report.positions[0].1;
@@ -301,7 +323,27 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_same(&dump(&db.pool).await, &clean_run(&everything).await);
-    // A second rollback has nothing to roll back.
+    // A second rollback has nothing to roll back, and the command line
+    // refuses what it cannot do.
+    let (ok, out) = projector(
+        &db.url,
+        &topics,
+        &group,
+        &components_dir(),
+        &["rebuild", "--domain", "product", "--rollback"],
+    );
+    assert!(!ok && out.contains("no swapped rebuild"), "{out}");
+    let (ok, out) = projector(
+        &db.url,
+        &topics,
+        &group,
+        &components_dir(),
+        &["rebuild", "--domain", "nosuch"],
+    );
+    assert!(
+        !ok && out.contains("no configured topic for domain"),
+        "{out}"
+    );
     assert!(
         rebuild::rollback(&settings, "product", Some(&url))
             .await
@@ -381,6 +423,7 @@ async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploy
             url: Some(url.clone()),
             force: false,
             stall_timeout: Duration::from_secs(60),
+            interrupt: Default::default(),
         },
     )
     .await

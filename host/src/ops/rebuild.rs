@@ -148,6 +148,8 @@ pub struct Options {
     pub force: bool,
     /// Give up when the shadow makes no progress for this long.
     pub stall_timeout: Duration,
+    /// Stops the rebuild while it catches up (a swap under way completes).
+    pub interrupt: CancellationToken,
 }
 
 fn quoted(db: &str, table: &str) -> String {
@@ -382,6 +384,26 @@ fn draw(done: i64, total: i64, topic: &str, rate: f64) {
     let _ = std::io::stderr().flush();
 }
 
+/// Holds the domain's rebuild lock (a named lock on its own connection,
+/// released when dropped): one rebuild, rollback or drop of a domain at a
+/// time.
+async fn exclusive(
+    pool: &MySqlPool,
+    domain: &str,
+) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::MySql>> {
+    let mut conn = pool.acquire().await?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT(DATABASE(), '.projector_rebuild.', ?), 0)")
+            .bind(domain)
+            .fetch_one(&mut *conn)
+            .await?;
+    anyhow::ensure!(
+        locked == Some(1),
+        "another rebuild, rollback or drop of {domain} is running"
+    );
+    Ok(conn)
+}
+
 /// Rebuilds `domain` into shadow tables and swaps them in.
 pub async fn rebuild(
     settings: &Settings,
@@ -389,9 +411,10 @@ pub async fn rebuild(
     options: Options,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let pool = sink::connect_mysql(&settings.mysql.url, 4).await?;
+    let pool = sink::connect_mysql(&settings.mysql.url, 5).await?;
     sink::migrate(&pool).await?;
     let plan = Plan::new(&pool, settings, domain).await?;
+    let _lock = exclusive(&pool, domain).await?;
     let runtime = Runtime::from_settings(settings)?;
     let live_file = component_file(&runtime, &settings.components.dir, domain)?;
     let live_bytes = std::fs::read(&live_file)?;
@@ -477,6 +500,11 @@ pub async fn rebuild(
                 };
                 anyhow::bail!("the shadow host stopped: {why}");
             }
+            if options.interrupt.is_cancelled() {
+                anyhow::bail!(
+                    "interrupted while catching up: the live tables are unchanged; run the rebuild again to start over"
+                );
+            }
             let live = positions(&pool, &settings.kafka.group_id, &plan.topic, &ends).await?;
             let shadow_at = positions(&shadow_pool, &plan.shadow_group, &plan.topic, &ends).await?;
             moved_back(&bound, &plan.topic, &live)?;
@@ -501,7 +529,9 @@ pub async fn rebuild(
                 )
                 .await;
             }
-            if behind <= (2 * settings.batch.max_events as i64).max(1000) {
+            // Close enough, and the shadow host is consuming (so the live
+            // topic is not held while it starts).
+            if behind <= (2 * settings.batch.max_events as i64).max(1000) && (done > 0 || total == 0) {
                 let caught = *caught_up_at.get_or_insert_with(|| started.elapsed());
                 record("swapping", json!({"component": label, "done": done, "total": total}), false).await;
                 match swap(&pool, &shadow_pool, settings, &plan, &tables, &bound, &ends, &stop, &mut shadow, &options, &shadow_bytes).await? {
@@ -753,8 +783,9 @@ pub async fn rollback(
     domain: &str,
     url: Option<&str>,
 ) -> anyhow::Result<String> {
-    let pool = sink::connect_mysql(&settings.mysql.url, 4).await?;
+    let pool = sink::connect_mysql(&settings.mysql.url, 5).await?;
     let plan = Plan::new(&pool, settings, domain).await?;
+    let _lock = exclusive(&pool, domain).await?;
     let state: Option<String> = sqlx::query_scalar(
         "SELECT state FROM projector_jobs WHERE kind = 'rebuild' AND domain = ?",
     )
@@ -860,8 +891,9 @@ pub async fn rollback(
 
 /// `--drop-previous`: drops the shadow databases (the rollback point).
 pub async fn drop_previous(settings: &Settings, domain: &str) -> anyhow::Result<String> {
-    let pool = sink::connect_mysql(&settings.mysql.url, 2).await?;
+    let pool = sink::connect_mysql(&settings.mysql.url, 3).await?;
     let plan = Plan::new(&pool, settings, domain).await?;
+    let _lock = exclusive(&pool, domain).await?;
     for db in [&plan.shadow_db, &plan.transit_db] {
         sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
             .execute(&pool)
