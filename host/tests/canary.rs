@@ -166,6 +166,38 @@ async fn canaries_agree_report_exactly_what_differs_and_only_agreeing_ones_are_p
     let (ok, out) = cli(&["--expect", "display_name"]);
     assert!(ok, "expected differences exit 0: {out}");
 
+    // On live traffic (the default): from the live host's positions, the
+    // events produced while it runs.
+    let mut o = options(None, Some(100), &url);
+    o.from_start = false;
+    let fresh = user_events(100);
+    let (r, ()) = tokio::join!(run(&settings, &next, o), async {
+        // Once the canary has taken its positions (it records `comparing`).
+        wait_until(
+            &db.pool,
+            "SELECT COUNT(*) FROM projector_jobs WHERE kind = 'canary' AND state = 'comparing'",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+        produce_all(&topics, &fresh).await;
+    });
+    let fresh_ids: BTreeSet<String> = fresh
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!((r.events, r.differences, r.errors), (100, 25, 0));
+    assert!(
+        r.examples.iter().all(|e| fresh_ids.contains(&e.event_id)),
+        "only the new events"
+    );
+    wait_processed(
+        &db.pool,
+        (events.len() + fresh.len()) as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+
     // Asked to promote, the changed rule is refused at its first difference.
     let r = run(&settings, &next, options(Some(10_000), None, &url)).await;
     assert_eq!(r.verdict, "refused");
