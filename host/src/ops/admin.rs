@@ -271,14 +271,16 @@ fn jobs(jobs: &[super::jobs::Job]) -> String {
                 .to_owned()
         };
         let progress = match (j.kind.as_str(), j.state.as_str()) {
-            ("rebuild", "swapped") => format!(
-                "{} rebuilt from {} events in {:.1} s; live paused {:.0} ms, RENAME TABLE {:.1} ms",
-                s("component"),
-                n("events"),
-                f("total_secs"),
-                f("live_paused_ms"),
-                f("rename_ms")
-            ),
+            ("rebuild", "swapped" | "rolled_back" | "dropped") if d.get("rename_ms").is_some() => {
+                format!(
+                    "{} rebuilt from {} events in {:.1} s; live paused {:.0} ms, RENAME TABLE {:.1} ms",
+                    s("component"),
+                    n("events"),
+                    f("total_secs"),
+                    f("live_paused_ms"),
+                    f("rename_ms")
+                )
+            }
             ("rebuild", "failed") => format!("{}: {}", s("component"), s("error")),
             ("rebuild", _) => format!(
                 "{} {} / {} events ({:.0} ev/s)",

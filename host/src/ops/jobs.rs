@@ -73,3 +73,30 @@ pub async fn list(pool: &MySqlPool) -> Result<Vec<Job>, sqlx::Error> {
         })
         .collect()
 }
+
+/// Moves a job to `state`, keeping what its detail held and adding the
+/// fields of `extra` (a rollback or a drop keeps the rebuild's timeline).
+pub async fn advance(
+    pool: &MySqlPool,
+    kind: &str,
+    domain: &str,
+    state: &str,
+    extra: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let detail: Option<String> =
+        sqlx::query_scalar("SELECT detail FROM projector_jobs WHERE kind = ? AND domain = ?")
+            .bind(kind)
+            .bind(domain)
+            .fetch_optional(pool)
+            .await?;
+    let mut detail: serde_json::Value = detail
+        .and_then(|d| serde_json::from_str(&d).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let (Some(into), Some(from)) = (detail.as_object_mut(), extra.as_object()) {
+        for (k, v) in from {
+            into.insert(k.clone(), v.clone());
+        }
+    }
+    record(pool, kind, domain, state, &detail, false).await
+}

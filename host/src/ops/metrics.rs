@@ -82,6 +82,12 @@ fn seconds_buckets() -> Vec<f64> {
 /// How many distinct unknown envelope field names are logged.
 const LOGGED_UNKNOWN_FIELDS: usize = 64;
 
+/// A rebuild that reached its swap (and perhaps was rolled back or dropped
+/// since).
+fn swapped(j: &super::jobs::Job) -> bool {
+    j.state == "swapped" || j.detail.get("rename_ms").is_some()
+}
+
 impl Metrics {
     /// The jobs' gauges from their rows (a job's previous state is removed).
     pub fn set_jobs(&self, jobs: &[super::jobs::Job]) {
@@ -100,7 +106,7 @@ impl Metrics {
             };
             match j.kind.as_str() {
                 "rebuild" => {
-                    let ratio = if j.state == "swapped" {
+                    let ratio = if swapped(j) {
                         1.0
                     } else if n("total") > 0 {
                         n("done") as f64 / n("total") as f64

@@ -877,10 +877,10 @@ pub async fn rollback(
     }
     tx.commit().await?;
     let detail = json!({
-        "positions": swap_positions,
+        "rolled_back_to": swap_positions,
         "redeployed": redeployed,
     });
-    jobs::record(&pool, "rebuild", domain, "rolled_back", &detail, false).await?;
+    jobs::advance(&pool, "rebuild", domain, "rolled_back", &detail).await?;
     Ok(format!(
         "rolled back {domain}: the previous tables are live again, positions back at {swap_positions:?}{}",
         redeployed
@@ -899,7 +899,7 @@ pub async fn drop_previous(settings: &Settings, domain: &str) -> anyhow::Result<
             .execute(&pool)
             .await?;
     }
-    jobs::record(&pool, "rebuild", domain, "dropped", &json!({}), false).await?;
+    jobs::advance(&pool, "rebuild", domain, "dropped", &json!({})).await?;
     Ok(format!(
         "dropped {} and {}",
         plan.shadow_db, plan.transit_db
