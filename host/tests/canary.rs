@@ -75,16 +75,7 @@ async fn canaries_agree_report_exactly_what_differs_and_only_agreeing_ones_are_p
     let host = RunningHost::start(settings.clone(), Mode::Wasm).await;
     let url = host.admin_url().await;
     wait_processed(&db.pool, events.len() as i64, Duration::from_secs(120)).await;
-    let digest = |shared: &projector_host::ops::Shared| {
-        shared
-            .registry
-            .borrow()
-            .domains()
-            .find(|(d, _)| d.as_str() == "user")
-            .map(|(_, p)| p.digest().to_owned())
-            .unwrap()
-    };
-    let live_digest = digest(&host.shared);
+    let live_digest = digest_in_force(&host.shared, "user");
 
     // The events user-next changes, read from the events themselves.
     let affected: BTreeSet<String> = events
@@ -204,7 +195,7 @@ async fn canaries_agree_report_exactly_what_differs_and_only_agreeing_ones_are_p
     assert_eq!(r.differences, 1);
     assert!(r.promoted.is_none());
     assert_eq!(
-        digest(&host.shared),
+        digest_in_force(&host.shared, "user"),
         live_digest,
         "the live component still serves"
     );
@@ -234,22 +225,14 @@ async fn canaries_agree_report_exactly_what_differs_and_only_agreeing_ones_are_p
     );
     assert!(r.promoted.is_none());
     assert_eq!(
-        digest(&host.shared),
+        digest_in_force(&host.shared, "user"),
         live_digest,
         "the live component still serves"
     );
 
     // The status page and the metrics show the last canary.
     let refused = "projector_job_state{domain=\"user\",kind=\"canary\",state=\"refused\"}";
-    let mut m = Default::default();
-    for _ in 0..100 {
-        m = parse_prometheus(&http_get(&format!("{url}/metrics")).await.1);
-        if m.get(refused) == Some(&1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(m.get(refused), Some(&1.0), "{m:?}");
+    let m = wait_metric(&url, refused, 1.0).await;
     assert_eq!(
         m.get("projector_canary_events{domain=\"user\",result=\"error\"}"),
         Some(&1.0)

@@ -15,6 +15,17 @@ use sqlx::{Connection as _, MySqlConnection};
 
 const PRODUCT_TABLES: [&str; 2] = ["products", "product_variants"];
 
+/// A rebuild's options in these tests (`component`: rebuild with it).
+fn options(component: Option<std::path::PathBuf>, url: &str) -> Options {
+    Options {
+        component,
+        url: Some(url.to_owned()),
+        force: false,
+        stall_timeout: Duration::from_secs(60),
+        interrupt: Default::default(),
+    }
+}
+
 async fn create_topic(name: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -162,19 +173,9 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
         })
     };
     let started = Instant::now();
-    let report = rebuild::rebuild(
-        &settings,
-        "product",
-        Options {
-            component: None,
-            url: Some(url.clone()),
-            force: false,
-            stall_timeout: Duration::from_secs(60),
-            interrupt: Default::default(),
-        },
-    )
-    .await
-    .expect("the rebuild swaps");
+    let report = rebuild::rebuild(&settings, "product", options(None, &url))
+        .await
+        .expect("the rebuild swaps");
     let swapped_at = Instant::now();
     eprintln!(
         "rebuild report: {}",
@@ -268,15 +269,7 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
 
     // The host shows the swapped rebuild.
     let swapped = "projector_job_state{domain=\"product\",kind=\"rebuild\",state=\"swapped\"}";
-    let mut m = Default::default();
-    for _ in 0..100 {
-        m = parse_prometheus(&http_get(&format!("{url}/metrics")).await.1);
-        if m.get(swapped) == Some(&1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(m.get(swapped), Some(&1.0), "{m:?}");
+    let m = wait_metric(&url, swapped, 1.0).await;
     assert_eq!(
         m.get("projector_rebuild_progress_ratio{domain=\"product\"}"),
         Some(&1.0)
@@ -364,17 +357,6 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
     db.drop_db().await;
 }
 
-/// The live host's digest of the user component.
-fn user_digest(shared: &projector_host::ops::Shared) -> String {
-    shared
-        .registry
-        .borrow()
-        .domains()
-        .find(|(d, _)| d.as_str() == "user")
-        .map(|(_, p)| p.digest().to_owned())
-        .unwrap()
-}
-
 /// Users whose display name is not in upper case (compared as bytes: the
 /// tables' collation ignores case).
 async fn mixed_case_users(pool: &sqlx::MySqlPool) -> i64 {
@@ -402,7 +384,7 @@ async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploy
     let host = RunningHost::start(settings.clone(), Mode::Wasm).await;
     let url = host.admin_url().await;
     wait_processed(&db.pool, before.len() as i64, Duration::from_secs(60)).await;
-    let previous = user_digest(&host.shared);
+    let previous = digest_in_force(&host.shared, "user");
     assert!(mixed_case_users(&db.pool).await > 0);
     let traffic = {
         let (prefix, during) = (topics.prefix.clone(), during.to_vec());
@@ -418,13 +400,7 @@ async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploy
     let report = rebuild::rebuild(
         &settings,
         "user",
-        Options {
-            component: Some(test_component("user-next")),
-            url: Some(url.clone()),
-            force: false,
-            stall_timeout: Duration::from_secs(60),
-            interrupt: Default::default(),
-        },
+        options(Some(test_component("user-next")), &url),
     )
     .await
     .expect("the rebuild swaps");
@@ -435,7 +411,11 @@ async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploy
             .as_deref()
             .is_some_and(|l| l.starts_with("user@"))
     );
-    assert_ne!(user_digest(&host.shared), previous, "user-next is in force");
+    assert_ne!(
+        digest_in_force(&host.shared, "user"),
+        previous,
+        "user-next is in force"
+    );
     traffic.await.unwrap();
     wait_processed(&db.pool, all.len() as i64, Duration::from_secs(60)).await;
     // Every user, from before the swap or after it, has the new rule; every
@@ -462,7 +442,7 @@ async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploy
             .unwrap()
     );
     assert_eq!(
-        user_digest(&host.shared),
+        digest_in_force(&host.shared, "user"),
         previous,
         "the previous component is back"
     );

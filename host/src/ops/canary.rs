@@ -40,7 +40,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::jobs;
-use super::replay::{topic_of, watermarks};
+use super::replay::{topic_of, watermarks_of};
 use crate::sandbox::{GuestFailure, LoadedComponent, Runtime, envelope_view};
 use crate::settings::Settings;
 use crate::sink::{self, Schema};
@@ -310,10 +310,7 @@ pub async fn run(
         .is_ok()
         .then_some(&schema);
     let topic = topic_of(settings, &domain)?;
-    let ends = {
-        let (settings, topic) = (settings.clone(), topic.clone());
-        tokio::task::spawn_blocking(move || watermarks(&settings, &topic)).await??
-    };
+    let ends = watermarks_of(settings, &topic).await?;
     let stored = sink::stored_offsets(&pool, &settings.kafka.group_id).await?;
     let mut assignment = TopicPartitionList::new();
     for (p, low, _) in &ends {

@@ -35,12 +35,7 @@ pub async fn prune(
 ) -> anyhow::Result<Pruned> {
     let mut pruned = Pruned::default();
     for topic in &settings.topics {
-        let ends = {
-            let settings = settings.clone();
-            let topic = topic.clone();
-            tokio::task::spawn_blocking(move || super::replay::watermarks(&settings, &topic))
-                .await?
-        };
+        let ends = super::replay::watermarks_of(settings, topic).await;
         let ends = match ends {
             Ok(ends) => ends,
             Err(e) => {

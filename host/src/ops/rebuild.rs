@@ -49,11 +49,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::json;
-use sqlx::{Connection as _, MySqlConnection, MySqlPool, Row as _};
+use sqlx::{MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
 use super::jobs;
-use super::replay::{topic_of, watermarks};
+use super::replay::{hold_positions, topic_of, watermarks_of};
 use crate::consume::{Bound, PartitionKey};
 use crate::pipeline::{Host, Mode};
 use crate::sandbox::{Runtime, registry::component_file};
@@ -97,6 +97,23 @@ impl Plan {
             shadow_db,
             transit_db,
         })
+    }
+
+    /// Exchanges `tables` between the live and the shadow database with one
+    /// `RENAME TABLE` (see [`rename_exchange`]).
+    async fn swap_tables(
+        &self,
+        conn: &mut MySqlConnection,
+        tables: &[String],
+    ) -> anyhow::Result<Duration> {
+        rename_exchange(
+            conn,
+            &self.live_db,
+            &self.shadow_db,
+            &self.transit_db,
+            tables,
+        )
+        .await
     }
 
     /// The settings' MySQL URL with the shadow database.
@@ -170,6 +187,22 @@ fn written_tables(
         c.info.writes.iter().map(|w| w.table.clone()).collect(),
         label,
     ))
+}
+
+/// The tables a swap exchanges: those the rebuilt component writes, then
+/// those only the previous one wrote; and the rebuilt one's label.
+fn swapped_tables(
+    runtime: &Runtime,
+    (rebuilt, source): (&[u8], &str),
+    previous: &[u8],
+) -> anyhow::Result<(Vec<String>, String)> {
+    let (mut tables, label) = written_tables(runtime, rebuilt, source)?;
+    for t in written_tables(runtime, previous, "previous")?.0 {
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
+    Ok((tables, label))
 }
 
 /// Next offsets of `group` on `topic` (partitions without a row: their low
@@ -425,16 +458,8 @@ pub async fn rebuild(
         ),
         None => (live_bytes.clone(), live_file.display().to_string()),
     };
-    let (mut tables, label) = written_tables(&runtime, &shadow_bytes, &source)?;
-    for t in written_tables(&runtime, &live_bytes, "live")?.0 {
-        if !tables.contains(&t) {
-            tables.push(t);
-        }
-    }
-    let ends = {
-        let (settings, topic) = (settings.clone(), plan.topic.clone());
-        tokio::task::spawn_blocking(move || watermarks(&settings, &topic)).await??
-    };
+    let (tables, label) = swapped_tables(&runtime, (&shadow_bytes, &source), &live_bytes)?;
+    let ends = watermarks_of(settings, &plan.topic).await?;
     let lost: Vec<String> = ends
         .iter()
         .filter(|(_, low, _)| *low > 0)
@@ -674,22 +699,11 @@ async fn swap(
     shadow_bytes: &[u8],
 ) -> anyhow::Result<Option<Swapped>> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await?;
-    let mut tx = conn.begin().await?;
     let paused = Instant::now();
+    let (mut tx, rows) = hold_positions(&mut conn, &settings.kafka.group_id, &plan.topic).await?;
     let held: BTreeMap<i32, i64> = {
-        let rows = sqlx::query(
-            "SELECT `partition`, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ? FOR UPDATE",
-        )
-        .bind(&settings.kafka.group_id)
-        .bind(&plan.topic)
-        .fetch_all(&mut *tx)
-        .await?;
         let mut m: BTreeMap<i32, i64> = ends.iter().map(|(p, low, _)| (*p, *low)).collect();
-        for r in rows {
-            let (p, n): (i32, i64) = (r.try_get(0)?, r.try_get(1)?);
+        for (p, n) in rows {
             m.insert(p, n.max(m.get(&p).copied().unwrap_or(0)));
         }
         m
@@ -716,15 +730,7 @@ async fn swap(
     exchange_bookkeeping(&mut tx, plan, &plan.live_db, &plan.shadow_db, tables).await?;
     let bookkeeping = exchanged.elapsed();
     let mut rename_conn = pool.acquire().await?;
-    let rename = match rename_exchange(
-        &mut rename_conn,
-        &plan.live_db,
-        &plan.shadow_db,
-        &plan.transit_db,
-        tables,
-    )
-    .await
-    {
+    let rename = match plan.swap_tables(&mut rename_conn, tables).await {
         Ok(d) => d,
         Err(e) => {
             tx.rollback().await?;
@@ -738,14 +744,7 @@ async fn swap(
             Ok(Ok(label)) => Some(label),
             outcome => {
                 // Back as it was: the previous tables, the previous bookkeeping.
-                rename_exchange(
-                    &mut rename_conn,
-                    &plan.live_db,
-                    &plan.shadow_db,
-                    &plan.transit_db,
-                    tables,
-                )
-                .await?;
+                plan.swap_tables(&mut rename_conn, tables).await?;
                 tx.rollback().await?;
                 let why = match outcome {
                     Ok(Err(reason)) => format!("the live host refused the component: {reason}"),
@@ -803,29 +802,11 @@ pub async fn rollback(
         .await?
         .context("the shadow database lost its rebuild state")?;
     let rebuilt = recall(&shadow_pool, "component").await?.unwrap_or_default();
-    let mut tables = written_tables(&runtime, &previous, "previous")?.0;
-    for t in written_tables(&runtime, &rebuilt, "rebuilt")?.0 {
-        if !tables.contains(&t) {
-            tables.push(t);
-        }
-    }
-    let ends = {
-        let (settings, topic) = (settings.clone(), plan.topic.clone());
-        tokio::task::spawn_blocking(move || watermarks(&settings, &topic)).await??
-    };
+    let (tables, _) = swapped_tables(&runtime, (&rebuilt, "rebuilt"), &previous)?;
+    let ends = watermarks_of(settings, &plan.topic).await?;
     let swap_positions = positions(&shadow_pool, &plan.shadow_group, &plan.topic, &ends).await?;
     let mut conn = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "SELECT next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ? FOR UPDATE",
-    )
-    .bind(&settings.kafka.group_id)
-    .bind(&plan.topic)
-    .fetch_all(&mut *tx)
-    .await?;
+    let (mut tx, _) = hold_positions(&mut conn, &settings.kafka.group_id, &plan.topic).await?;
     exchange_bookkeeping(&mut tx, &plan, &plan.live_db, &plan.shadow_db, &tables).await?;
     for (p, n) in &swap_positions {
         sqlx::query(
@@ -840,15 +821,7 @@ pub async fn rollback(
         .await?;
     }
     let mut rename_conn = pool.acquire().await?;
-    if let Err(e) = rename_exchange(
-        &mut rename_conn,
-        &plan.live_db,
-        &plan.shadow_db,
-        &plan.transit_db,
-        &tables,
-    )
-    .await
-    {
+    if let Err(e) = plan.swap_tables(&mut rename_conn, &tables).await {
         tx.rollback().await?;
         return Err(e);
     }
@@ -860,14 +833,7 @@ pub async fn rollback(
         match super::admin::deploy_remote(settings, previous, url).await {
             Ok(Ok(label)) => redeployed = Some(label),
             outcome => {
-                rename_exchange(
-                    &mut rename_conn,
-                    &plan.live_db,
-                    &plan.shadow_db,
-                    &plan.transit_db,
-                    &tables,
-                )
-                .await?;
+                plan.swap_tables(&mut rename_conn, &tables).await?;
                 tx.rollback().await?;
                 anyhow::bail!(
                     "rollback undone: redeploying the previous component failed: {outcome:?}"

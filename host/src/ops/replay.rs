@@ -118,6 +118,43 @@ pub fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32, 
     Ok(out)
 }
 
+/// [`watermarks`] off the async threads.
+pub async fn watermarks_of(
+    settings: &Settings,
+    topic: &str,
+) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let (settings, topic) = (settings.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || watermarks(&settings, &topic)).await?
+}
+
+/// Begins a transaction on `conn` holding the group's stored positions of
+/// `topic` (the rows each batch of the topic locks first, so none commits
+/// while it is held), and returns them (partition, next offset). Read
+/// committed: scans of `processed_events` in it lock only the rows they
+/// change, not the gaps other topics' batches insert into.
+pub async fn hold_positions<'c>(
+    conn: &'c mut sqlx::MySqlConnection,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<(sqlx::Transaction<'c, sqlx::MySql>, Vec<(i32, i64)>)> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
+    let mut tx = conn.begin().await?;
+    let rows = sqlx::query(
+        "SELECT `partition`, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ? FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(&mut *tx)
+    .await?;
+    let held = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok((tx, held))
+}
+
 /// Empties the domain's tables and resets its topic's positions to 0.
 /// Refused when retention already deleted the start of the topic (the
 /// tables could not be rebuilt whole), unless `force`.
@@ -131,11 +168,7 @@ pub async fn reset(
     let schema = Schema::load(pool).await?;
     let topic = topic_of(settings, domain)?;
     let tables = tables_of(settings, &schema, domain)?;
-    let ends = {
-        let settings = settings.clone();
-        let topic = topic.clone();
-        tokio::task::spawn_blocking(move || watermarks(&settings, &topic)).await??
-    };
+    let ends = watermarks_of(settings, &topic).await?;
     let lost: Vec<String> = ends
         .iter()
         .filter(|(_, low, _)| *low > 0)
@@ -155,21 +188,8 @@ pub async fn reset(
     }
     let group = &settings.kafka.group_id;
     let mut conn = pool.acquire().await?;
-    // Read committed: the scans of processed_events below lock only the
-    // rows they delete, not the gaps other topics' batches insert into.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await?;
-    let mut tx = conn.begin().await?;
-    // The same row locks a host's batch takes first: no batch of this topic
-    // commits half before and half after the reset.
-    sqlx::query(
-        "SELECT next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ? FOR UPDATE",
-    )
-    .bind(group)
-    .bind(&topic)
-    .fetch_all(&mut *tx)
-    .await?;
+    // No batch of this topic commits half before and half after the reset.
+    let (mut tx, _) = hold_positions(&mut conn, group, &topic).await?;
     let mut deleted = Vec::new();
     for table in &tables {
         let ident =

@@ -719,3 +719,30 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
+
+/// Polls `{url}/metrics` until the series `name` is `value` (10 s at most);
+/// returns the last scrape.
+#[allow(dead_code)]
+pub async fn wait_metric(url: &str, name: &str, value: f64) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for _ in 0..100 {
+        m = parse_prometheus(&http_get(&format!("{url}/metrics")).await.1);
+        if m.get(name) == Some(&value) {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became {value}: {m:?}");
+}
+
+/// The digest of the component in force for `domain` in a running host.
+#[allow(dead_code)]
+pub fn digest_in_force(shared: &projector_host::ops::Shared, domain: &str) -> String {
+    shared
+        .registry
+        .borrow()
+        .domains()
+        .find(|(d, _)| d.as_str() == domain)
+        .map(|(_, p)| p.digest().to_owned())
+        .unwrap_or_else(|| panic!("no component for {domain}"))
+}

@@ -1215,20 +1215,15 @@ async fn shadow_rebuild(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Res
             f("bookkeeping_ms"),
             f("rename_ms"),
         ));
-        Ok(RunResult {
-            mode: REBUILD.to_owned(),
+        let mut result = RunResult::timed(
+            REBUILD,
             round,
             events,
-            events_per_sec: events as f64 / f("catch_up_secs").max(1e-3),
-            wall_secs: f("total_secs"),
-            cpu_secs: None,
-            p50_ms: None,
-            p99_ms: None,
-            paced_rate: None,
-            rate_over_capacity: None,
-            peak_rss_mb: None,
-            checksum: Some(after),
-        })
+            f("catch_up_secs").max(1e-3),
+            Some(after),
+        );
+        result.wall_secs = f("total_secs");
+        Ok(result)
     }
     .await;
     let _ = Command::new("kill")
