@@ -460,3 +460,70 @@ async fn a_rebuild_with_a_changed_component_applies_it_to_all_history_and_deploy
     host.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_holding_the_tables_makes_the_swap_give_up_and_nothing_changes() {
+    let db = TestDb::new().await;
+    let topics = Topics::new();
+    let group = unique("g");
+    let first = events(60);
+    produce_all(&topics, &first).await;
+    let settings = settings(&db, &topics, &group);
+    let host = RunningHost::start(settings.clone(), Mode::Wasm).await;
+    let url = host.admin_url().await;
+    wait_processed(&db.pool, first.len() as i64, Duration::from_secs(60)).await;
+    sqlx::query("ALTER TABLE products COMMENT = 'previous'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // An analyst's long transaction on the products: its metadata lock
+    // keeps the RENAME waiting.
+    let mut reader = MySqlConnection::connect(&db.url).await.unwrap();
+    sqlx::query("START TRANSACTION")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    sqlx::query("SELECT COUNT(*) FROM products")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let more = events(20);
+    let (result, ()) = tokio::join!(
+        rebuild::rebuild(&settings, "product", options(None, &url)),
+        async {
+            // The host keeps projecting meanwhile.
+            produce_all(&topics, &more).await;
+        }
+    );
+    let error = format!(
+        "{:#}",
+        result.expect_err("no swap while the reader holds the tables")
+    );
+    assert!(error.contains("no swap in 5 attempts"), "{error}");
+    assert_eq!(
+        comment(&db.pool).await,
+        "previous",
+        "the live tables are unchanged"
+    );
+    let everything: Vec<serde_json::Value> = first.iter().chain(&more).cloned().collect();
+    wait_processed(&db.pool, everything.len() as i64, Duration::from_secs(60)).await;
+    assert_same(&dump(&db.pool).await, &clean_run(&everything).await);
+    let state: String = sqlx::query_scalar(
+        "SELECT state FROM projector_jobs WHERE kind = 'rebuild' AND domain = 'product'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "failed");
+
+    // The reader done, the same rebuild swaps.
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    rebuild::rebuild(&settings, "product", options(None, &url))
+        .await
+        .expect("the rebuild swaps once the reader is done");
+    assert_ne!(comment(&db.pool).await, "previous");
+    assert_same(&dump(&db.pool).await, &clean_run(&everything).await);
+    rebuild::drop_previous(&settings, "product").await.unwrap();
+    host.stop().await;
+    db.drop_db().await;
+}

@@ -263,16 +263,40 @@ async fn rename_exchange(
     }
     // Readers holding the tables make the rename wait, and new readers queue
     // behind it: bounded, and the swap is retried later.
-    sqlx::query("SET SESSION lock_wait_timeout = 10")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(&format!(
+        "SET SESSION lock_wait_timeout = {}",
+        RENAME_WAIT.as_secs()
+    ))
+    .execute(&mut *conn)
+    .await?;
     let started = Instant::now();
     sqlx::query(&format!("RENAME TABLE {}", pairs.join(", ")))
         .execute(&mut *conn)
         .await
-        .context("RENAME TABLE failed (readers held the tables for 10 s?)")?;
+        .map_err(|e| {
+            // ER_LOCK_WAIT_TIMEOUT: the metadata locks of readers.
+            let held = e
+                .as_database_error()
+                .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+                .is_some_and(|d| d.number() == 1205);
+            if held {
+                anyhow::Error::new(ReadersHeld)
+            } else {
+                anyhow::Error::new(e).context("RENAME TABLE failed")
+            }
+        })?;
     Ok(started.elapsed())
 }
+
+/// Longest a `RENAME TABLE` waits for readers holding the tables (new
+/// readers queue behind it meanwhile, so it is short); then the swap is
+/// abandoned and tried again.
+const RENAME_WAIT: Duration = Duration::from_secs(2);
+
+/// Readers held the tables for [`RENAME_WAIT`].
+#[derive(Debug, thiserror::Error)]
+#[error("readers held the tables for longer than the swap waits ({RENAME_WAIT:?})")]
+struct ReadersHeld;
 
 /// The bookkeeping of `topic` and `tables` exchanged between databases
 /// `a` and `b` in `tx` (through the `transit` copies).
@@ -566,8 +590,11 @@ pub async fn rebuild(
                     }
                     None => {
                         attempts += 1;
-                        anyhow::ensure!(attempts < 5, "the shadow could not reach the live positions while they were held (5 attempts)");
-                        tracing::info!("the shadow did not reach the held positions in time; catching up again");
+                        anyhow::ensure!(
+                            attempts < 5,
+                            "no swap in 5 attempts (the shadow did not reach the held positions in time, or readers held the tables); the live tables are unchanged"
+                        );
+                        tracing::info!("the swap did not happen; catching up again");
                     }
                 }
             }
@@ -683,7 +710,8 @@ struct Swapped {
 }
 
 /// Steps 1 to 6 of the module's description. `None`: the shadow did not
-/// reach the held positions in time (nothing changed; catch up and retry).
+/// reach the held positions in time, or readers held the tables past
+/// [`RENAME_WAIT`] (nothing changed; catch up and retry).
 #[allow(clippy::too_many_arguments)]
 async fn swap(
     pool: &MySqlPool,
@@ -734,6 +762,10 @@ async fn swap(
         Ok(d) => d,
         Err(e) => {
             tx.rollback().await?;
+            if e.is::<ReadersHeld>() {
+                tracing::warn!("{e}; the swap is abandoned (nothing changed) and tried again");
+                return Ok(None);
+            }
             return Err(e);
         }
     };
