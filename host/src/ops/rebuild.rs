@@ -299,7 +299,11 @@ const RENAME_WAIT: Duration = Duration::from_secs(2);
 struct ReadersHeld;
 
 /// The bookkeeping of `topic` and `tables` exchanged between databases
-/// `a` and `b` in `tx` (through the `transit` copies).
+/// `a` and `b` in `tx`: `processed_events` of the topic and the tombstones
+/// of the tables. Only the rows one side lacks or holds differently move
+/// (through the `transit` database); a rebuild by the same component
+/// usually moves none, so the live pause does not grow with the history
+/// beyond one indexed comparison of the two sets.
 async fn exchange_bookkeeping(
     tx: &mut MySqlConnection,
     plan: &Plan,
@@ -307,50 +311,93 @@ async fn exchange_bookkeeping(
     b: &str,
     tables: &[String],
 ) -> anyhow::Result<()> {
+    struct Set<'s> {
+        table: &'static str,
+        key: &'static [&'static str],
+        /// What makes two rows of one key differ.
+        compared: &'static [&'static str],
+        /// The rows of the set, on alias `x`.
+        filter: String,
+        binds: Vec<&'s str>,
+    }
     let placeholders = vec!["?"; tables.len().max(1)].join(", ");
-    let sets: [(&str, String, Vec<&str>); 2] = [
-        (
-            "processed_events",
-            "topic = ?".to_owned(),
-            vec![plan.topic.as_str()],
-        ),
-        (
-            "tombstones",
-            format!("table_name IN ({placeholders})"),
-            if tables.is_empty() {
+    let sets = [
+        Set {
+            table: "processed_events",
+            key: &["event_id"],
+            compared: &["component"],
+            filter: "x.topic = ?".to_owned(),
+            binds: vec![plan.topic.as_str()],
+        },
+        Set {
+            table: "tombstones",
+            key: &["table_name", "row_key"],
+            compared: &["event_id", "event_timestamp"],
+            filter: format!("x.table_name IN ({placeholders})"),
+            binds: if tables.is_empty() {
                 vec![""]
             } else {
                 tables.iter().map(String::as_str).collect()
             },
-        ),
+        },
     ];
     let transit = &plan.transit_db;
-    for (table, filter, binds) in &sets {
-        let (ta, tb, tt) = (quoted(a, table), quoted(b, table), quoted(transit, table));
-        let steps = [
-            (
-                format!("INSERT INTO {tt} SELECT * FROM {ta} WHERE {filter}"),
+    for set in &sets {
+        let on = |x: &str, y: &str| {
+            set.key
+                .iter()
+                .map(|k| format!("{x}.`{k}` = {y}.`{k}`"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let same = set
+            .compared
+            .iter()
+            .map(|c| format!("x.`{c}` <=> y.`{c}`"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let (ta, tb) = (quoted(a, set.table), quoted(b, set.table));
+        let (da, db) = (
+            quoted(transit, set.table),
+            quoted(transit, &format!("{}_other", set.table)),
+        );
+        let mut steps: Vec<(String, bool)> = Vec::new();
+        // Each side's rows the other lacks or holds differently, set aside.
+        for (from, to, into) in [(&ta, &tb, &da), (&tb, &ta, &db)] {
+            steps.push((
+                format!(
+                    "INSERT INTO {into} SELECT x.* FROM {from} x LEFT JOIN {to} y ON {} \
+                     WHERE {} AND (y.`{}` IS NULL OR NOT ({same}))",
+                    on("x", "y"),
+                    set.filter,
+                    set.key[0]
+                ),
                 true,
-            ),
-            (format!("DELETE FROM {ta} WHERE {filter}"), true),
-            (
-                format!("INSERT INTO {ta} SELECT * FROM {tb} WHERE {filter}"),
-                true,
-            ),
-            (format!("DELETE FROM {tb} WHERE {filter}"), true),
-            (format!("INSERT INTO {tb} SELECT * FROM {tt}"), false),
-            (format!("DELETE FROM {tt}"), false),
-        ];
+            ));
+        }
+        // Out of each side, into the other.
+        for (side, aside) in [(&ta, &da), (&tb, &db)] {
+            steps.push((
+                format!("DELETE x FROM {side} x JOIN {aside} d ON {}", on("x", "d")),
+                false,
+            ));
+        }
+        for (side, from) in [(&ta, &db), (&tb, &da)] {
+            steps.push((format!("INSERT INTO {side} SELECT * FROM {from}"), false));
+        }
+        for aside in [&da, &db] {
+            steps.push((format!("DELETE FROM {aside}"), false));
+        }
         for (sql, filtered) in steps {
             let mut q = sqlx::query(&sql);
             if filtered {
-                for v in binds {
+                for v in &set.binds {
                     q = q.bind(*v);
                 }
             }
             q.execute(&mut *tx)
                 .await
-                .with_context(|| format!("exchanging {table}"))?;
+                .with_context(|| format!("exchanging {}", set.table))?;
         }
     }
     Ok(())
@@ -373,14 +420,17 @@ async fn prepare_databases(pool: &MySqlPool, plan: &Plan) -> anyhow::Result<()> 
             format!("creating database {db} (the MySQL user needs CREATE and DROP on it)")
         })?;
     }
+    // Where the bookkeeping exchange sets each side's rows aside.
     for table in ["processed_events", "tombstones"] {
-        sqlx::query(&format!(
-            "CREATE TABLE {} LIKE {}",
-            quoted(&plan.transit_db, table),
-            quoted(&plan.live_db, table)
-        ))
-        .execute(&mut *conn)
-        .await?;
+        for aside in [table.to_owned(), format!("{table}_other")] {
+            sqlx::query(&format!(
+                "CREATE TABLE {} LIKE {}",
+                quoted(&plan.transit_db, &aside),
+                quoted(&plan.live_db, table)
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     Ok(())
 }
