@@ -524,6 +524,26 @@ async fn a_reader_holding_the_tables_makes_the_swap_give_up_and_nothing_changes(
     assert_ne!(comment(&db.pool).await, "previous");
     assert_same(&dump(&db.pool).await, &clean_run(&everything).await);
     rebuild::drop_previous(&settings, "product").await.unwrap();
+
+    // A component outside its domain's grant (user-greedy also declares
+    // `posts`) is refused before anything is created, and the job says why.
+    let error = rebuild::rebuild(
+        &settings,
+        "user",
+        options(Some(test_component("user-greedy")), &url),
+    )
+    .await
+    .expect_err("refused");
+    assert!(format!("{error:#}").contains("posts"), "{error:#}");
+    let (state, detail): (String, String) = sqlx::query_as(
+        "SELECT state, detail FROM projector_jobs WHERE kind = 'rebuild' AND domain = 'user'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "failed");
+    assert!(detail.contains("posts"), "{detail}");
+    assert_same(&dump(&db.pool).await, &clean_run(&everything).await);
     host.stop().await;
     db.drop_db().await;
 }

@@ -561,33 +561,67 @@ pub async fn rebuild(
         true,
     )
     .await;
-    prepare_databases(&pool, &plan).await?;
-    // The shadow host: its own folder holding the one component.
-    let dir = std::env::temp_dir().join(format!("projector-rebuild-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = RemoveDir(dir.clone());
-    std::fs::write(dir.join(format!("{domain}.wasm")), &shadow_bytes)?;
-    let shadow_settings = shadow_settings(settings, &plan, &dir)?;
-    let mut host = Host::build(shadow_settings, Mode::Wasm)
-        .await
-        .context("the shadow host could not start")?;
+    // A shadow that cannot start (privileges, a refused component) is a
+    // failed rebuild on the status page too.
+    let setup = async {
+        // Only the domain's granted tables are ever swapped.
+        for (bytes, source) in [(&shadow_bytes, source.as_str()), (&live_bytes, "live")] {
+            let c = runtime
+                .load(bytes, source)
+                .map_err(|e| anyhow::anyhow!("component {source} refused: {e:#}"))?;
+            settings
+                .grants
+                .check(&c.info)
+                .map_err(|e| anyhow::anyhow!("component {} refused: {e}", c.label()))?;
+            anyhow::ensure!(
+                c.info.domain == domain,
+                "component {} is for domain {:?}, not {domain:?}",
+                c.label(),
+                c.info.domain
+            );
+        }
+        prepare_databases(&pool, &plan).await?;
+        // The shadow host: its own folder holding the one component.
+        let dir =
+            std::env::temp_dir().join(format!("projector-rebuild-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let cleanup = RemoveDir(dir.clone());
+        std::fs::write(dir.join(format!("{domain}.wasm")), &shadow_bytes)?;
+        let host = Host::build(shadow_settings(settings, &plan, &dir)?, Mode::Wasm)
+            .await
+            .context("the shadow host could not start")?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS rebuild_state (k VARCHAR(64) PRIMARY KEY, v LONGBLOB NOT NULL)",
+        )
+        .execute(&host.pool)
+        .await?;
+        remember(&host.pool, "previous_component", &live_bytes).await?;
+        remember(&host.pool, "component", &shadow_bytes).await?;
+        let bound: Bound = Bound::default();
+        let live_now = positions(&pool, &settings.kafka.group_id, &plan.topic, &ends).await?;
+        raise(&bound, &plan.topic, &live_now);
+        anyhow::Ok((host, cleanup, bound))
+    }
+    .await;
+    let (mut host, _cleanup, bound) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            record(
+                "failed",
+                json!({"component": label, "error": format!("{e:#}")}),
+                false,
+            )
+            .await;
+            return Err(e);
+        }
+    };
     let shadow_pool = host.pool.clone();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS rebuild_state (k VARCHAR(64) PRIMARY KEY, v LONGBLOB NOT NULL)",
-    )
-    .execute(&shadow_pool)
-    .await?;
-    remember(&shadow_pool, "previous_component", &live_bytes).await?;
-    remember(&shadow_pool, "component", &shadow_bytes).await?;
-    let bound: Bound = Bound::default();
-    let live_now = positions(&pool, &settings.kafka.group_id, &plan.topic, &ends).await?;
-    raise(&bound, &plan.topic, &live_now);
     host.bounded(&bound);
     let stop = CancellationToken::new();
     let mut shadow = Some(tokio::spawn(host.run(stop.clone())));
     let result = async {
         let mut caught_up_at = None;
-        let mut last = (Instant::now(), -1i64);
+        let mut last_done = -1i64;
         let mut last_move = Instant::now();
         let mut last_record = Instant::now() - Duration::from_secs(10);
         let mut attempts = 0;
@@ -613,8 +647,8 @@ pub async fn rebuild(
             let behind = total - done;
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
             draw(done, total, &plan.topic, rate);
-            if done != last.1 {
-                last = (Instant::now(), done);
+            if done != last_done {
+                last_done = done;
                 last_move = Instant::now();
             } else if last_move.elapsed() > options.stall_timeout && behind > 0 {
                 anyhow::bail!("the shadow made no progress for {:?}", options.stall_timeout);
