@@ -260,11 +260,26 @@ impl Source {
                     }
                 },
             };
-            // Asynchronous (no timeout): a synchronous seek of an idle
-            // partition waits out its fetch (fetch.wait.max.ms) and would
-            // hold the loop for each of them. The seek's barrier is set at
-            // once: nothing fetched before it is delivered after it.
-            match self.consumer.seek(&key.0, key.1, offset, Duration::ZERO) {
+            // With a stored position: asynchronous (no timeout). A
+            // synchronous seek of an idle partition waits out its fetch
+            // (fetch.wait.max.ms) and would hold the loop for each of them;
+            // the seek's barrier is set at once (nothing fetched before it is
+            // delivered after it), and should it not take, the consumer goes
+            // on from Kafka's committed offset, which this host advised after
+            // its MySQL commits (at or below the stored position: `align`
+            // drops what is below). Without one (a fresh database), Kafka's
+            // committed offset may be another database's, at the end of the
+            // log: there a lost seek would silently skip the whole history.
+            // librdkafka refuses a seek on a partition whose fetcher has not
+            // started yet, and reports it only to a synchronous caller, so
+            // this one waits for the answer (once per partition, on a first
+            // start) and is tried again when refused.
+            let wait = if committed.is_some() {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(2)
+            };
+            match self.consumer.seek(&key.0, key.1, offset, wait) {
                 Ok(()) => {
                     tracing::debug!(topic = %key.0, partition = key.1, next, "positioned an assigned partition");
                     self.drop_held(std::slice::from_ref(key));
