@@ -555,6 +555,13 @@ pub async fn rebuild(
             }
         }
     };
+    let failed = |e: &anyhow::Error| {
+        record(
+            "failed",
+            json!({"component": label, "error": format!("{e:#}")}),
+            false,
+        )
+    };
     record(
         "starting",
         json!({"component": label, "shadow": plan.shadow_db}),
@@ -606,12 +613,7 @@ pub async fn rebuild(
     let (mut host, _cleanup, bound) = match setup {
         Ok(s) => s,
         Err(e) => {
-            record(
-                "failed",
-                json!({"component": label, "error": format!("{e:#}")}),
-                false,
-            )
-            .await;
+            failed(&e).await;
             return Err(e);
         }
     };
@@ -691,12 +693,7 @@ pub async fn rebuild(
     let (catch_up, swapped) = match result {
         Ok(r) => r,
         Err(e) => {
-            record(
-                "failed",
-                json!({"component": label, "error": format!("{e:#}")}),
-                false,
-            )
-            .await;
+            failed(&e).await;
             return Err(e);
         }
     };
