@@ -705,7 +705,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
     assert!(ok && out.contains("0 redriven, 2 skipped"), "{out}");
     let dups_before = host.shared.metrics.duplicates_total();
-    let writes_before = db.writes().await;
+    let writes_before = db.repeats().await;
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap", "--again"]);
     assert!(ok && out.contains("2 redriven"), "{out}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -430,6 +430,8 @@ pub(super) async fn drill_replay(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
         })
     };
     tokio::time::sleep(baseline).await;
+    // The replay writes every user row again: a new audit generation.
+    projector_tools::audit::new_generation(&run.db.pool, "users").await?;
     *replay_started.lock().unwrap() = Some(SystemTime::now());
     let replayed = ctx.projector(
         &run,
