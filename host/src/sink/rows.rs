@@ -9,12 +9,7 @@
 //!   replaces, updates, soft deletes, deletes; parents before children) and
 //!   rows keep batch order. Because every write is timestamp-guarded, the
 //!   final state equals that of applying the events one by one.
-//! - **Fewer writes**: per row, upserts (or updates) of one column list
-//!   collapse to the last of the newest, which is what running them all
-//!   leaves; updates and soft deletes run as multi-row `UPDATE … JOIN`s.
 
-use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDateTime;
@@ -76,13 +71,9 @@ pub async fn write_ops(
     let table = |name: &str| -> &TableInfo { &schema.tables[name] };
 
     // Phase 1: upserts, grouped by table and column list, parents first;
-    // an upsert older than its row's tombstone is dropped. Per row and
-    // column list only the last of the newest runs: every upsert at least
-    // as new as the row applies in turn and overwrites the same columns, so
-    // it leaves what running them all leaves.
+    // an upsert older than its row's tombstone is dropped.
     let tombs = tombstones_of(conn, schema, events).await?;
     let mut upserts: BTreeMap<(usize, String, Vec<String>), Vec<UpsertRow>> = BTreeMap::new();
-    let mut winners: HashMap<(&str, Vec<String>, String), usize> = HashMap::new();
     for e in events {
         for op in &e.ops {
             if let ValidOp::Upsert {
@@ -91,37 +82,24 @@ pub async fn write_ops(
                 values,
             } = op
             {
-                let row = row_key(key);
                 if tombs
-                    .get(&(t.as_str(), row.clone()))
+                    .get(&(t.as_str(), row_key(key)))
                     .is_some_and(|deleted| *deleted > e.timestamp)
                 {
                     continue;
                 }
-                let names: Vec<String> = key.iter().chain(values).map(|(n, _)| n.clone()).collect();
-                let upsert = (
-                    key.as_slice(),
-                    values.as_slice(),
-                    Stamp {
-                        event_id: &e.event_id,
-                        ts: e.timestamp,
-                    },
-                );
-                let group = upserts
-                    .entry((order[t.as_str()], t.clone(), names.clone()))
-                    .or_default();
-                match winners.entry((t.as_str(), names, row)) {
-                    Entry::Occupied(at) => {
-                        let earlier = &mut group[*at.get()];
-                        if upsert.2.ts >= earlier.2.ts {
-                            *earlier = upsert;
-                        }
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert(group.len());
-                        group.push(upsert);
-                    }
-                }
+                let names = key.iter().chain(values).map(|(n, _)| n.clone()).collect();
+                upserts
+                    .entry((order[t.as_str()], t.clone(), names))
+                    .or_default()
+                    .push((
+                        key,
+                        values,
+                        Stamp {
+                            event_id: &e.event_id,
+                            ts: e.timestamp,
+                        },
+                    ));
             }
         }
     }
@@ -162,44 +140,65 @@ pub async fn write_ops(
         replace_children(conn, schema, table(t), ops).await?;
     }
 
-    // Phases 3 and 4: updates, then soft deletes, each a guarded UPDATE of
-    // a row (a soft delete sets `deleted_at` to its event's time).
-    let mut updates = Vec::new();
-    let mut soft_deletes = Vec::new();
+    // Phase 3: updates, one statement each, in batch order.
     for e in events {
-        let stamp = || Stamp {
-            event_id: &e.event_id,
-            ts: e.timestamp,
-        };
         for op in &e.ops {
-            match op {
-                ValidOp::Update {
-                    table: t,
-                    key,
-                    values,
-                } => updates.push(RowUpdate {
-                    table: table(t),
-                    key,
-                    values: values
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), Cow::Borrowed(v)))
-                        .collect(),
-                    stamp: stamp(),
-                }),
-                ValidOp::SoftDelete { table: t, key } => soft_deletes.push(RowUpdate {
-                    table: table(t),
-                    key,
-                    values: vec![("deleted_at", Cow::Owned(Bind::Timestamp(e.timestamp)))],
-                    stamp: stamp(),
-                }),
-                ValidOp::Delete { .. } | ValidOp::Upsert { .. } | ValidOp::Replace { .. } => {}
+            if let ValidOp::Update {
+                table: t,
+                key,
+                values,
+            } = op
+            {
+                let set: Vec<String> = values
+                    .iter()
+                    .map(|(n, _)| format!("{} = ?", quote(n)))
+                    .collect();
+                let sql = format!(
+                    "UPDATE {} SET {}, `event_id` = ?, `event_timestamp` = ? WHERE {} AND `event_timestamp` <= ?",
+                    table(t).name,
+                    set.join(", "),
+                    where_key(key)
+                );
+                let mut q = sqlx::query(&sql);
+                for (_, v) in values {
+                    q = q.bind(v);
+                }
+                q = q.bind(e.event_id.as_str()).bind(e.timestamp);
+                for (_, v) in key {
+                    q = q.bind(v);
+                }
+                q.bind(e.timestamp).execute(&mut *conn).await?;
             }
         }
     }
-    update_rows(conn, &updates).await?;
-    update_rows(conn, &soft_deletes).await?;
 
-    // Phase 5: deletes, guarded, in batch order.
+    // Phases 4 and 5: soft deletes and deletes, guarded, in batch order.
+    for e in events {
+        for op in &e.ops {
+            match op {
+                ValidOp::SoftDelete { table: t, key } => {
+                    let sql = format!(
+                        "UPDATE {} SET `deleted_at` = ?, `event_id` = ?, `event_timestamp` = ? \
+                         WHERE {} AND `event_timestamp` <= ?",
+                        table(t).name,
+                        where_key(key)
+                    );
+                    let mut q = sqlx::query(&sql)
+                        .bind(e.timestamp)
+                        .bind(e.event_id.as_str())
+                        .bind(e.timestamp);
+                    for (_, v) in key {
+                        q = q.bind(v);
+                    }
+                    q.bind(e.timestamp).execute(&mut *conn).await?;
+                }
+                ValidOp::Delete { .. }
+                | ValidOp::Upsert { .. }
+                | ValidOp::Update { .. }
+                | ValidOp::Replace { .. } => {}
+            }
+        }
+    }
     for e in events {
         for op in &e.ops {
             if let ValidOp::Delete { table: t, key } = op {
@@ -287,208 +286,6 @@ async fn upsert_rows(
         q.push(&tail);
         q.execute(&mut *conn).await?;
     }
-    Ok(())
-}
-
-/// The statement an update runs in: its table, key columns and columns.
-type UpdateShape<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>);
-
-/// A guarded `UPDATE` of one row: an update's values, or a soft delete's
-/// `deleted_at`.
-struct RowUpdate<'a> {
-    table: &'a TableInfo,
-    key: &'a Cols,
-    values: Vec<(&'a str, Cow<'a, Bind>)>,
-    stamp: Stamp<'a>,
-}
-
-impl RowUpdate<'_> {
-    fn columns(&self) -> impl Iterator<Item = &str> {
-        self.values.iter().map(|(n, _)| *n)
-    }
-}
-
-/// Runs guarded row updates (all of one phase, in batch order) so that the
-/// result is that of running them one by one, with few statements:
-///
-/// - Per row, updates that all set the same columns leave what the last of
-///   the newest leaves (every one at least as new as the row applies in
-///   turn, and each overwrites the same columns), so only that one runs.
-/// - Those survivors run as one multi-row `UPDATE … JOIN` per table and
-///   column list: a derived table of (key, values, stamp) rows joined on the
-///   key, `WHERE` the row is not newer. Rows are distinct, so statement
-///   order between rows does not matter.
-/// - A row whose updates set different column lists runs them one by one,
-///   in batch order (a stale partial update must not be reordered).
-async fn update_rows(conn: &mut MySqlConnection, ops: &[RowUpdate<'_>]) -> Result<(), ExecError> {
-    if ops.is_empty() {
-        return Ok(());
-    }
-    // Each row's updates, rows in order of first appearance.
-    let mut rows: Vec<Vec<usize>> = Vec::new();
-    let mut row_of: HashMap<(&str, String), usize> = HashMap::new();
-    for (i, op) in ops.iter().enumerate() {
-        let id = (op.table.name.as_str(), row_key(op.key));
-        let r = *row_of.entry(id).or_insert_with(|| {
-            rows.push(Vec::new());
-            rows.len() - 1
-        });
-        rows[r].push(i);
-    }
-    let mut groups: BTreeMap<UpdateShape, Vec<usize>> = BTreeMap::new();
-    let mut one_by_one: Vec<usize> = Vec::new();
-    for updates in rows {
-        let first = &ops[updates[0]];
-        if updates
-            .iter()
-            .all(|&i| ops[i].columns().eq(first.columns()))
-        {
-            let newest = updates.iter().map(|&i| ops[i].stamp.ts).max();
-            let winner = updates
-                .iter()
-                .rev()
-                .copied()
-                .find(|&i| Some(ops[i].stamp.ts) == newest)
-                .unwrap_or(updates[0]);
-            let keys = first.key.iter().map(|(n, _)| n.as_str()).collect();
-            groups
-                .entry((first.table.name.as_str(), keys, first.columns().collect()))
-                .or_default()
-                .push(winner);
-        } else {
-            one_by_one.extend(updates);
-        }
-    }
-    for ((_, keys, columns), members) in &groups {
-        let info = ops[members[0]].table;
-        let per_row = keys.len() + columns.len() + 2;
-        // Each row is a query block of its own: kept to a few hundred.
-        let rows = KEYS_PER_STATEMENT.min(MAX_PLACEHOLDERS / per_row).max(1);
-        for chunk in members.chunks(rows) {
-            joined_update(conn, info, keys, columns, chunk.iter().map(|&i| &ops[i])).await?;
-        }
-    }
-    one_by_one.sort_unstable();
-    for i in one_by_one {
-        let op = &ops[i];
-        let mut set: Vec<String> = op.columns().map(|n| format!("{} = ?", quote(n))).collect();
-        set.push("`event_id` = ?".into());
-        set.push("`event_timestamp` = ?".into());
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {} AND `event_timestamp` <= ?",
-            op.table.name,
-            set.join(", "),
-            where_key(op.key)
-        );
-        let mut q = sqlx::query(&sql);
-        for (_, v) in &op.values {
-            q = q.bind(v.as_ref());
-        }
-        q = q.bind(op.stamp.event_id).bind(op.stamp.ts);
-        for (_, v) in op.key {
-            q = q.bind(v);
-        }
-        q.bind(op.stamp.ts).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// One multi-row guarded update:
-///
-/// ```sql
-/// UPDATE `t` AS t JOIN (SELECT ? AS k0, ? AS v0, ? AS eid, CAST(? AS DATETIME(6)) AS ts
-///                       UNION ALL SELECT ?, ?, ?, CAST(? AS DATETIME(6))) AS u
-///   ON t.`id` = u.k0
-///   SET t.`status` = u.v0, t.`event_id` = u.eid, t.`event_timestamp` = u.ts
-///   WHERE t.`event_timestamp` <= u.ts
-/// ```
-///
-/// A text key is compared in the column's own character set and
-/// collation (a derived column carries the connection's, and MySQL refuses
-/// to compare two implicit collations; the column side stays bare, so its
-/// index serves the join); temporal values are cast to `DATETIME(6)` so that
-/// no fraction of a second is lost in the derived table.
-async fn joined_update<'a>(
-    conn: &mut MySqlConnection,
-    info: &TableInfo,
-    keys: &[&str],
-    columns: &[&str],
-    rows: impl Iterator<Item = &'a RowUpdate<'a>>,
-) -> Result<(), ExecError> {
-    let temporal = |c: &str| {
-        info.types
-            .get(c)
-            .is_some_and(|t| matches!(t.kind, super::schema::Kind::Time { .. }))
-    };
-    let mut first = String::from("SELECT ");
-    let mut next = String::from(" UNION ALL SELECT ");
-    let mut push = |alias: String, temporal: bool| {
-        let sep = if first.len() > "SELECT ".len() {
-            ","
-        } else {
-            ""
-        };
-        let value = if temporal {
-            "CAST(? AS DATETIME(6))"
-        } else {
-            "?"
-        };
-        first.push_str(&format!("{sep}{value} AS {alias}"));
-        next.push_str(&format!("{sep}{value}"));
-    };
-    for (i, k) in keys.iter().enumerate() {
-        push(format!("k{i}"), temporal(k));
-    }
-    for (i, c) in columns.iter().enumerate() {
-        push(format!("v{i}"), temporal(c));
-    }
-    push("eid".into(), false);
-    push("ts".into(), true);
-    let on: Vec<String> = keys
-        .iter()
-        .enumerate()
-        .map(
-            |(i, k)| match info.types.get(*k).and_then(|t| t.collation.as_deref()) {
-                Some(c) => {
-                    let charset = c.split('_').next().unwrap_or(c);
-                    format!(
-                        "t.{} = CONVERT(u.k{i} USING {charset}) COLLATE {c}",
-                        quote(k)
-                    )
-                }
-                None => format!("t.{} = u.k{i}", quote(k)),
-            },
-        )
-        .collect();
-    let mut set: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("t.{} = u.v{i}", quote(c)))
-        .collect();
-    set.push("t.`event_id` = u.eid".into());
-    set.push("t.`event_timestamp` = u.ts".into());
-    let tail = format!(
-        ") AS u ON {} SET {} WHERE t.`event_timestamp` <= u.ts",
-        on.join(" AND "),
-        set.join(", ")
-    );
-    let mut q = Statement::new(&format!("UPDATE {} AS t JOIN (", info.name), 0);
-    for (i, row) in rows.enumerate() {
-        q.push(if i == 0 {
-            first.as_str()
-        } else {
-            next.as_str()
-        });
-        for (_, v) in row.key {
-            q.arg(v);
-        }
-        for (_, v) in &row.values {
-            q.arg(v.as_ref());
-        }
-        q.arg(row.stamp.event_id).arg(row.stamp.ts);
-    }
-    q.push(&tail);
-    q.execute(&mut *conn).await?;
     Ok(())
 }
 
