@@ -705,7 +705,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap"]);
     assert!(ok && out.contains("0 redriven, 2 skipped"), "{out}");
     let dups_before = host.shared.metrics.duplicates_total();
-    let writes_before = db.repeats().await;
+    let repeats_before = db.repeats().await;
     let (ok, out) = cli(&["dlq", "redrive", "--class", "guest_trap", "--again"]);
     assert!(ok && out.contains("2 redriven"), "{out}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -716,7 +716,7 @@ async fn a_poison_corpus_is_dead_lettered_and_redriven_once_its_cause_is_fixed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_each_event_once(&db, 5, writes_before).await;
+    assert_each_event_once(&db, 5, repeats_before).await;
 
     // An unfixed letter goes back to the DLQ with its retry count; the
     // truncated original is taken from the source topic.

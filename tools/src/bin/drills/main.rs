@@ -493,13 +493,13 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         .iter()
         .filter(|e| !applied_ids.contains(e.event_id.as_str()))
         .count();
-    let (want, want_writes) = reference(ctx, events).await?;
+    let (want, want_repeats) = reference(ctx, events).await?;
     let got = projector_tools::snapshot::dump(&db.pool).await?;
-    let got_writes = projector_tools::audit::repeated_writes(&db.pool).await?;
+    let got_repeats = projector_tools::audit::repeated_writes(&db.pool).await?;
     let (missing, extra) = diff(&got, &want);
     // Repeated row writes beyond the clean run's are events applied more
     // than once (lost writes show as missing or different rows).
-    let surplus = got_writes - want_writes;
+    let surplus = got_repeats - want_repeats;
     let verdict = Verdict {
         name,
         produced: events.len(),
@@ -507,7 +507,7 @@ async fn judge(ctx: &Ctx, name: &'static str, run: Run, note: String) -> anyhow:
         lost: lost_events + missing,
         duplicated: extra + surplus.max(0) as usize,
         note: format!(
-            "{note} [repeated row writes {got_writes}, oracle {want_writes}{}]",
+            "{note} [repeated row writes {got_repeats}, oracle {want_repeats}{}]",
             if run.replayed.is_empty() {
                 String::new()
             } else {
