@@ -190,6 +190,7 @@ impl Application {
                 producer,
                 topic_prefix: settings.topic_prefix.clone(),
                 wake,
+                first_backoff: relay::FIRST_DOCUMENT_BACKOFF,
             },
             relay_enabled: settings.relay,
         })

@@ -36,11 +36,16 @@ pub const MAX_DOCUMENT_BACKOFF: Duration = Duration::from_secs(60);
 /// Where malformed outbox entries go.
 pub const QUARANTINE: &str = "relay_quarantine";
 
+/// The pause before a failing document's first retry, by default.
+pub const FIRST_DOCUMENT_BACKOFF: Duration = Duration::from_millis(200);
+
 /// The pause before a document's next attempt after `failures` failures
-/// in a row.
-pub fn document_backoff(failures: u32) -> Duration {
-    let ms = 200u64.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
-    Duration::from_millis(ms).min(MAX_DOCUMENT_BACKOFF)
+/// in a row: `first`, doubling with each further failure, at most
+/// [`MAX_DOCUMENT_BACKOFF`].
+pub fn document_backoff(first: Duration, failures: u32) -> Duration {
+    first
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(MAX_DOCUMENT_BACKOFF)
 }
 
 fn now_ms() -> i64 {
@@ -71,6 +76,9 @@ pub struct Relay {
     /// Prepended to every topic name (empty in production; tests isolate with it).
     pub topic_prefix: String,
     pub wake: Arc<Notify>,
+    /// The pause before a failing document's first retry
+    /// ([`FIRST_DOCUMENT_BACKOFF`] in production).
+    pub first_backoff: Duration,
 }
 
 /// How one sweep went.
@@ -211,7 +219,8 @@ impl Relay {
                 set.insert("_relay_failures", failures);
                 set.insert(
                     "_relay_after",
-                    now_ms() + document_backoff(failures as u32).as_millis() as i64,
+                    now_ms()
+                        + document_backoff(self.first_backoff, failures as u32).as_millis() as i64,
                 );
             } else {
                 unset.insert("_relay_failures", "");
@@ -377,10 +386,15 @@ mod tests {
 
     #[test]
     fn a_failing_document_backs_off_exponentially_up_to_a_minute() {
-        assert_eq!(document_backoff(1), Duration::from_millis(200));
-        assert_eq!(document_backoff(2), Duration::from_millis(400));
-        assert_eq!(document_backoff(5), Duration::from_millis(3200));
-        assert_eq!(document_backoff(40), MAX_DOCUMENT_BACKOFF);
+        let first = FIRST_DOCUMENT_BACKOFF;
+        assert_eq!(document_backoff(first, 1), Duration::from_millis(200));
+        assert_eq!(document_backoff(first, 2), Duration::from_millis(400));
+        assert_eq!(document_backoff(first, 5), Duration::from_millis(3200));
+        assert_eq!(document_backoff(first, 40), MAX_DOCUMENT_BACKOFF);
+        assert_eq!(
+            document_backoff(Duration::from_secs(5), 2),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

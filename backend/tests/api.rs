@@ -112,6 +112,7 @@ impl Env {
             producer: config.create().unwrap(),
             topic_prefix: self.prefix.clone(),
             wake: self.state.wake.clone(),
+            first_backoff: projector_backend::relay::FIRST_DOCUMENT_BACKOFF,
         }
     }
 
@@ -719,8 +720,11 @@ async fn every_mutation_emits_its_event_with_the_seed_payload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutations_made_while_kafka_is_unreachable_are_published_once_it_is_back() {
     let env = Env::new().await;
-    // A relay that cannot reach any broker runs the whole time.
-    let down = env.relay("127.0.0.1:1");
+    // A relay that cannot reach any broker runs the whole time. Its first
+    // backoff is long enough that the immediate second sweep below falls
+    // inside it on a loaded machine too.
+    let mut down = env.relay("127.0.0.1:1");
+    down.first_backoff = Duration::from_secs(5);
     let user = env.user("a@example.com").await;
     env.edit_bio(&user, 199).await;
     let sweep = down.sweep().await;
