@@ -500,3 +500,130 @@ async fn a_late_older_event_does_not_bring_a_deleted_row_back() {
     assert_same(&after, &clean_run(&all).await);
     db.drop_db().await;
 }
+
+/// Large batches of a shuffled stream (events of one entity out of time
+/// order, several writes of one row in a batch) end as the independent
+/// oracle's tables, which apply the same events one by one in the same
+/// order. This is what the sink's shortcuts must preserve: multi-row
+/// upserts, and updates and soft deletes as multi-row `UPDATE … JOIN`s in
+/// rounds (a row written more than once in a batch, by every kind of op).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_large_batches_end_as_the_oracle_applying_one_by_one() {
+    use rand::seq::SliceRandom as _;
+    use rand::{SeedableRng as _, rngs::StdRng};
+    use sqlx::Connection as _;
+
+    let mut rng = StdRng::seed_from_u64(71);
+    // The generator closes each order and deletes each user or post once:
+    // each such event gets two rivals a few milliseconds apart (some older,
+    // some tied), an order's rival sometimes closing it the other way
+    // (another column list).
+    let mut envelopes: Vec<serde_json::Value> = Vec::new();
+    for g in projector_tools::generate::Generator::stream(71, 6_000) {
+        let e: serde_json::Value = serde_json::from_slice(&g.payload).unwrap();
+        let kind = e["event_type"].as_str().unwrap().to_owned();
+        envelopes.push(e.clone());
+        if ![
+            "order.cancelled",
+            "order.shipped",
+            "user.deleted",
+            "post.deleted",
+        ]
+        .contains(&kind.as_str())
+        {
+            continue;
+        }
+        for _ in 0..2 {
+            let mut rival = e.clone();
+            let at = chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap())
+                .unwrap()
+                + chrono::Duration::milliseconds(rand::Rng::random_range(&mut rng, -3..=3));
+            let at = at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+            rival["event_id"] = uuid::Uuid::new_v4().to_string().into();
+            rival["timestamp"] = at.clone().into();
+            if kind.starts_with("order.") && rand::Rng::random_bool(&mut rng, 0.5) {
+                let number = e["data"]["order_number"].clone();
+                if kind == "order.shipped" {
+                    rival["event_type"] = "order.cancelled".into();
+                    rival["data"] = json!({"order_number": number});
+                } else {
+                    rival["event_type"] = "order.shipped".into();
+                    rival["data"] = json!({"order_number": number, "carrier": "UPS",
+                        "tracking_number": format!("1Z{}", rand::Rng::random_range(&mut rng, 0..u32::MAX)),
+                        "shipped_at": at});
+                }
+            } else if kind == "order.shipped" {
+                rival["data"]["carrier"] = "GLS".into();
+            }
+            envelopes.push(rival);
+        }
+    }
+    for window in envelopes.chunks_mut(400) {
+        window.shuffle(&mut rng);
+    }
+    let payloads: Vec<Vec<u8>> = envelopes
+        .iter()
+        .map(|e| e.to_string().into_bytes())
+        .collect();
+
+    let oracle = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&oracle.pool)
+        .await
+        .unwrap();
+    projector_tools::oracle::apply_envelopes(&oracle.pool, payloads.iter().map(Vec::as_slice))
+        .await
+        .unwrap();
+
+    let db = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&db.pool)
+        .await
+        .unwrap();
+    let pool = projector_host::sink::connect_mysql(&db.url, 1)
+        .await
+        .unwrap();
+    let schema = projector_host::sink::Schema::load(&pool).await.unwrap();
+    let events = applied(&schema, &envelopes);
+    let mut conn = pool.acquire().await.unwrap();
+    let mut rewritten = BTreeMap::new();
+    for (i, batch) in events.chunks(2_000).enumerate() {
+        // (The offsets are only recorded; the batches are what matters.)
+        let batch: Vec<&projector_host::sink::Applied> = batch.iter().collect();
+        // Rows that one kind of op writes more than once in this batch.
+        let mut writes = std::collections::HashMap::new();
+        for e in &batch {
+            for op in &e.ops {
+                use projector_host::sink::ValidOp::*;
+                let row = match op {
+                    Upsert { table, key, .. } => ("upsert", table, format!("{key:?}")),
+                    Update { table, key, .. } => ("update", table, format!("{key:?}")),
+                    SoftDelete { table, key } => ("soft delete", table, format!("{key:?}")),
+                    Delete { table, key } => ("delete", table, format!("{key:?}")),
+                    Replace { table, parent, .. } => ("replace", table, format!("{parent:?}")),
+                };
+                *writes.entry(row).or_insert(0) += 1;
+            }
+        }
+        for ((kind, _, _), n) in writes {
+            if n > 1 {
+                *rewritten.entry(kind).or_insert(0) += 1;
+            }
+        }
+        let offsets = BTreeMap::from([(("t".to_owned(), 0), ((i + 1) * 2_000) as i64)]);
+        let mut tx = conn.begin().await.unwrap();
+        projector_host::sink::apply_batch(&mut tx, &schema, "g", &batch, &offsets)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    drop(conn);
+    assert_same(&dump(&db.pool).await, &dump(&oracle.pool).await);
+    eprintln!("rows written more than once in a batch, by kind: {rewritten:?}");
+    for kind in ["upsert", "update", "soft delete"] {
+        assert!(
+            rewritten.get(kind).is_some_and(|n| *n > 0),
+            "the stream has no row with two {kind}s in one batch"
+        );
+    }
+    db.drop_db().await;
+    oracle.drop_db().await;
+}

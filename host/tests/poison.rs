@@ -377,3 +377,76 @@ async fn unclassified_errors_are_retried_then_dead_lettered_and_missing_defaults
     assert_same(&dump(&db.pool).await, &clean_run(&[good_a, good_c]).await);
     db.drop_db().await;
 }
+
+/// A write the database refuses is refused, and its event dead-lettered,
+/// even when a newer write of the same row follows in the same batch: the
+/// sink runs every write (it never folds one into the next), for upserts
+/// (a user) and updates (an order) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_dead_lettered_though_a_newer_write_of_its_row_follows_it() {
+    let db = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&db.pool)
+        .await
+        .unwrap();
+    // A write of the value 'refused' inserts a row without its required
+    // column: MySQL error 1364, which the database refuses for good.
+    sqlx::query(
+        "CREATE TABLE refusals (id INT AUTO_INCREMENT PRIMARY KEY, required_ref VARCHAR(10) NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for (name, timing, table, column) in [
+        ("refuse_user_insert", "INSERT", "users", "display_name"),
+        ("refuse_user_update", "UPDATE", "users", "display_name"),
+        ("refuse_order_update", "UPDATE", "orders", "carrier"),
+    ] {
+        sqlx::raw_sql(&format!(
+            "CREATE TRIGGER {name} BEFORE {timing} ON {table} FOR EACH ROW \
+             IF NEW.{column} = 'refused' THEN INSERT INTO refusals (id) VALUES (NULL); END IF"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let (u, o) = (object_id(), object_id());
+    let user_created = fixture("user.created", &u, "2026-01-01T00:00:00Z");
+    let mut user_refused = fixture("user.updated", &u, "2026-01-01T00:01:00Z");
+    user_refused["data"]["profile"]["display_name"] = json!("refused");
+    let user_newer = fixture("user.updated", &u, "2026-01-01T00:02:00Z");
+    let order_created = fixture("order.created", &o, "2026-01-01T00:00:00Z");
+    let mut order_refused = fixture("order.shipped", &o, "2026-01-01T00:01:00Z");
+    order_refused["data"]["carrier"] = json!("refused");
+    let mut order_newer = fixture("order.shipped", &o, "2026-01-01T00:02:00Z");
+    order_newer["data"]["carrier"] = json!("UPS");
+
+    // Produced before the host starts: each domain's three events are one
+    // batch.
+    let topics = Topics::new();
+    let producer = producer();
+    let user_topic = topics.of("user.created");
+    for e in [&user_created, &user_refused, &user_newer] {
+        produce(&producer, &user_topic, &u, e.to_string().as_bytes()).await;
+    }
+    let order_topic = topics.of("order.created");
+    for e in [&order_created, &order_refused, &order_newer] {
+        produce(&producer, &order_topic, &o, e.to_string().as_bytes()).await;
+    }
+    let host = RunningHost::start(settings(&db, &topics, &unique("g")), Mode::Wasm).await;
+    let users = read_topic(&format!("dlq.{user_topic}"), 1, Duration::from_secs(60)).await;
+    let orders = read_topic(&format!("dlq.{order_topic}"), 1, Duration::from_secs(60)).await;
+    wait_processed(&db.pool, 4, Duration::from_secs(60)).await;
+    host.stop().await;
+
+    for ((letter, _), refused) in [(&users[0], &user_refused), (&orders[0], &order_refused)] {
+        assert_eq!(letter["error_class"], "rejected_by_database", "{letter}");
+        let original: serde_json::Value =
+            serde_json::from_str(letter["original"].as_str().unwrap()).unwrap();
+        assert_eq!(original["event_id"], refused["event_id"], "{letter}");
+    }
+    assert_same(
+        &dump(&db.pool).await,
+        &clean_run(&[user_created, user_newer, order_created, order_newer]).await,
+    );
+    db.drop_db().await;
+}

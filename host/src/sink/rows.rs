@@ -9,7 +9,13 @@
 //!   replaces, updates, soft deletes, deletes; parents before children) and
 //!   rows keep batch order. Because every write is timestamp-guarded, the
 //!   final state equals that of applying the events one by one.
+//! - **Few statements**: upserts are multi-row `INSERT … ON DUPLICATE KEY
+//!   UPDATE`s; updates and soft deletes are multi-row `UPDATE … JOIN`s, in
+//!   rounds so that each row's writes still run in batch order. Every
+//!   operation runs (none is folded into a later one), so a write the
+//!   database refuses is refused here too, and its event is isolated.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDateTime;
@@ -140,65 +146,44 @@ pub async fn write_ops(
         replace_children(conn, schema, table(t), ops).await?;
     }
 
-    // Phase 3: updates, one statement each, in batch order.
+    // Phases 3 and 4: updates, then soft deletes, each a guarded UPDATE of
+    // a row (a soft delete sets `deleted_at` to its event's time).
+    let mut updates = Vec::new();
+    let mut soft_deletes = Vec::new();
     for e in events {
-        for op in &e.ops {
-            if let ValidOp::Update {
-                table: t,
-                key,
-                values,
-            } = op
-            {
-                let set: Vec<String> = values
-                    .iter()
-                    .map(|(n, _)| format!("{} = ?", quote(n)))
-                    .collect();
-                let sql = format!(
-                    "UPDATE {} SET {}, `event_id` = ?, `event_timestamp` = ? WHERE {} AND `event_timestamp` <= ?",
-                    table(t).name,
-                    set.join(", "),
-                    where_key(key)
-                );
-                let mut q = sqlx::query(&sql);
-                for (_, v) in values {
-                    q = q.bind(v);
-                }
-                q = q.bind(e.event_id.as_str()).bind(e.timestamp);
-                for (_, v) in key {
-                    q = q.bind(v);
-                }
-                q.bind(e.timestamp).execute(&mut *conn).await?;
-            }
-        }
-    }
-
-    // Phases 4 and 5: soft deletes and deletes, guarded, in batch order.
-    for e in events {
+        let stamp = || Stamp {
+            event_id: &e.event_id,
+            ts: e.timestamp,
+        };
         for op in &e.ops {
             match op {
-                ValidOp::SoftDelete { table: t, key } => {
-                    let sql = format!(
-                        "UPDATE {} SET `deleted_at` = ?, `event_id` = ?, `event_timestamp` = ? \
-                         WHERE {} AND `event_timestamp` <= ?",
-                        table(t).name,
-                        where_key(key)
-                    );
-                    let mut q = sqlx::query(&sql)
-                        .bind(e.timestamp)
-                        .bind(e.event_id.as_str())
-                        .bind(e.timestamp);
-                    for (_, v) in key {
-                        q = q.bind(v);
-                    }
-                    q.bind(e.timestamp).execute(&mut *conn).await?;
-                }
-                ValidOp::Delete { .. }
-                | ValidOp::Upsert { .. }
-                | ValidOp::Update { .. }
-                | ValidOp::Replace { .. } => {}
+                ValidOp::Update {
+                    table: t,
+                    key,
+                    values,
+                } => updates.push(RowUpdate {
+                    table: table(t),
+                    key,
+                    values: values
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), Cow::Borrowed(v)))
+                        .collect(),
+                    stamp: stamp(),
+                }),
+                ValidOp::SoftDelete { table: t, key } => soft_deletes.push(RowUpdate {
+                    table: table(t),
+                    key,
+                    values: vec![("deleted_at", Cow::Owned(Bind::Timestamp(e.timestamp)))],
+                    stamp: stamp(),
+                }),
+                ValidOp::Delete { .. } | ValidOp::Upsert { .. } | ValidOp::Replace { .. } => {}
             }
         }
     }
+    update_rows(conn, &updates).await?;
+    update_rows(conn, &soft_deletes).await?;
+
+    // Phase 5: deletes, guarded, in batch order.
     for e in events {
         for op in &e.ops {
             if let ValidOp::Delete { table: t, key } = op {
@@ -286,6 +271,172 @@ async fn upsert_rows(
         q.push(&tail);
         q.execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+/// The statement an update runs in: its table, key columns and columns.
+type UpdateShape<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>);
+
+/// A guarded `UPDATE` of one row: an update's values, or a soft delete's
+/// `deleted_at`.
+struct RowUpdate<'a> {
+    table: &'a TableInfo,
+    key: &'a Cols,
+    values: Vec<(&'a str, Cow<'a, Bind>)>,
+    stamp: Stamp<'a>,
+}
+
+impl RowUpdate<'_> {
+    fn columns(&self) -> impl Iterator<Item = &str> {
+        self.values.iter().map(|(n, _)| *n)
+    }
+}
+
+/// Runs guarded row updates (all of one phase, in batch order) with few
+/// statements, leaving what running them one by one leaves:
+///
+/// - Round `n` holds each row's `n`-th update, and rounds run in order, so
+///   a row's updates keep batch order (a stale partial update is never
+///   moved past a newer one); a round touches each row at most once.
+/// - Within a round, updates run as one multi-row `UPDATE … JOIN` per
+///   table, key and column list: a derived table of (key, values, stamp)
+///   rows joined on the key, `WHERE` the row is not newer. The rows are
+///   distinct, so the order between them does not matter.
+/// - No update is dropped, even one a later update overwrites: the
+///   database sees every write, and refuses one (a trigger, a constraint)
+///   exactly as it would one by one, so its event is isolated and
+///   dead-lettered.
+async fn update_rows(conn: &mut MySqlConnection, ops: &[RowUpdate<'_>]) -> Result<(), ExecError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    // Each update's round: how many updates of its row came before it.
+    let mut seen: HashMap<(&str, String), usize> = HashMap::new();
+    let mut rounds: Vec<BTreeMap<UpdateShape, Vec<usize>>> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let n = seen
+            .entry((op.table.name.as_str(), row_key(op.key)))
+            .or_default();
+        if rounds.len() <= *n {
+            rounds.push(BTreeMap::new());
+        }
+        let keys = op.key.iter().map(|(n, _)| n.as_str()).collect();
+        rounds[*n]
+            .entry((op.table.name.as_str(), keys, op.columns().collect()))
+            .or_default()
+            .push(i);
+        *n += 1;
+    }
+    for round in &rounds {
+        for ((_, keys, columns), members) in round {
+            let info = ops[members[0]].table;
+            let per_row = keys.len() + columns.len() + 2;
+            // Each row is a query block of its own: kept to a few hundred.
+            let rows = KEYS_PER_STATEMENT.min(MAX_PLACEHOLDERS / per_row).max(1);
+            for chunk in members.chunks(rows) {
+                joined_update(conn, info, keys, columns, chunk.iter().map(|&i| &ops[i])).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One multi-row guarded update:
+///
+/// ```sql
+/// UPDATE `t` AS t JOIN (SELECT ? AS k0, ? AS v0, ? AS eid, CAST(? AS DATETIME(6)) AS ts
+///                       UNION ALL SELECT ?, ?, ?, CAST(? AS DATETIME(6))) AS u
+///   ON t.`id` = u.k0
+///   SET t.`status` = u.v0, t.`event_id` = u.eid, t.`event_timestamp` = u.ts
+///   WHERE t.`event_timestamp` <= u.ts
+/// ```
+///
+/// A text key is compared in the column's own character set and
+/// collation (a derived column carries the connection's, and MySQL refuses
+/// to compare two implicit collations; the column side stays bare, so its
+/// index serves the join); temporal values are cast to `DATETIME(6)` so that
+/// no fraction of a second is lost in the derived table.
+async fn joined_update<'a>(
+    conn: &mut MySqlConnection,
+    info: &TableInfo,
+    keys: &[&str],
+    columns: &[&str],
+    rows: impl Iterator<Item = &'a RowUpdate<'a>>,
+) -> Result<(), ExecError> {
+    let temporal = |c: &str| {
+        info.types
+            .get(c)
+            .is_some_and(|t| matches!(t.kind, super::schema::Kind::Time { .. }))
+    };
+    let mut first = String::from("SELECT ");
+    let mut next = String::from(" UNION ALL SELECT ");
+    let mut push = |alias: String, temporal: bool| {
+        let sep = if first.len() > "SELECT ".len() {
+            ","
+        } else {
+            ""
+        };
+        let value = if temporal {
+            "CAST(? AS DATETIME(6))"
+        } else {
+            "?"
+        };
+        first.push_str(&format!("{sep}{value} AS {alias}"));
+        next.push_str(&format!("{sep}{value}"));
+    };
+    for (i, k) in keys.iter().enumerate() {
+        push(format!("k{i}"), temporal(k));
+    }
+    for (i, c) in columns.iter().enumerate() {
+        push(format!("v{i}"), temporal(c));
+    }
+    push("eid".into(), false);
+    push("ts".into(), true);
+    let on: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(
+            |(i, k)| match info.types.get(*k).and_then(|t| t.collation.as_deref()) {
+                Some(c) => {
+                    let charset = c.split('_').next().unwrap_or(c);
+                    format!(
+                        "t.{} = CONVERT(u.k{i} USING {charset}) COLLATE {c}",
+                        quote(k)
+                    )
+                }
+                None => format!("t.{} = u.k{i}", quote(k)),
+            },
+        )
+        .collect();
+    let mut set: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = u.v{i}", quote(c)))
+        .collect();
+    set.push("t.`event_id` = u.eid".into());
+    set.push("t.`event_timestamp` = u.ts".into());
+    let tail = format!(
+        ") AS u ON {} SET {} WHERE t.`event_timestamp` <= u.ts",
+        on.join(" AND "),
+        set.join(", ")
+    );
+    let mut q = Statement::new(&format!("UPDATE {} AS t JOIN (", info.name), 0);
+    for (i, row) in rows.enumerate() {
+        q.push(if i == 0 {
+            first.as_str()
+        } else {
+            next.as_str()
+        });
+        for (_, v) in row.key {
+            q.arg(v);
+        }
+        for (_, v) in &row.values {
+            q.arg(v.as_ref());
+        }
+        q.arg(row.stamp.event_id).arg(row.stamp.ts);
+    }
+    q.push(&tail);
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -205,6 +205,8 @@ pub struct ColumnType {
     /// Longest text in characters (CHAR/VARCHAR/TEXT).
     pub max_chars: Option<u64>,
     pub nullable: bool,
+    /// The collation of a text column (a plain identifier, or none).
+    pub collation: Option<String>,
 }
 
 impl ColumnType {
@@ -256,6 +258,7 @@ impl ColumnType {
             sql: column_type.to_owned(),
             max_chars: max_chars.filter(|_| kind == Kind::Text),
             nullable,
+            collation: None,
         }
     }
 
@@ -407,7 +410,7 @@ impl Schema {
         let columns = sqlx::query(
             "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, \
                     CAST(CHARACTER_MAXIMUM_LENGTH AS UNSIGNED), CAST(NUMERIC_PRECISION AS UNSIGNED), \
-                    CAST(NUMERIC_SCALE AS UNSIGNED), IS_NULLABLE \
+                    CAST(NUMERIC_SCALE AS UNSIGNED), IS_NULLABLE, COLLATION_NAME \
              FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION",
         )
@@ -455,7 +458,7 @@ impl Schema {
                             .map(|b| String::from_utf8_lossy(&b).into_owned())
                     })?)
                 };
-                let ty = ColumnType::from_information_schema(
+                let mut ty = ColumnType::from_information_schema(
                     &text(2)?,
                     &text(3)?,
                     row.try_get::<Option<u64>, _>(4)?,
@@ -463,6 +466,10 @@ impl Schema {
                     row.try_get::<Option<u64>, _>(6)?,
                     text(7)? == "YES",
                 );
+                // Written into statements: only a plain name is kept.
+                ty.collation = text(8).ok().filter(|c| {
+                    !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                });
                 info.types.insert(column.clone(), ty);
                 info.columns.insert(column);
             }

@@ -46,6 +46,14 @@ impl Statement {
         value: T,
     ) -> &mut Self {
         self.sql.push('?');
+        self.arg(value)
+    }
+
+    /// Binds `value` to a `?` already written with [`push`](Self::push).
+    pub(super) fn arg<'q, T: Encode<'q, MySql> + Type<MySql> + 'q>(
+        &mut self,
+        value: T,
+    ) -> &mut Self {
         if let Err(e) = self.args.add(value) {
             self.failed.get_or_insert(e);
         }
