@@ -9,7 +9,8 @@
 //!   envelopes with extra fields; then a fresh database under the same
 //!   group, which must get the whole history again.
 //! - `replay`: one domain replayed while another flows (its p99 latency
-//!   compared with the minutes before), then a replay refused because
+//!   compared with the seconds before: at most twice it, or at most 250 ms
+//!   above it), then a replay refused because
 //!   retention deleted the start of the topic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +26,10 @@ use super::{Ctx, Run, Verdict, judge, kill9, metric, sigterm, wait_count, wait_h
 /// A non-UTF-8 value this close to the broker's default limit (1,048,588):
 /// hex-encoded as is it would be twice over it.
 const NEAR_LIMIT: usize = 1_000_000;
+
+/// How far above its baseline the orders' p99 may go during a replay even
+/// when that is more than twice the baseline (see the `replay` drill).
+const REPLAY_SLACK_MS: f64 = 250.0;
 
 /// The generated events with the edge cases woven in, in production order.
 struct Woven {
@@ -474,9 +479,12 @@ pub(super) async fn drill_replay(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
         .collect();
     let (n_during, during) = (during.len(), p99(during));
     let replay_secs = to.duration_since(from)?.as_secs_f64();
+    // Queueing behind the rebuild would add seconds (the replay's length);
+    // sharing two cores with it adds tens of milliseconds, which at a p99 of
+    // ~50 ms can cross twice the baseline alone: both must be exceeded.
     anyhow::ensure!(
-        during <= 2.0 * before,
-        "orders' p99 {during:.0} ms during the {replay_secs:.1} s replay ({n_during} orders), over twice the {before:.0} ms before it"
+        during <= 2.0 * before || during <= before + REPLAY_SLACK_MS,
+        "orders' p99 {during:.0} ms during the {replay_secs:.1} s replay ({n_during} orders), over twice the {before:.0} ms before it and more than {REPLAY_SLACK_MS:.0} ms above it"
     );
 
     // Retention deletes the start of the user topic: a replay now could not
