@@ -9,16 +9,17 @@
 //! guard, inside the writing transaction (a rolled-back batch leaves none).
 //!
 //! An event applied twice writes the same row with the same event id twice:
-//! [`repeated_writes`] counts those repeats. It does not depend on batching
-//! (a batch writes a row once per column list however many of its events
-//! touch it, so the plain number of writes does), so a disturbed run must
-//! count as many as a clean run of the same events (normally none), and any
-//! surplus is an event applied more than once. A replay, which clears a
-//! domain's tables and applies its events again, starts a new generation of
-//! those tables ([`new_generation`]): a write repeats only within one.
-//! (Child tables are left out:
-//! a batch replaces a parent's children once. A hard delete repeated finds
-//! no row and writes nothing, so it cannot be seen here.)
+//! [`repeated_writes`] counts those repeats. It does not depend on batching,
+//! whereas the plain number of writes does: an update whose guard
+//! (`WHERE event_timestamp <= ?`) excludes its row touches nothing, and
+//! which ones do depends on the order in which a batch's phases run them.
+//! So a disturbed run must count as many repeats as a clean run of the same
+//! events (normally none), and any surplus is an event applied more than
+//! once. A replay, which clears a domain's tables and applies its events
+//! again, starts a new generation of those tables ([`new_generation`]): a
+//! write repeats only within one. (Child tables are left out: a batch
+//! replaces a parent's children once. A hard delete repeated finds no row
+//! and writes nothing, so it cannot be seen here.)
 //!
 //! For test databases only: install it after the migrations.
 
