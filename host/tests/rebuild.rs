@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use projector_host::ops::rebuild::{self, Options};
 use projector_host::pipeline::Mode;
+use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{Connection as _, MySqlConnection};
 
 const PRODUCT_TABLES: [&str; 2] = ["products", "product_variants"];
@@ -143,20 +144,31 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
                 ));
             }
             let mut seen = Vec::new();
-            let mut retried = 0;
+            let (mut retried, mut failed) = (0, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 match look(&mut conn, &group, &topic, &columns).await {
                     Ok(s) => seen.push(s),
                     Err(e) => {
-                        // A reader retries what the server asks it to.
-                        retried += 1;
+                        // A reader retries what the server asks it to: a
+                        // transaction that read one of the tables and asks
+                        // for another while the swap's RENAME holds it is
+                        // the metadata-lock deadlock's victim (1213).
+                        let code = e
+                            .as_database_error()
+                            .and_then(|d| d.try_downcast_ref::<MySqlDatabaseError>())
+                            .map(|d| d.number());
+                        if code == Some(1213) {
+                            retried += 1;
+                        } else {
+                            failed.push(e.to_string());
+                        }
                         let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
                         eprintln!("reader retried: {e}");
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            (seen, retried)
+            (seen, retried, failed)
         })
     };
     // Live traffic while the rebuild runs.
@@ -186,7 +198,7 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
     wait_processed(&db.pool, all.len() as i64, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let (seen, retried) = reader.await.unwrap();
+    let (seen, retried, failed) = reader.await.unwrap();
 
     // The reference: the oracle's product tables after each prefix of the
     // topic, in the topic's order.
@@ -235,7 +247,9 @@ async fn a_shadow_rebuild_under_live_traffic_never_shows_a_half_built_domain_and
         before_swap >= 10 && after_swap >= 3,
         "the reader polled through the rebuild"
     );
-    assert_eq!(retried, 0, "no reader query failed");
+    assert_eq!(failed, Vec::<String>::new(), "no reader query failed");
+    // At most one deadlock per swap attempt (five in all).
+    assert!(retried <= 5, "{retried} reader deadlocks");
     for s in &seen {
         let want = reference
             .get(s.position as usize)
