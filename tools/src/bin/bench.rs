@@ -32,7 +32,9 @@
 //!    CPU is the process's user + system time at that moment. Then a stream
 //!    is paced open-loop at a fixed rate (at most half the run's capacity)
 //!    and each event's latency runs from its due send time to the poll that
-//!    sees it committed. Peak RSS is the host's `VmHWM`.
+//!    sees it committed, with the CPU the machine, the host, the Kafka
+//!    broker, MariaDB and the bench used meanwhile (from `/proc`). Peak RSS
+//!    is the host's `VmHWM`.
 //! 3. Prints the median of each mode with the min-max spread, checks that
 //!    every run over the same events ended with the same tables (an
 //!    in-database checksum), and writes a JSON file with every run and an
@@ -136,6 +138,8 @@ struct RunResult {
     /// fraction of this run's steady throughput.
     paced_rate: Option<usize>,
     rate_over_capacity: Option<f64>,
+    /// Where the machine's CPU went while the paced stream ran.
+    paced_cpu: Option<PacedCpu>,
     peak_rss_mb: Option<f64>,
     checksum: Option<String>,
 }
@@ -161,6 +165,7 @@ impl RunResult {
             p99_ms: None,
             paced_rate: None,
             rate_over_capacity: None,
+            paced_cpu: None,
             peak_rss_mb: None,
             checksum,
         }
@@ -182,6 +187,7 @@ struct Summary {
     p99_ms: Option<f64>,
     paced_rate: Option<f64>,
     rate_over_capacity: Option<f64>,
+    paced_cpu: Option<PacedCpu>,
     peak_rss_mb: Option<f64>,
 }
 
@@ -217,6 +223,7 @@ impl Summary {
             p99_ms: med(&|r| r.p99_ms),
             paced_rate: med(&|r| r.paced_rate.map(|r| r as f64)),
             rate_over_capacity: med(&|r| r.rate_over_capacity),
+            paced_cpu: PacedCpu::median(runs.iter().filter_map(|r| r.paced_cpu.as_ref())),
             peak_rss_mb: runs.iter().filter_map(|r| r.peak_rss_mb).reduce(f64::max),
         }
     }
@@ -741,12 +748,159 @@ fn peak_rss_mb(child: &Child) -> Option<f64> {
 
 /// The CPU time (user + system) a process has used so far.
 fn cpu_secs(child: &Child) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+    process_cpu_secs(child.id())
+}
+
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after "pid (comm) ": state is the 3rd field, utime the 14th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / clock_ticks())
+}
+
+/// Where the machine's CPU went while a paced stream ran, in cores (1.0:
+/// one core busy all along): the machine as a whole and each process of the
+/// pipeline on it. The services are found by their process names; run
+/// elsewhere, they are absent. On a machine where they share the cores, a
+/// paced stream's latency is only the pipeline's own while `busy` stays
+/// well under `cpus`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct PacedCpu {
+    cpus: usize,
+    /// Cores busy with anything (user, system, interrupts).
+    busy: f64,
+    host: f64,
+    kafka: Option<f64>,
+    mariadb: Option<f64>,
+    /// This process: the paced producer and the 5 ms position poller.
+    bench: f64,
+}
+
+impl PacedCpu {
+    fn median<'a>(runs: impl Iterator<Item = &'a PacedCpu>) -> Option<PacedCpu> {
+        let runs: Vec<&PacedCpu> = runs.collect();
+        let med = |f: &dyn Fn(&PacedCpu) -> Option<f64>| {
+            median(runs.iter().filter_map(|r| f(r)).collect())
+        };
+        Some(PacedCpu {
+            cpus: runs.first()?.cpus,
+            busy: med(&|r| Some(r.busy))?,
+            host: med(&|r| Some(r.host))?,
+            kafka: med(&|r| r.kafka),
+            mariadb: med(&|r| r.mariadb),
+            bench: med(&|r| Some(r.bench))?,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = vec![format!("host {:.2}", self.host)];
+        if let Some(k) = self.kafka {
+            parts.push(format!("Kafka {k:.2}"));
+        }
+        if let Some(m) = self.mariadb {
+            parts.push(format!("MariaDB {m:.2}"));
+        }
+        parts.push(format!("bench {:.2}", self.bench));
+        format!(
+            "{:.2} of {} cores busy ({})",
+            self.busy,
+            self.cpus,
+            parts.join(", ")
+        )
+    }
+}
+
+/// CPU counters (seconds) at one moment, for [`PacedCpu`].
+struct CpuCounters {
+    at: Instant,
+    machine_busy: Option<f64>,
+    host: Option<f64>,
+    kafka: Option<f64>,
+    mariadb: Option<f64>,
+    bench: Option<f64>,
+}
+
+impl CpuCounters {
+    fn take(host: u32, services: &Services) -> CpuCounters {
+        CpuCounters {
+            at: Instant::now(),
+            machine_busy: machine_busy_secs(),
+            host: process_cpu_secs(host),
+            kafka: services.kafka.and_then(process_cpu_secs),
+            mariadb: services.mariadb.and_then(process_cpu_secs),
+            bench: process_cpu_secs(std::process::id()),
+        }
+    }
+
+    fn until(&self, later: &CpuCounters) -> Option<PacedCpu> {
+        let secs = (later.at - self.at).as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0) / secs);
+        Some(PacedCpu {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            busy: cores(self.machine_busy, later.machine_busy)?,
+            host: cores(self.host, later.host)?,
+            kafka: cores(self.kafka, later.kafka),
+            mariadb: cores(self.mariadb, later.mariadb),
+            bench: cores(self.bench, later.bench)?,
+        })
+    }
+}
+
+/// The pids of the services on this machine, if they run here.
+struct Services {
+    kafka: Option<u32>,
+    mariadb: Option<u32>,
+}
+
+impl Services {
+    fn find() -> Services {
+        let mut found = Services {
+            kafka: None,
+            mariadb: None,
+        };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if matches!(comm.trim(), "mariadbd" | "mysqld") {
+                found.mariadb.get_or_insert(pid);
+            } else if comm.trim() == "java" {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka") {
+                    found.kafka.get_or_insert(pid);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Seconds the machine's cores have been busy (user, nice, system, irq and
+/// softirq time of `/proc/stat`), summed over the cores.
+fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    Some(busy / clock_ticks())
 }
 
 fn clock_ticks() -> f64 {
@@ -877,6 +1031,8 @@ async fn host_mode(
                 }
             }
         };
+        let services = Services::find();
+        let cpu_before = CpuCounters::take(child.id(), &services);
         let producing = produce(
             ctx,
             latency_set,
@@ -907,6 +1063,7 @@ async fn host_mode(
             }
             tokio::time::sleep(POLL).await;
         }
+        let paced_cpu = cpu_before.until(&CpuCounters::take(child.id(), &services));
         let mut latencies: Vec<f64> = placed
             .iter()
             .filter_map(|p| {
@@ -941,6 +1098,7 @@ async fn host_mode(
             p99_ms: pct(0.99),
             paced_rate: Some(paced_rate),
             rate_over_capacity: Some(paced_rate as f64 / events_per_sec),
+            paced_cpu,
             peak_rss_mb: peak_rss_mb(&child),
             checksum: Some(checksum),
         })
@@ -1067,6 +1225,7 @@ async fn scale_out(
             p99_ms: None,
             paced_rate: None,
             rate_over_capacity: None,
+            paced_cpu: None,
             peak_rss_mb: children.iter().filter_map(peak_rss_mb).reduce(f64::max),
             checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
         })
@@ -1147,6 +1306,7 @@ async fn recovery(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Result<Ru
             p99_ms: None,
             paced_rate: None,
             rate_over_capacity: None,
+            paced_cpu: None,
             peak_rss_mb: None,
             checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
         })
@@ -1538,7 +1698,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             say(format!(
-                "  {} events: {:.0} events/s steady, {:.2} s to the last commit{}{}",
+                "  {} events: {:.0} events/s steady, {:.2} s to the last commit{}{}{}",
                 r.events,
                 r.events_per_sec,
                 r.wall_secs,
@@ -1547,7 +1707,10 @@ async fn main() -> anyhow::Result<()> {
                 match (r.p50_ms, r.p99_ms) {
                     (Some(a), Some(b)) => format!(", paced p50 {a:.1} ms p99 {b:.1} ms"),
                     _ => String::new(),
-                }
+                },
+                r.paced_cpu
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" ({})", c.describe()))
             ));
             results.push(r);
         }
@@ -1623,8 +1786,13 @@ async fn main() -> anyhow::Result<()> {
     );
     for s in &summaries {
         if let (Some(rate), Some(f)) = (s.paced_rate, s.rate_over_capacity) {
+            let cpu = s
+                .paced_cpu
+                .as_ref()
+                .map(|c| format!("; {}", c.describe()))
+                .unwrap_or_default();
             println!(
-                "paced stream of {:<38} {rate:>6.0} events/s = {:>4.1}% of its capacity",
+                "paced stream of {:<38} {rate:>6.0} events/s = {:>4.1}% of its capacity{cpu}",
                 s.mode,
                 100.0 * f
             );
