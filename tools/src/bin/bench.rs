@@ -765,10 +765,9 @@ fn process_cpu_secs(pid: u32) -> Option<f64> {
 /// pipeline on it. The services are found by their process names; run
 /// elsewhere, they are absent. On a machine where they share the cores, a
 /// paced stream's latency is only the pipeline's own while `busy` stays
-/// well under `cpus`.
+/// well under the machine's cores (`machine.cpus` in the JSON).
 #[derive(Debug, Clone, serde::Serialize)]
 struct PacedCpu {
-    cpus: usize,
     /// Cores busy with anything (user, system, interrupts).
     busy: f64,
     host: f64,
@@ -785,7 +784,6 @@ impl PacedCpu {
             median(runs.iter().filter_map(|r| f(r)).collect())
         };
         Some(PacedCpu {
-            cpus: runs.first()?.cpus,
             busy: med(&|r| Some(r.busy))?,
             host: med(&|r| Some(r.host))?,
             kafka: med(&|r| r.kafka),
@@ -806,7 +804,7 @@ impl PacedCpu {
         format!(
             "{:.2} of {} cores busy ({})",
             self.busy,
-            self.cpus,
+            machine_cpus(),
             parts.join(", ")
         )
     }
@@ -841,7 +839,6 @@ impl CpuCounters {
         }
         let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0) / secs);
         Some(PacedCpu {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             busy: cores(self.machine_busy, later.machine_busy)?,
             host: cores(self.host, later.host)?,
             kafka: cores(self.kafka, later.kafka),
@@ -886,6 +883,11 @@ impl Services {
         }
         found
     }
+}
+
+/// The machine's cores (0 where unknown).
+fn machine_cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 /// Seconds the machine's cores have been busy (user, nice, system, irq and
@@ -1923,7 +1925,7 @@ async fn main() -> anyhow::Result<()> {
         "results": results,
         "ratios": ratios,
         "checksums_equal": consistent,
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "machine": {"cpus": machine_cpus()},
     });
     std::fs::write(
         base.with_extension("json"),
