@@ -752,7 +752,8 @@ fn spawn_backend(
         .env("BACKEND_ADDR", format!("127.0.0.1:{port}"))
         .env("BACKEND_TOPIC_PREFIX", format!("{prefix}."))
         .env("BACKEND_RELAY", if relay { "on" } else { "off" })
-        .stdout(Stdio::null())
+        // The backend logs to stdout.
+        .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .map(Proc)
