@@ -777,6 +777,48 @@ async fn create_users(api: &str, n: usize, tag: &str) -> Vec<String> {
     acked
 }
 
+/// The ids in `users`.
+async fn user_ids(pool: &MySqlPool) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT user_id FROM users")
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Waits until every id of `want` is in `users`.
+async fn wait_for_ids(pool: &MySqlPool, want: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ids = user_ids(pool).await?;
+        let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let missing = want
+            .iter()
+            .filter(|id| !present.contains(id.as_str()))
+            .count();
+        if missing == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{missing} acknowledged users not in the projection within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids in `users` once no new row has arrived for `quiet`.
+async fn settled_ids(pool: &MySqlPool, quiet: Duration) -> anyhow::Result<Vec<String>> {
+    let mut ids = user_ids(pool).await?;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = user_ids(pool).await?;
+        if now.len() != ids.len() {
+            since = Instant::now();
+        }
+        ids = now;
+    }
+    Ok(ids)
+}
+
 async fn drill_backend(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     let n = if ctx.short { 60 } else { 300 };
     let db = ctx.fresh_db().await?;
@@ -820,20 +862,14 @@ async fn drill_backend(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
         }
         acked.extend(writer.await?);
     }
-    let expected = acked.len() as i64;
-    let found = wait_count(
-        &db.pool,
-        "SELECT COUNT(*) FROM users",
-        expected,
-        Duration::from_secs(120),
-    )
-    .await;
+    // Unacknowledged writes that landed also count as rows, so a row count
+    // reaching the number acknowledged says nothing: wait for every
+    // acknowledged id, then for the relay to settle (no new row for 2 s).
+    let found = wait_for_ids(&db.pool, &acked, Duration::from_secs(120)).await;
+    let present = settled_ids(&db.pool, Duration::from_secs(2)).await?;
     sigterm(&mut backend);
     sigterm(&mut host);
-    let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM users")
-        .fetch_all(&db.pool)
-        .await?;
-    let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let present: HashSet<&str> = present.iter().map(String::as_str).collect();
     let lost = acked
         .iter()
         .filter(|id| !present.contains(id.as_str()))
