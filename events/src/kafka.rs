@@ -71,9 +71,14 @@ impl KafkaSettings {
             ("partition.assignment.strategy", "cooperative-sticky"),
             // Bounds the prefetch buffer (librdkafka's defaults let it hold
             // up to 100k messages per partition, hundreds of MB on a deep
-            // backlog); a batch of 500 never waits for more than this.
+            // backlog). Both bounds apply to each assigned partition's queue
+            // (librdkafka's fetcher checks them per partition, whatever its
+            // docs say of the high-level consumer), and the kilobytes count
+            // compressed batches: a host of five 12-partition topics on a
+            // deep backlog held 250 MB with 6.4 MB, 110 MB with 1 MB, at
+            // the same speed. A batch of 500 never waits for more than this.
             ("queued.min.messages", "20000"),
-            ("queued.max.messages.kbytes", "32768"),
+            ("queued.max.messages.kbytes", "1024"),
         ]);
         config.insert("group.id".to_owned(), self.group_id.clone());
         // `extra` wins over the defaults above, group id included.

@@ -105,27 +105,13 @@ pub struct Gap {
 /// membership (measured: a session timeout and a 40 s stall).
 const ADVISE_EVERY: Duration = Duration::from_secs(1);
 
-/// librdkafka's bound on a consumer's prefetch buffer.
-const PREFETCH_KB: &str = "queued.max.messages.kbytes";
-
 impl Source {
-    /// Creates a consumer of the group subscribed to `topic`, one of
-    /// `lanes` the host runs: the group's members then differ in their
+    /// Creates a consumer of the group subscribed to `topic`, one of the
+    /// lanes the host runs: the group's members then differ in their
     /// subscriptions, which the assignor handles (each topic's partitions go
-    /// to the members subscribed to it). The prefetch bound is shared out
-    /// among the lanes.
-    pub fn new(settings: &Settings, topic: &str, lanes: usize) -> anyhow::Result<Source> {
+    /// to the members subscribed to it).
+    pub fn new(settings: &Settings, topic: &str) -> anyhow::Result<Source> {
         let mut config = settings.kafka.consumer_config();
-        if !settings.kafka.extra.contains_key(PREFETCH_KB) {
-            let total: usize = config
-                .get(PREFETCH_KB)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(32768);
-            config.insert(
-                PREFETCH_KB.to_owned(),
-                (total / lanes.max(1)).max(4096).to_string(),
-            );
-        }
         let client_id = format!(
             "{}-{}",
             config.get("client.id").cloned().unwrap_or_default(),

@@ -196,7 +196,7 @@ impl Host {
         let sources = settings
             .topics
             .iter()
-            .map(|t| Ok((t.clone(), Source::new(&settings, t, settings.topics.len())?)))
+            .map(|t| Ok((t.clone(), Source::new(&settings, t)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let dlq = Publisher::new(
             consume::producer(&settings)?,
