@@ -368,6 +368,9 @@ fn from_the_start(ctx: &Ctx, set: &str, tag: &str) -> anyhow::Result<BaseConsume
     for (k, v) in settings.consumer_config() {
         config.set(k, v);
     }
+    // librdkafka's own prefetch bound (per partition), not the host's
+    // memory-saving one: the raw consume rate is a ceiling.
+    config.set("queued.max.messages.kbytes", "65536");
     let consumer: BaseConsumer = config.create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in ctx.topics(set) {
