@@ -784,16 +784,19 @@ async fn user_ids(pool: &MySqlPool) -> anyhow::Result<Vec<String>> {
         .await?)
 }
 
+/// How many ids of `want` are not in `ids`.
+fn missing(ids: &[String], want: &[String]) -> usize {
+    let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    want.iter()
+        .filter(|id| !present.contains(id.as_str()))
+        .count()
+}
+
 /// Waits until every id of `want` is in `users`.
 async fn wait_for_ids(pool: &MySqlPool, want: &[String], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let ids = user_ids(pool).await?;
-        let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let missing = want
-            .iter()
-            .filter(|id| !present.contains(id.as_str()))
-            .count();
+        let missing = missing(&user_ids(pool).await?, want);
         if missing == 0 {
             return Ok(());
         }
@@ -869,11 +872,7 @@ async fn drill_backend(ctx: &mut Ctx) -> anyhow::Result<Verdict> {
     let present = settled_ids(&db.pool, Duration::from_secs(2)).await?;
     sigterm(&mut backend);
     sigterm(&mut host);
-    let present: HashSet<&str> = present.iter().map(String::as_str).collect();
-    let lost = acked
-        .iter()
-        .filter(|id| !present.contains(id.as_str()))
-        .count();
+    let lost = missing(&present, &acked);
     let created: i64 = count(
         &db.pool,
         "SELECT COUNT(*) FROM processed_events WHERE event_type = 'user.created'",
