@@ -80,8 +80,8 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     batch: usize,
     /// Only these modes (kafka, mysql, plain, seed, per-event, wasm, scale,
-    /// recovery, rebuild, native).
-    #[arg(long = "only")]
+    /// recovery, rebuild, native); repeat it or separate them with commas.
+    #[arg(long = "only", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(MODES))]
     only: Vec<String>,
     /// Runs of each mode, in rotated order.
     #[arg(long, default_value_t = 3)]
@@ -1454,6 +1454,19 @@ fn svg_chart(summaries: &[Summary], n: usize, runs: usize) -> String {
     s
 }
 
+/// What `--only` accepts.
+const MODES: [&str; 10] = [
+    "kafka",
+    "mysql",
+    "plain",
+    "seed",
+    "per-event",
+    "wasm",
+    "scale",
+    "recovery",
+    "rebuild",
+    "native",
+];
 const RAW_KAFKA: &str = "raw Kafka consume";
 const MYSQL_CEILING: &str = "executor ceiling (MySQL)";
 const PLAIN_CEILING: &str = "plain ceiling (MySQL)";
