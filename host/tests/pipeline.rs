@@ -627,3 +627,63 @@ async fn shuffled_large_batches_end_as_the_oracle_applying_one_by_one() {
     db.drop_db().await;
     oracle.drop_db().await;
 }
+
+/// Multi-row statements come in few texts, so the connection's statement
+/// cache serves them: batches of every size from 1 to 45 events (each size
+/// once) prepare a statement text only the first time its table, kind and
+/// row count (a power of two) come up. Counted by MariaDB itself
+/// (`Com_stmt_prepare` of the session). With row counts that follow the
+/// batches, nearly every multi-row statement of a batch was a new text and
+/// was prepared again: a round trip, and a definition of every placeholder
+/// sent back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_every_size_reuse_prepared_statements() {
+    use sqlx::Connection as _;
+    let db = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&db.pool)
+        .await
+        .unwrap();
+    let pool = projector_host::sink::connect_mysql(&db.url, 1)
+        .await
+        .unwrap();
+    let schema = projector_host::sink::Schema::load(&pool).await.unwrap();
+    let events = applied(&schema, &lifecycle(60));
+    let mut conn = pool.acquire().await.unwrap();
+    async fn status(conn: &mut sqlx::MySqlConnection, name: &str) -> u64 {
+        // A text-protocol query, so reading the counters prepares nothing.
+        use sqlx::Row as _;
+        let row = sqlx::raw_sql(&format!("SHOW SESSION STATUS LIKE '{name}'"))
+            .fetch_one(conn)
+            .await
+            .unwrap();
+        row.get::<String, _>(1).parse().unwrap()
+    }
+    let (prepared, executed) = (
+        status(&mut conn, "Com_stmt_prepare").await,
+        status(&mut conn, "Com_stmt_execute").await,
+    );
+    let (mut start, mut batches) = (0, 0);
+    for size in 1.. {
+        if start >= events.len() {
+            break;
+        }
+        let end = (start + size).min(events.len());
+        let batch: Vec<&projector_host::sink::Applied> = events[start..end].iter().collect();
+        let offsets = BTreeMap::from([(("t".to_owned(), 0), end as i64)]);
+        let mut tx = conn.begin().await.unwrap();
+        projector_host::sink::apply_batch(&mut tx, &schema, "g", &batch, &offsets)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (start, batches) = (end, batches + 1);
+    }
+    let prepared = status(&mut conn, "Com_stmt_prepare").await - prepared;
+    let executed = status(&mut conn, "Com_stmt_execute").await - executed;
+    eprintln!("{batches} batches: {executed} statements executed, {prepared} prepared");
+    assert!(
+        prepared * 10 < executed,
+        "{prepared} of {executed} statements were prepared anew over {batches} batches"
+    );
+    drop(conn);
+    db.drop_db().await;
+}

@@ -8,7 +8,7 @@ use sqlx::{MySqlConnection, Row as _};
 
 use super::Applied;
 use super::classify::ExecError;
-use super::statement::Statement;
+use super::statement::{Statement, padded_chunks, shaped_chunks};
 
 /// Locks the stored positions of the given partitions for the rest of the
 /// transaction and checks each is what the caller last saw (`None`: no row).
@@ -61,13 +61,13 @@ pub(super) async fn already_processed(
     events: &[&Applied],
 ) -> Result<HashSet<String>, ExecError> {
     let mut found = HashSet::new();
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+    for chunk in padded_chunks(events, ROWS_PER_STATEMENT) {
         let mut q = Statement::new(
             "SELECT event_id FROM processed_events WHERE event_id IN ",
             Statement::tuples_len(1, chunk.len()),
         );
         q.tuples([()], |list, ()| {
-            for e in chunk {
+            for e in &chunk {
                 list.bind(e.event_id.as_str());
             }
         });
@@ -83,7 +83,7 @@ pub(super) async fn record_processed(
     conn: &mut MySqlConnection,
     events: &[&Applied],
 ) -> Result<(), ExecError> {
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped_chunks(events, ROWS_PER_STATEMENT) {
         let mut q = Statement::new(
             "INSERT INTO processed_events (event_id, event_type, topic, `partition`, `offset`, component) VALUES ",
             Statement::tuples_len(chunk.len(), 6),

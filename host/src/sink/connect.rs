@@ -20,7 +20,7 @@ pub async fn connect_mysql(url: &str, max_connections: u32) -> anyhow::Result<My
         .pipes_as_concat(false)
         .timezone(Some("+00:00".to_owned()))
         .charset("utf8mb4")
-        .statement_cache_capacity(64);
+        .statement_cache_capacity(256);
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

@@ -24,7 +24,7 @@ use sqlx::{MySqlConnection, Row as _};
 use super::Applied;
 use super::classify::ExecError;
 use super::schema::{ForeignKey, Schema, TableInfo};
-use super::statement::Statement;
+use super::statement::{Statement, padded_chunks, shaped_chunks};
 use super::tombstones::{record, row_key, tombstones_of, values_key};
 use super::validate::{Bind, ValidOp};
 
@@ -257,7 +257,7 @@ async fn upsert_rows(
     );
     let tail = format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "));
     let per_row = names.len() + 2;
-    for chunk in rows.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
+    for chunk in shaped_chunks(rows, (MAX_PLACEHOLDERS / per_row).max(1)) {
         let mut q = Statement::new(
             &head,
             Statement::tuples_len(chunk.len(), per_row) + tail.len(),
@@ -333,7 +333,7 @@ async fn update_rows(conn: &mut MySqlConnection, ops: &[RowUpdate<'_>]) -> Resul
             let per_row = keys.len() + columns.len() + 2;
             // Each row is a query block of its own: kept to a few hundred.
             let rows = KEYS_PER_STATEMENT.min(MAX_PLACEHOLDERS / per_row).max(1);
-            for chunk in members.chunks(rows) {
+            for chunk in shaped_chunks(members, rows) {
                 joined_update(conn, info, keys, columns, chunk.iter().map(|&i| &ops[i])).await?;
             }
         }
@@ -486,7 +486,7 @@ async fn check_unique_conflicts<'a>(
                 probe.push((uk, pk));
             }
         }
-        for chunk in probe.chunks(KEYS_PER_STATEMENT) {
+        for chunk in padded_chunks(&probe, KEYS_PER_STATEMENT) {
             let head = format!(
                 "SELECT {}, {} FROM {} WHERE ({}) IN (",
                 quote_list(&info.primary_key),
@@ -495,7 +495,7 @@ async fn check_unique_conflicts<'a>(
                 quote_list(unique),
             );
             let mut q = Statement::new(&head, Statement::tuples_len(chunk.len(), unique.len()) + 1);
-            q.tuples(chunk, |tuple, (uk, _)| {
+            q.tuples(&chunk, |tuple, (uk, _)| {
                 for b in uk {
                     tuple.bind(*b);
                 }
@@ -508,7 +508,7 @@ async fn check_unique_conflicts<'a>(
                 let stored_uk: Vec<String> = (0..unique.len())
                     .map(|i| row.try_get::<String, _>(info.primary_key.len() + i))
                     .collect::<Result<_, _>>()?;
-                for (uk, pk) in chunk {
+                for (uk, pk) in chunk.iter().copied() {
                     let as_text = |v: &[&Bind]| -> Vec<String> {
                         v.iter()
                             .map(|b| {
@@ -577,7 +577,7 @@ async fn replace_children(
     }
     // Current parent timestamps (locked: no concurrent writer can slip in).
     let mut parent_ts: HashMap<String, NaiveDateTime> = HashMap::new();
-    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+    for chunk in padded_chunks(&keys, KEYS_PER_STATEMENT) {
         let head = format!(
             "SELECT {}, `event_timestamp` FROM {} WHERE ({}) IN (",
             quote_list(parent_cols),
@@ -588,8 +588,8 @@ async fn replace_children(
             &head,
             Statement::tuples_len(chunk.len(), parent_cols.len()) + 12,
         );
-        q.tuples(chunk, |tuple, k| {
-            for b in k {
+        q.tuples(&chunk, |tuple, k| {
+            for b in k.iter() {
                 tuple.bind(b);
             }
         });
@@ -623,14 +623,14 @@ async fn replace_children(
     if winners.is_empty() {
         return Ok(());
     }
-    for chunk in winners.chunks(KEYS_PER_STATEMENT) {
+    for chunk in padded_chunks(&winners, KEYS_PER_STATEMENT) {
         let head = format!(
             "DELETE FROM {} WHERE ({}) IN (",
             info.name,
             quote_list(fk_cols),
         );
         let mut q = Statement::new(&head, Statement::tuples_len(chunk.len(), fk_cols.len()) + 1);
-        q.tuples(chunk, |tuple, (k, _)| {
+        q.tuples(&chunk, |tuple, (k, _)| {
             for b in k {
                 tuple.bind(b);
             }
@@ -657,7 +657,7 @@ async fn replace_children(
             quote_list(&names)
         );
         let per_row = names.len() + 2;
-        for chunk in rows.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
+        for chunk in shaped_chunks(&rows, (MAX_PLACEHOLDERS / per_row).max(1)) {
             let mut q = Statement::new(&head, Statement::tuples_len(chunk.len(), per_row));
             q.tuples(chunk, |row, (values, stamp)| {
                 for v in values {

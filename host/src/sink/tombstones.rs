@@ -11,7 +11,7 @@ use sqlx::{MySqlConnection, Row as _};
 use super::Applied;
 use super::classify::ExecError;
 use super::schema::Schema;
-use super::statement::Statement;
+use super::statement::{Statement, padded_chunks};
 use super::validate::{Bind, ValidOp};
 
 /// Keys per `IN` list.
@@ -87,12 +87,12 @@ pub(super) async fn tombstones_of<'a>(
     keys.sort();
     keys.dedup();
     let mut found = HashMap::new();
-    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+    for chunk in padded_chunks(&keys, KEYS_PER_STATEMENT) {
         let mut q = Statement::new(
             "SELECT table_name, row_key, event_timestamp FROM tombstones WHERE (table_name, row_key) IN (",
             Statement::tuples_len(chunk.len(), 2) + 1,
         );
-        q.tuples(chunk, |tuple, (t, k)| {
+        q.tuples(&chunk, |tuple, (t, k)| {
             tuple.bind(*t).bind(k.as_str());
         });
         q.push(")");
