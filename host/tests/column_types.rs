@@ -171,3 +171,109 @@ async fn every_value_the_server_refuses_is_refused_before_any_sql() {
     // The corpus does exercise refusals.
     assert!(refused_by_both >= 20, "{refused_by_both}");
 }
+
+/// The identifier checks of an operation: a column named twice (in one
+/// list, across key and values, across a parent and a child row), a column
+/// the schema lacks, a host column, an undeclared one: each refused as
+/// `disallowed_op` with its name; a well-formed op passes with its values
+/// bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_naming_a_column_twice_or_outside_the_schema_are_refused() {
+    use flatten::{Column, Info, Replace, RowOp, TableUse, Upsert};
+    let db = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&db.pool)
+        .await
+        .unwrap();
+    let schema = Schema::load(&db.pool).await.unwrap();
+    let declared = |table: &str, columns: &[&str]| TableUse {
+        table: table.into(),
+        columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+    };
+    let info = Info {
+        domain: "product".into(),
+        version: "1.0.0".into(),
+        handles: vec![],
+        writes: vec![
+            declared("products", &["product_id", "name", "event_id", "nope"]),
+            declared("product_variants", &["product_id", "variant_key", "sku"]),
+        ],
+        tables: vec![],
+    };
+    let c = |name: &str, v: &str| Column {
+        name: name.into(),
+        value: Value::Text(v.into()),
+    };
+    let upsert = |key: Vec<Column>, values: Vec<Column>| {
+        RowOp::Upsert(Upsert {
+            table: "products".into(),
+            key,
+            values,
+        })
+    };
+    let replace = |rows: Vec<Vec<Column>>| {
+        RowOp::Replace(Replace {
+            table: "product_variants".into(),
+            parent: vec![c("product_id", "p1")],
+            rows,
+        })
+    };
+    let refusals = [
+        (
+            upsert(
+                vec![c("product_id", "p1")],
+                vec![c("name", "a"), c("name", "b")],
+            ),
+            "products.name appears twice",
+        ),
+        (
+            upsert(vec![c("product_id", "p1")], vec![c("product_id", "p2")]),
+            "products.product_id appears twice",
+        ),
+        (
+            replace(vec![vec![c("variant_key", "k"), c("product_id", "p2")]]),
+            "product_variants.product_id appears twice",
+        ),
+        (
+            replace(vec![vec![
+                c("variant_key", "k"),
+                c("sku", "a"),
+                c("sku", "b"),
+            ]]),
+            "product_variants.sku appears twice",
+        ),
+        (
+            upsert(vec![c("product_id", "p1")], vec![c("nope", "a")]),
+            "products.nope does not exist in the schema",
+        ),
+        (
+            upsert(vec![c("product_id", "p1")], vec![c("event_id", "a")]),
+            "products.event_id is written by the host only",
+        ),
+        (
+            upsert(vec![c("product_id", "p1")], vec![c("category", "a")]),
+            "did not declare",
+        ),
+    ];
+    for (op, reason) in refusals {
+        let refused = projector_host::sink::validate(&op, &info, &schema).unwrap_err();
+        assert_eq!(refused.class(), "disallowed_op", "{op:?}");
+        assert!(refused.to_string().contains(reason), "{refused} / {reason}");
+        // The owned form decides the same.
+        assert_eq!(
+            projector_host::sink::validate_owned(op, &info, &schema).unwrap_err(),
+            refused
+        );
+    }
+    // Each child row is checked on its own: a column in two rows is fine.
+    let fine = replace(vec![
+        vec![c("variant_key", "k1"), c("sku", "a")],
+        vec![c("variant_key", "k2"), c("sku", "b")],
+    ]);
+    let valid = projector_host::sink::validate(&fine, &info, &schema).unwrap();
+    let projector_host::sink::ValidOp::Replace { parent, rows, .. } = valid else {
+        panic!("{valid:?}");
+    };
+    assert_eq!(parent, [("product_id".to_owned(), Bind::Text("p1".into()))]);
+    assert_eq!(rows[1][1], ("sku".to_owned(), Bind::Text("b".into())));
+    db.drop_db().await;
+}

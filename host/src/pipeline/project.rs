@@ -124,8 +124,8 @@ fn project_one(
     }
     let ops = ops.map_err(|e| fail(e.class(), e.to_string(), Some(component.clone())))?;
     let ops = ops
-        .iter()
-        .map(|op| sink::validate(op, info, schema))
+        .into_iter()
+        .map(|op| sink::validate_owned(op, info, schema))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(e.class(), e.to_string(), Some(component.clone())))?;
     let applied = Applied {

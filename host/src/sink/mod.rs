@@ -34,7 +34,7 @@ pub use connect::connect_mysql;
 pub use reconcile::{Plan, ReconcileError, migrate_with_builtin_tables, reconcile};
 pub use rows::write_ops;
 pub use schema::{Schema, SchemaCell, migrate};
-pub use validate::{Bind, OpError, ValidOp, parse_timestamp, validate};
+pub use validate::{Bind, OpError, ValidOp, parse_timestamp, validate, validate_owned};
 
 use bookkeeping::{already_processed, record_offsets, record_processed};
 

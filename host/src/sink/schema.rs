@@ -142,6 +142,11 @@ pub struct BadIdent(pub String);
 
 impl Ident {
     pub fn parse(name: &str) -> Result<Ident, BadIdent> {
+        Ident::check(name).map(|()| Ident(name.to_owned()))
+    }
+
+    /// Whether `name` matches the pattern, without making an `Ident`.
+    pub fn check(name: &str) -> Result<(), BadIdent> {
         let mut chars = name.chars();
         let ok = name.len() <= 64
             && chars
@@ -149,7 +154,7 @@ impl Ident {
                 .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
             && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if ok {
-            Ok(Ident(name.to_owned()))
+            Ok(())
         } else {
             Err(BadIdent(name.to_owned()))
         }

@@ -7,7 +7,7 @@
 //! columns are written by the host alone. SQL text holds only quoted
 //! [`Ident`]s; every value is a bound parameter.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use flatten::{Column, Info, RowOp, Value};
@@ -101,21 +101,21 @@ impl From<String> for OpError {
 
 /// The bound form of a value, or why it has none (the caller names the
 /// column).
-fn to_bind(v: &Value) -> Result<Bind, String> {
+fn to_bind(v: Value) -> Result<Bind, String> {
     Ok(match v {
         Value::Null => Bind::Null,
-        Value::Text(s) => Bind::Text(s.clone()),
-        Value::Int(i) => Bind::Int(*i),
-        Value::Float(f) if f.is_finite() => Bind::Float(*f),
+        Value::Text(s) => Bind::Text(s),
+        Value::Int(i) => Bind::Int(i),
+        Value::Float(f) if f.is_finite() => Bind::Float(f),
         Value::Float(f) => return Err(format!("{f} is not a finite number")),
-        Value::Boolean(b) => Bind::Bool(*b),
+        Value::Boolean(b) => Bind::Bool(b),
         Value::Timestamp(s) => {
-            Bind::Timestamp(parse_timestamp(s).ok_or_else(|| format!("{s:?} is not RFC 3339"))?)
+            Bind::Timestamp(parse_timestamp(&s).ok_or_else(|| format!("{s:?} is not RFC 3339"))?)
         }
         Value::Json(s) => {
-            serde_json::from_str::<serde::de::IgnoredAny>(s)
+            serde_json::from_str::<serde::de::IgnoredAny>(&s)
                 .map_err(|e| format!("not valid JSON: {e}"))?;
-            Bind::Json(s.clone())
+            Bind::Json(s)
         }
     })
 }
@@ -148,41 +148,44 @@ pub enum ValidOp {
     },
 }
 
+/// The columns of one row, checked and bound. `before` holds the columns
+/// the same row already has (a key's, a parent's): a name may appear once.
+/// Takes the columns by value: names and values move into the result.
 fn columns(
-    cols: &[Column],
+    cols: Vec<Column>,
     table: &TableInfo,
-    seen: &mut HashSet<String>,
+    before: &[(String, Bind)],
 ) -> Result<Vec<(String, Bind)>, OpError> {
-    cols.iter()
-        .map(|c| {
-            Ident::parse(&c.name).map_err(|e| OpError::Disallowed(e.to_string()))?;
-            if flatten::HOST_COLUMNS.contains(&c.name.as_str()) {
-                return Err(OpError::Disallowed(format!(
-                    "{}.{} is written by the host only",
-                    table.name.as_str(),
-                    c.name
-                )));
-            }
-            if !table.columns.contains(&c.name) {
-                return Err(OpError::Disallowed(format!(
-                    "{}.{} does not exist in the schema",
-                    table.name.as_str(),
-                    c.name
-                )));
-            }
-            if !seen.insert(c.name.clone()) {
-                return Err(format!("{}.{} appears twice", table.name.as_str(), c.name).into());
-            }
-            // Named only when refused: nothing is formatted on the way through.
-            let invalid = |e: String| {
-                OpError::Invalid(format!("column {}.{}: {e}", table.name.as_str(), c.name))
-            };
-            if let Some(ty) = table.types.get(&c.name) {
-                ty.check(&c.value).map_err(invalid)?;
-            }
-            Ok((c.name.clone(), to_bind(&c.value).map_err(invalid)?))
-        })
-        .collect()
+    let mut out: Vec<(String, Bind)> = Vec::with_capacity(cols.len());
+    for c in cols {
+        Ident::check(&c.name).map_err(|e| OpError::Disallowed(e.to_string()))?;
+        if flatten::HOST_COLUMNS.contains(&c.name.as_str()) {
+            return Err(OpError::Disallowed(format!(
+                "{}.{} is written by the host only",
+                table.name.as_str(),
+                c.name
+            )));
+        }
+        if !table.columns.contains(&c.name) {
+            return Err(OpError::Disallowed(format!(
+                "{}.{} does not exist in the schema",
+                table.name.as_str(),
+                c.name
+            )));
+        }
+        if before.iter().chain(&out).any(|(n, _)| *n == c.name) {
+            return Err(format!("{}.{} appears twice", table.name.as_str(), c.name).into());
+        }
+        // Named only when refused: nothing is formatted on the way through.
+        let invalid =
+            |e: String| OpError::Invalid(format!("column {}.{}: {e}", table.name.as_str(), c.name));
+        if let Some(ty) = table.types.get(&c.name) {
+            ty.check(&c.value).map_err(invalid)?;
+        }
+        let bind = to_bind(c.value).map_err(invalid)?;
+        out.push((c.name, bind));
+    }
+    Ok(out)
 }
 
 fn key_names(key: &[(String, Bind)]) -> BTreeSet<&str> {
@@ -192,7 +195,13 @@ fn key_names(key: &[(String, Bind)]) -> BTreeSet<&str> {
 /// Checks one operation against what the component declared and what the
 /// schema has. The error says why the operation is not allowed.
 pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp, OpError> {
-    if !declared.allows(op) {
+    validate_owned(op.clone(), declared, schema)
+}
+
+/// [`validate`] taking the operation by value (its names and values move
+/// into the result instead of being copied): the hot path's form.
+pub fn validate_owned(op: RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp, OpError> {
+    if !declared.allows(&op) {
         return Err(OpError::Disallowed(format!(
             "writes {} columns {:?}, which {} did not declare",
             op.table(),
@@ -211,6 +220,18 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
             )
         })?;
     let name = table.name.as_str().to_owned();
+    // Which of the kinds that share a payload type `op` is (it is moved
+    // apart below).
+    enum Kind {
+        Upsert,
+        SoftDelete,
+        Other,
+    }
+    let kind = match &op {
+        RowOp::Upsert(_) => Kind::Upsert,
+        RowOp::SoftDelete(_) => Kind::SoftDelete,
+        _ => Kind::Other,
+    };
     let nonempty_key = |key: &[(String, Bind)]| {
         if key.iter().any(|(_, v)| *v == Bind::Null) {
             Err(OpError::Invalid(format!("{name}: a key column is NULL")))
@@ -220,11 +241,10 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
     };
     match op {
         RowOp::Upsert(u) | RowOp::Update(u) => {
-            let mut seen = HashSet::new();
-            let key = columns(&u.key, table, &mut seen)?;
-            let values = columns(&u.values, table, &mut seen)?;
+            let key = columns(u.key, table, &[])?;
+            let values = columns(u.values, table, &key)?;
             nonempty_key(&key)?;
-            if matches!(op, RowOp::Upsert(_)) {
+            if matches!(kind, Kind::Upsert) {
                 let pk: BTreeSet<&str> = table.primary_key.iter().map(String::as_str).collect();
                 if key_names(&key) != pk {
                     return Err(format!(
@@ -258,8 +278,7 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
             else {
                 return Err(format!("replace on {name}, which has no parent table").into());
             };
-            let mut seen = HashSet::new();
-            let parent = columns(&r.parent, table, &mut seen)?;
+            let parent = columns(r.parent, table, &[])?;
             nonempty_key(&parent)?;
             let fk: BTreeSet<&str> = fk_cols.iter().map(String::as_str).collect();
             if key_names(&parent) != fk {
@@ -267,8 +286,8 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
             }
             let rows = r
                 .rows
-                .iter()
-                .map(|row| columns(row, table, &mut seen.clone()))
+                .into_iter()
+                .map(|row| columns(row, table, &parent))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ValidOp::Replace {
                 table: name,
@@ -277,12 +296,12 @@ pub fn validate(op: &RowOp, declared: &Info, schema: &Schema) -> Result<ValidOp,
             })
         }
         RowOp::SoftDelete(k) | RowOp::Delete(k) => {
-            let key = columns(&k.key, table, &mut HashSet::new())?;
+            let key = columns(k.key, table, &[])?;
             nonempty_key(&key)?;
             if !table.is_unique_key(&key_names(&key)) {
                 return Err(format!("delete on {name} must be keyed by a unique key").into());
             }
-            if matches!(op, RowOp::SoftDelete(_)) {
+            if matches!(kind, Kind::SoftDelete) {
                 if !table.columns.contains("deleted_at") {
                     return Err(
                         format!("soft delete on {name}, which has no deleted_at column").into(),
@@ -303,14 +322,14 @@ mod tests {
     #[test]
     fn values_are_converted_and_checked() {
         assert_eq!(
-            to_bind(&Value::Timestamp("2025-01-02T03:04:05.000006Z".into())).unwrap(),
+            to_bind(Value::Timestamp("2025-01-02T03:04:05.000006Z".into())).unwrap(),
             Bind::Timestamp(parse_timestamp("2025-01-02T03:04:05.000006+00:00").unwrap())
         );
-        assert!(to_bind(&Value::Timestamp("yesterday".into())).is_err());
-        assert!(to_bind(&Value::Json("{not json".into())).is_err());
-        assert!(to_bind(&Value::Float(f64::NAN)).is_err());
+        assert!(to_bind(Value::Timestamp("yesterday".into())).is_err());
+        assert!(to_bind(Value::Json("{not json".into())).is_err());
+        assert!(to_bind(Value::Float(f64::NAN)).is_err());
         assert_eq!(
-            to_bind(&Value::Json("[1]".into())).unwrap(),
+            to_bind(Value::Json("[1]".into())).unwrap(),
             Bind::Json("[1]".into())
         );
     }
