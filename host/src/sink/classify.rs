@@ -46,7 +46,7 @@ const DATA_ERRORS: [u16; 14] = [
 ];
 
 /// MySQL error numbers that mean the database, not the data: worth a retry.
-const TRANSIENT_ERRORS: [u16; 24] = [
+const TRANSIENT_ERRORS: [u16; 25] = [
     1021, // disk full
     1030, // storage engine error
     1037, // out of memory
@@ -64,6 +64,7 @@ const TRANSIENT_ERRORS: [u16; 24] = [
     1227, // privilege needed
     1290, // --read-only
     1317, // query interrupted
+    1461, // max_prepared_stmt_count reached (server-wide: other clients' statements count)
     1836, // read-only mode
     1927, // connection killed (MariaDB)
     1969, // statement timeout (MariaDB max_statement_time)
