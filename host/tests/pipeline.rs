@@ -282,6 +282,20 @@ async fn a_product_update_that_drops_a_variant_leaves_no_orphan() {
     db.drop_db().await;
 }
 
+/// A migrated database, a one-connection pool on it with the sink's
+/// session settings, and its schema.
+async fn sink_db() -> (TestDb, sqlx::MySqlPool, projector_host::sink::Schema) {
+    let db = TestDb::new().await;
+    projector_host::sink::migrate_with_builtin_tables(&db.pool)
+        .await
+        .unwrap();
+    let pool = projector_host::sink::connect_mysql(&db.url, 1)
+        .await
+        .unwrap();
+    let schema = projector_host::sink::Schema::load(&pool).await.unwrap();
+    (db, pool, schema)
+}
+
 /// The events of `envelopes`, projected natively and validated, as the sink
 /// takes them.
 fn applied(
@@ -574,14 +588,7 @@ async fn shuffled_large_batches_end_as_the_oracle_applying_one_by_one() {
         .await
         .unwrap();
 
-    let db = TestDb::new().await;
-    projector_host::sink::migrate_with_builtin_tables(&db.pool)
-        .await
-        .unwrap();
-    let pool = projector_host::sink::connect_mysql(&db.url, 1)
-        .await
-        .unwrap();
-    let schema = projector_host::sink::Schema::load(&pool).await.unwrap();
+    let (db, pool, schema) = sink_db().await;
     let events = applied(&schema, &envelopes);
     let mut conn = pool.acquire().await.unwrap();
     let mut rewritten = BTreeMap::new();
@@ -639,14 +646,7 @@ async fn shuffled_large_batches_end_as_the_oracle_applying_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_every_size_reuse_prepared_statements() {
     use sqlx::Connection as _;
-    let db = TestDb::new().await;
-    projector_host::sink::migrate_with_builtin_tables(&db.pool)
-        .await
-        .unwrap();
-    let pool = projector_host::sink::connect_mysql(&db.url, 1)
-        .await
-        .unwrap();
-    let schema = projector_host::sink::Schema::load(&pool).await.unwrap();
+    let (db, pool, schema) = sink_db().await;
     let events = applied(&schema, &lifecycle(60));
     let mut conn = pool.acquire().await.unwrap();
     async fn status(conn: &mut sqlx::MySqlConnection, name: &str) -> u64 {

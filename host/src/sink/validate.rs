@@ -220,18 +220,12 @@ pub fn validate_owned(op: RowOp, declared: &Info, schema: &Schema) -> Result<Val
             )
         })?;
     let name = table.name.as_str().to_owned();
-    // Which of the kinds that share a payload type `op` is (it is moved
-    // apart below).
-    enum Kind {
-        Upsert,
-        SoftDelete,
-        Other,
-    }
-    let kind = match &op {
-        RowOp::Upsert(_) => Kind::Upsert,
-        RowOp::SoftDelete(_) => Kind::SoftDelete,
-        _ => Kind::Other,
-    };
+    // Which of the kinds that share a payload type `op` is (the match
+    // below moves the payload out).
+    let (upsert, soft_delete) = (
+        matches!(op, RowOp::Upsert(_)),
+        matches!(op, RowOp::SoftDelete(_)),
+    );
     let nonempty_key = |key: &[(String, Bind)]| {
         if key.iter().any(|(_, v)| *v == Bind::Null) {
             Err(OpError::Invalid(format!("{name}: a key column is NULL")))
@@ -244,7 +238,7 @@ pub fn validate_owned(op: RowOp, declared: &Info, schema: &Schema) -> Result<Val
             let key = columns(u.key, table, &[])?;
             let values = columns(u.values, table, &key)?;
             nonempty_key(&key)?;
-            if matches!(kind, Kind::Upsert) {
+            if upsert {
                 let pk: BTreeSet<&str> = table.primary_key.iter().map(String::as_str).collect();
                 if key_names(&key) != pk {
                     return Err(format!(
@@ -301,7 +295,7 @@ pub fn validate_owned(op: RowOp, declared: &Info, schema: &Schema) -> Result<Val
             if !table.is_unique_key(&key_names(&key)) {
                 return Err(format!("delete on {name} must be keyed by a unique key").into());
             }
-            if matches!(kind, Kind::SoftDelete) {
+            if soft_delete {
                 if !table.columns.contains("deleted_at") {
                     return Err(
                         format!("soft delete on {name}, which has no deleted_at column").into(),
