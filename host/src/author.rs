@@ -39,7 +39,8 @@ crate-type = ["cdylib", "rlib"]
 
 [dependencies]
 projection-sdk = { path = "{sdk}" }
-serde_json = "1"
+# Without `std`: the component links no WASI (see projection-sdk).
+serde_json = { version = "1", default-features = false, features = ["alloc"] }
 
 [package.metadata.component]
 package = "projector:{crate}"
@@ -63,6 +64,12 @@ const LIB_RS: &str = r#"//! `{domain}.*` -> `{table}` (soft delete).
 //!
 //! Build the component with `cargo build --release --target wasm32-wasip2`
 //! (or `cargo component build --release`); test it with `projector test .`.
+//!
+//! On wasm32 the crate is `no_std` (`alloc` only): the component then
+//! imports nothing and the host instantiates one core module per event.
+//! `projection_sdk::prelude` brings what `std`'s prelude would.
+
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 use projection_sdk::flatten::SqlType::*;
 use projection_sdk::flatten::doc::{Obj, normalize_timestamp};
@@ -70,6 +77,7 @@ use projection_sdk::flatten::table::{CREATED_AT, Table, UPDATED_AT, not_null, nu
 use projection_sdk::flatten::{
     Domain, Envelope, Info, Keyed, ProjectionError, RowOp, Upsert, Value, col, make_info,
 };
+use projection_sdk::prelude::*;
 
 /// The table this component writes: the one place its columns are defined.
 pub const TABLE: Table = Table {

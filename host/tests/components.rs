@@ -129,6 +129,28 @@ fn the_golden_fixtures_give_identical_ops_through_wasm_and_natively() {
 }
 
 #[test]
+fn events_past_the_guest_heap_arena_project_like_natively() {
+    // A component's heap starts in a 256 KiB arena of its initial memory
+    // and grows the memory past it: events below, around and far past the
+    // arena (4 MiB, half the default output cap) give the native ops.
+    let rt = runtime();
+    let loaded = rt.load_file(&component_path("user")).unwrap();
+    let (v, _) = fixture("user.created");
+    for kib in [1, 200, 300, 1 << 10, 4 << 10] {
+        let mut v = v.clone();
+        v["data"]["profile"]["bio"] = serde_json::Value::String("é".repeat(kib << 9));
+        let data = v["data"].to_string();
+        let env = envelope(&v, &data);
+        let through_wasm = loaded.session().project(&env).unwrap();
+        assert_eq!(
+            through_wasm,
+            (flatten::USER.project)(&env).unwrap(),
+            "{kib} KiB"
+        );
+    }
+}
+
+#[test]
 fn errors_cross_the_boundary_with_their_kind() {
     let rt = runtime();
     let loaded = rt.load_file(&component_path("order")).unwrap();
@@ -334,30 +356,26 @@ fn an_answer_past_the_output_caps_is_refused() {
 
 #[test]
 fn the_table_and_instance_caps_are_the_settings() {
-    // A std guest's function table has more than one element and it is
-    // one instance of several: caps this low make instantiation fail, the
-    // defaults do not.
+    // A guest's function table has more than one element, and a guest
+    // built with `std` (the chaos component) is several core instances (its
+    // module, the WASI adapter, the shims that tie them): caps this low make
+    // instantiation fail, the defaults do not.
     let (v, data) = fixture("user.created");
     let event = envelope(&v, &data);
-    for (name, limits) in [
-        (
-            "max_table_elements",
-            SandboxLimits {
-                max_table_elements: 1,
-                ..SandboxLimits::default()
-            },
-        ),
-        (
-            "max_instances",
-            SandboxLimits {
-                max_instances: 1,
-                ..SandboxLimits::default()
-            },
-        ),
+    let one_element = SandboxLimits {
+        max_table_elements: 1,
+        ..SandboxLimits::default()
+    };
+    let one_instance = SandboxLimits {
+        max_instances: 1,
+        ..SandboxLimits::default()
+    };
+    for (name, limits, path) in [
+        ("max_table_elements", one_element, component_path("user")),
+        ("max_instances", one_instance, test_component_path("chaos")),
     ] {
         let rt = Runtime::new(limits).unwrap();
-        let loaded = rt.load_file(&component_path("user"));
-        let failed = match loaded {
+        let failed = match rt.load_file(&path) {
             // Refused at load when the component's declared minimum is
             // past the cap, or stopped when it instantiates or grows.
             Err(LoadError::Describe(_) | LoadError::Limits(_)) => true,
@@ -369,6 +387,24 @@ fn the_table_and_instance_caps_are_the_settings() {
     let rt = Runtime::new(SandboxLimits::default()).unwrap();
     let loaded = rt.load_file(&component_path("user")).unwrap();
     assert!(loaded.session().project(&event).is_ok());
+}
+
+#[test]
+fn the_domain_components_are_one_core_instance_each() {
+    // Built without `std` (projection-sdk), a domain component imports
+    // nothing and is one core module: it runs with one core instance, so
+    // every event instantiates one module instead of a dozen.
+    let rt = Runtime::new(SandboxLimits {
+        max_instances: 1,
+        ..SandboxLimits::default()
+    })
+    .unwrap();
+    for domain in ["user", "supplier", "product", "order", "post"] {
+        let (v, data) = fixture(&format!("{domain}.created"));
+        let loaded = rt.load_file(&component_path(domain)).unwrap();
+        let ops = loaded.session().project(&envelope(&v, &data));
+        assert!(ops.is_ok(), "{domain}: {ops:?}");
+    }
 }
 
 #[test]

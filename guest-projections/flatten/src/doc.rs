@@ -10,12 +10,13 @@
 //!
 //! Nothing here panics on any input.
 
+use crate::prelude::*;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value as Json};
 
 use crate::ops::{ProjectionError, Value};
 
-type Result<T> = std::result::Result<T, ProjectionError>;
+type Result<T> = core::result::Result<T, ProjectionError>;
 
 /// An object in the document, or the absence of one, with its path.
 #[derive(Clone)]

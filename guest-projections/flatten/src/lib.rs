@@ -12,6 +12,23 @@
 //!
 //! The host stamps every written row with the envelope's `event_id` and
 //! `event_timestamp`; a projection never writes those two columns itself.
+//!
+//! `no_std` (with `alloc`): a component built from it links no Rust `std`,
+//! so it imports nothing from WASI and instantiates as one core module.
+
+#![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+/// What `std`'s prelude would bring, from `alloc`.
+mod prelude {
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+    pub use alloc::{format, vec};
+}
 
 pub mod doc;
 pub mod ops;
@@ -25,10 +42,12 @@ mod user;
 
 use serde_json::Value as Json;
 
+use prelude::*;
+
 use doc::Obj;
 pub use ops::*;
 
-type Result<T> = std::result::Result<T, ProjectionError>;
+type Result<T> = core::result::Result<T, ProjectionError>;
 
 /// A domain projection: what it declares and how it flattens.
 #[derive(Clone, Copy)]

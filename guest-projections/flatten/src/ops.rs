@@ -1,6 +1,7 @@
 //! Plain-Rust mirror of the WIT types (`wit/projection.wit`), so the flattening
 //! compiles and tests natively and the host can run it without WASM.
 
+use crate::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// A column value; mirrors WIT `value`.
@@ -205,8 +206,8 @@ pub enum ProjectionError {
     Internal(String),
 }
 
-impl std::fmt::Display for ProjectionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for ProjectionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             ProjectionError::InvalidEvent(m) => write!(f, "invalid event: {m}"),
             ProjectionError::Unsupported(m) => write!(f, "unsupported: {m}"),
@@ -215,7 +216,7 @@ impl std::fmt::Display for ProjectionError {
     }
 }
 
-impl std::error::Error for ProjectionError {}
+impl core::error::Error for ProjectionError {}
 
 /// The envelope as the host hands it over; mirrors WIT `envelope`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

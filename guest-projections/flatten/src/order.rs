@@ -7,6 +7,7 @@
 //! sources are declared in [`ORDERS`] and [`ITEMS`].
 
 use crate::SqlType::*;
+use crate::prelude::*;
 use crate::table::{CREATED_AT, Parent, Table, UPDATED_AT, not_null, nullable};
 use crate::{
     Domain, Envelope, Event, Info, ProjectionError, Replace, Result, RowOp, Upsert, Value, col,

@@ -2,6 +2,7 @@
 //! declared in [`POSTS`].
 
 use crate::SqlType::*;
+use crate::prelude::*;
 use crate::table::{CREATED_AT, Table, UPDATED_AT, not_null, nullable};
 use crate::{Domain, Envelope, Event, Info, Keyed, Result, RowOp, Upsert, col, make_info};
 

@@ -7,6 +7,7 @@
 //! [`VARIANTS`].
 
 use crate::SqlType::*;
+use crate::prelude::*;
 use crate::table::{CREATED_AT, Parent, Table, UPDATED_AT, not_null, nullable};
 use crate::{
     Domain, Envelope, Event, Info, Keyed, ProjectionError, Replace, Result, RowOp, Upsert, Value,

@@ -22,6 +22,7 @@
 //! ```
 
 use crate::ops::{ColumnDef, ParentKey, SqlType, TableDef, TableUse};
+use crate::prelude::*;
 
 /// A table declaration.
 #[derive(Debug, Clone, Copy)]

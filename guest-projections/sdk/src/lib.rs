@@ -2,22 +2,113 @@
 //!
 //! It generates the bindings of `wit/projection.wit` once, converts between
 //! them and the plain types of `projection-flatten`, and offers
-//! [`component!`], so a domain crate is one line:
+//! [`component!`], so a domain crate is two lines:
 //!
 //! ```ignore
+//! #![cfg_attr(target_arch = "wasm32", no_std)]
 //! projection_sdk::component!(projection_sdk::flatten::USER);
 //! ```
+//!
+//! **No `std` in a component.** Rust's `std` on `wasm32-wasip2` imports
+//! some twenty WASI interfaces (clocks, streams, stdio, environment,
+//! exit...) whether the code uses them or not, and `wit-component` then
+//! builds the component from three core modules and a dozen core
+//! instances, all of which the host instantiates for every event. A
+//! component built from this crate is `no_std` on wasm32: its only imports
+//! are those of the WIT world (none), it is one core module, its heap is
+//! `dlmalloc` (the allocator `std` itself uses on `wasm32-unknown-unknown`)
+//! starting in an arena of its initial memory, and a panic traps. `component!` defines the panic handler, so the crate
+//! that calls it must be `no_std` on wasm32 (the attribute above);
+//! `component!(DOMAIN, std)` is for a crate that wants `std` and its
+//! imports.
+
+#![no_std]
+
+extern crate alloc;
+
+/// The heap of every component built from this crate: `std` would bring
+/// wasi-libc's `malloc`; without `std` a component needs its own.
+#[cfg(target_arch = "wasm32")]
+mod heap;
+
+// `memcmp`, `memcpy` and the like, which `core` calls and `std` would have
+// linked: taken from wasi-libc (the target's own `libc.a`), whose string
+// functions import nothing.
+#[cfg(target_os = "wasi")]
+#[link(name = "c")]
+unsafe extern "C" {}
+
+/// The canonical ABI's allocator export, which the host calls to place
+/// arguments in the guest's memory. On `wasm32-wasip2`, `wit-bindgen`
+/// leaves it to wasi-libc's `malloc`, which would be a second heap; this
+/// one is the component's own (`heap`). (On `wasm32-wasip1`, `wit-bindgen` defines it, on the
+/// global allocator too.)
+///
+/// # Safety
+/// Called by the host as the canonical ABI specifies: `old_ptr` and
+/// `old_len` from an earlier call (or 0), a power-of-two `align`.
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cabi_realloc(
+    old_ptr: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
+    use alloc::alloc::{Layout, alloc, realloc};
+    if new_len == 0 {
+        return align as *mut u8;
+    }
+    // SAFETY: the canonical ABI passes a power-of-two alignment and sizes
+    // that fit the guest's 32-bit memory; `old_ptr`/`old_len` come from an
+    // earlier call with the same alignment.
+    let ptr = unsafe {
+        if old_len == 0 {
+            alloc(Layout::from_size_align_unchecked(new_len, align))
+        } else {
+            realloc(
+                old_ptr,
+                Layout::from_size_align_unchecked(old_len, align),
+                new_len,
+            )
+        }
+    };
+    if ptr.is_null() {
+        core::arch::wasm32::unreachable();
+    }
+    ptr
+}
+
+/// What `std`'s prelude gives and a `no_std` component crate lacks:
+/// `use projection_sdk::prelude::*;`.
+pub mod prelude {
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::boxed::Box;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+    pub use alloc::{format, vec};
+}
+
+/// What the exported macros name from `alloc` (a `no_std` caller need not
+/// declare `extern crate alloc` itself).
+#[doc(hidden)]
+pub mod __rt {
+    pub use alloc::vec::Vec;
+}
 
 pub use flatten;
 
 /// The generated bindings of `wit/projection.wit`.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, unexpected_cfgs)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "projection",
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "projection_sdk::bindings",
+        // `std::error::Error` for the error types only under a `std`
+        // feature this crate does not have: the bindings stay `no_std`.
+        std_feature,
     });
 }
 
@@ -53,7 +144,7 @@ macro_rules! __conversions {
         pub fn project(
             domain: &$crate::flatten::Domain,
             event: wit::Envelope,
-        ) -> Result<Vec<wit::RowOp>, wit::ProjectionError> {
+        ) -> ::core::result::Result<$crate::__rt::Vec<wit::RowOp>, wit::ProjectionError> {
             let envelope = $crate::flatten::Envelope {
                 event_type: &event.event_type,
                 event_id: &event.event_id,
@@ -87,7 +178,9 @@ macro_rules! __conversions {
             }
         }
 
-        fn columns(cols: Vec<$crate::flatten::Column>) -> Vec<wit::Column> {
+        fn columns(
+            cols: $crate::__rt::Vec<$crate::flatten::Column>,
+        ) -> $crate::__rt::Vec<wit::Column> {
             cols.into_iter()
                 .map(|c| wit::Column {
                     name: c.name,
@@ -131,7 +224,7 @@ __conversions!(bindings::projector::projection::types);
 
 /// `tables()` of a component built from `domain`: the typed definition of
 /// every table it writes.
-pub fn tables(domain: &flatten::Domain) -> Vec<wit::TableDef> {
+pub fn tables(domain: &flatten::Domain) -> alloc::vec::Vec<wit::TableDef> {
     (domain.info)().tables.into_iter().map(table_def).collect()
 }
 
@@ -174,9 +267,14 @@ fn table_def(t: flatten::TableDef) -> wit::TableDef {
 /// Exports a component whose `describe` and `project` are those of a
 /// [`flatten::Domain`]; the version it reports is the calling crate's
 /// `CARGO_PKG_VERSION`.
+///
+/// On wasm32 it also defines the component's panic handler (a panic
+/// traps), so the calling crate must be `no_std` there:
+/// `#![cfg_attr(target_arch = "wasm32", no_std)]`. `component!(DOMAIN, std)`
+/// leaves the panic handler to `std`, for a crate that links it.
 #[macro_export]
 macro_rules! component {
-    ($domain:expr) => {
+    ($domain:expr, std) => {
         struct Component;
 
         impl $crate::bindings::Guest for Component {
@@ -188,15 +286,15 @@ macro_rules! component {
                 info
             }
 
-            fn tables() -> ::std::vec::Vec<$crate::bindings::projector::projection::types::TableDef>
-            {
+            fn tables()
+            -> $crate::__rt::Vec<$crate::bindings::projector::projection::types::TableDef> {
                 $crate::tables(&$domain)
             }
 
             fn project(
                 event: $crate::bindings::projector::projection::types::Envelope,
             ) -> ::core::result::Result<
-                ::std::vec::Vec<$crate::bindings::projector::projection::types::RowOp>,
+                $crate::__rt::Vec<$crate::bindings::projector::projection::types::RowOp>,
                 $crate::bindings::projector::projection::types::ProjectionError,
             > {
                 $crate::project(&$domain, event)
@@ -204,5 +302,16 @@ macro_rules! component {
         }
 
         $crate::bindings::export!(Component);
+    };
+    ($domain:expr) => {
+        $crate::component!($domain, std);
+
+        /// A panic traps: the host dead-letters the event with the
+        /// `guest_trap` class (a panic message would need `std`'s stderr).
+        #[cfg(target_arch = "wasm32")]
+        #[panic_handler]
+        fn panic(_: &::core::panic::PanicInfo<'_>) -> ! {
+            ::core::arch::wasm32::unreachable()
+        }
     };
 }

@@ -3,6 +3,8 @@
 //! load and on hot reload (and keep serving the component it had), and a
 //! replay must never clear `posts` through it.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
 use projection_sdk::flatten::{self, Domain, Info};
 
 fn info() -> Info {

@@ -4,6 +4,8 @@
 //! `processed_events.component`). The host must refuse it at load and on hot
 //! reload, and keep serving the component it had.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
 use projection_sdk::flatten::{self, Domain};
 
 const USER_LONG_VERSION: Domain = Domain {

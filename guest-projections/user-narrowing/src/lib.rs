@@ -4,6 +4,8 @@
 //! it must change nothing, print the SQL an operator would run, and leave
 //! the serving component in place.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
 use projection_sdk::flatten::{self, ColumnDef, Domain, Info, SqlType};
 
 fn info() -> Info {

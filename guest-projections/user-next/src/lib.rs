@@ -2,7 +2,10 @@
 //! ship a new version: `display_name` is stored upper-cased and the crate's
 //! version (which the component reports) is 1.1.0. The host's tests hot-reload it and replay the user domain through it.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
 use projection_sdk::flatten::{self, Domain, Envelope, ProjectionError, RowOp, Value};
+use projection_sdk::prelude::*;
 
 fn project(envelope: &Envelope<'_>) -> Result<Vec<RowOp>, ProjectionError> {
     let mut ops = (flatten::USER.project)(envelope)?;

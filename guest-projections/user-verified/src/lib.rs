@@ -3,10 +3,13 @@
 //! column the shipped schema does not have. It declares the column (typed,
 //! nullable), so the host adds it when it loads this component.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
 use projection_sdk::flatten::{
     self, ColumnDef, Domain, Envelope, Info, ProjectionError, RowOp, SqlType, Upsert, Value, col,
     doc::normalize_timestamp,
 };
+use projection_sdk::prelude::*;
 
 fn info() -> Info {
     let mut info = (flatten::USER.info)();

@@ -215,7 +215,8 @@ fn link_random(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 
 /// The pooling allocator's slots, sized from the limits. Memories and
 /// tables are taken from shared pools (a component instance of a Rust guest
-/// uses a few core instances and one memory), so the totals bound the
+/// uses one core instance without `std`, about seventeen with it, and one
+/// memory), so the totals bound the
 /// instances alive at once, not what one instance may use: that is the
 /// store's limiter.
 fn pool(limits: &SandboxLimits) -> wasmtime::PoolingAllocationConfig {
