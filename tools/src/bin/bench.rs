@@ -19,6 +19,10 @@
 //!    - the default host as one and as two processes in one group, and
 //!      killed with SIGKILL a third of the way and restarted (time from the
 //!      restart to its first commit);
+//!    - projection only, in this process on one thread: the N events
+//!      flattened natively and through the WASM components (a fresh
+//!      instance per event, and those of any `--compare` components
+//!      folder), timing only the projection calls: the sandbox's own cost;
 //!    - the host (`projector run`, a child process) per-event (batch 1, on
 //!      the first M events), batched with the WASM components (the
 //!      default), batched with the flattening compiled in (`--native`), and
@@ -465,6 +469,78 @@ async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<
         done += chunk;
     }
     Ok(timed)
+}
+
+/// Projection alone, in this process on one thread: the `n` events
+/// (generated untimed, 5,000 at a time) flattened natively (`components`
+/// `None`) or through the WASM components of a folder, a fresh instance per
+/// event as the host makes them; no Kafka, validation or SQL. Only the
+/// projection calls are timed: what the sandbox costs per event. The
+/// checksum digests every operation, so WASM and native must agree.
+fn projection_only(
+    mode: &str,
+    components: Option<&std::path::Path>,
+    seed: u64,
+    n: usize,
+    round: usize,
+) -> anyhow::Result<RunResult> {
+    use std::hash::{Hash as _, Hasher as _};
+    let runtime = match components {
+        Some(_) => Some(projector_host::sandbox::Runtime::new(
+            projector_host::settings::SandboxLimits::default(),
+        )?),
+        None => None,
+    };
+    let loaded: HashMap<&str, projector_host::sandbox::LoadedComponent> =
+        match (&runtime, components) {
+            (Some(rt), Some(dir)) => flatten::DOMAINS
+                .iter()
+                .map(|d| {
+                    let path = dir.join(format!("{}.wasm", d.name));
+                    rt.load_file(&path)
+                        .map(|c| (d.name, c))
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            _ => HashMap::new(),
+        };
+    let domains: HashMap<&str, flatten::Domain> =
+        flatten::DOMAINS.into_iter().map(|d| (d.name, d)).collect();
+    let mut generator = Generator::new(seed);
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
+    let mut timed = Duration::ZERO;
+    let mut done = 0;
+    while done < n {
+        let chunk = 5_000.min(n - done);
+        let envelopes = (0..chunk)
+            .map(|_| {
+                let e = generator.next_event();
+                Ok((e.domain, events::Envelope::from_slice(&e.payload)?))
+            })
+            .collect::<anyhow::Result<Vec<(&str, events::RawEnvelope)>>>()?;
+        let mut outputs = Vec::with_capacity(chunk);
+        let started = Instant::now();
+        for (domain, env) in &envelopes {
+            let ops =
+                projector_host::sandbox::envelope_view(env, |flat| match loaded.get(domain) {
+                    Some(c) => c.session().project(flat).map_err(|e| e.to_string()),
+                    None => (domains[domain].project)(flat).map_err(|e| e.to_string()),
+                });
+            outputs.push(ops);
+        }
+        timed += started.elapsed();
+        for ops in outputs {
+            serde_json::to_string(&ops.map_err(|e| anyhow::anyhow!(e))?)?.hash(&mut digest);
+        }
+        done += chunk;
+    }
+    Ok(RunResult::timed(
+        mode,
+        round,
+        n,
+        timed.as_secs_f64(),
+        Some(format!("{:016x}", digest.finish())),
+    ))
 }
 
 /// Plain ceiling: the final row images of the `n` events (made untimed by
@@ -1455,7 +1531,7 @@ fn svg_chart(summaries: &[Summary], n: usize, runs: usize) -> String {
 }
 
 /// What `--only` accepts.
-const MODES: [&str; 10] = [
+const MODES: [&str; 11] = [
     "kafka",
     "mysql",
     "plain",
@@ -1466,6 +1542,7 @@ const MODES: [&str; 10] = [
     "recovery",
     "rebuild",
     "native",
+    "projection",
 ];
 const RAW_KAFKA: &str = "raw Kafka consume";
 const MYSQL_CEILING: &str = "executor ceiling (MySQL)";
@@ -1479,6 +1556,8 @@ const REBUILD: &str = "shadow rebuild of product (beside the default)";
 const WASM: &str = "host batched (WASM, default)";
 const NATIVE: &str = "host batched (native)";
 const PER_EVENT: &str = "host per-event (WASM, batch 1)";
+const PROJECTION_WASM: &str = "projection only (WASM, 1 thread)";
+const PROJECTION_NATIVE: &str = "projection only (native, 1 thread)";
 
 /// What one slot of a round runs.
 #[derive(Clone)]
@@ -1491,6 +1570,8 @@ enum Mode {
     Scale(HostMode, usize),
     Recovery(HostMode),
     Rebuild(HostMode),
+    /// Its name and the components folder (`None`: native flattening).
+    Projection(String, Option<PathBuf>),
 }
 
 impl Mode {
@@ -1511,6 +1592,7 @@ impl Mode {
             Mode::Plain => PLAIN_CEILING,
             Mode::Seed => SEED_DESIGN,
             Mode::Host(h) => &h.mode,
+            Mode::Projection(name, _) => name,
         }
     }
 }
@@ -1678,6 +1760,21 @@ async fn main() -> anyhow::Result<()> {
             args.batch,
         ));
     }
+    if wanted("projection") {
+        modes.push(Mode::Projection(
+            PROJECTION_WASM.into(),
+            Some(ctx.components.clone()),
+        ));
+        for (label, _, components) in &compare {
+            if let Some(dir) = components {
+                modes.push(Mode::Projection(
+                    format!("{PROJECTION_WASM} [{label}]"),
+                    Some(dir.clone()),
+                ));
+            }
+        }
+        modes.push(Mode::Projection(PROJECTION_NATIVE.into(), None));
+    }
     let host_runs = modes.iter().filter(|m| matches!(m, Mode::Host(_))).count() * args.runs;
     let latency_sets: Vec<String> = (0..host_runs).map(|i| format!("latency{i}")).collect();
     create_topics(
@@ -1710,6 +1807,9 @@ async fn main() -> anyhow::Result<()> {
                 Mode::Scale(h, processes) => scale_out(&ctx, h, *processes, round).await?,
                 Mode::Recovery(h) => recovery(&ctx, h, round).await?,
                 Mode::Rebuild(h) => shadow_rebuild(&ctx, h, round).await?,
+                Mode::Projection(name, components) => tokio::task::block_in_place(|| {
+                    projection_only(name, components.as_deref(), args.seed, n, round)
+                })?,
                 Mode::Host(h) => {
                     let set = next_latency.next().expect("one paced stream per host run");
                     host_mode(&ctx, h, round, set, &args).await?
@@ -1745,9 +1845,19 @@ async fn main() -> anyhow::Result<()> {
     let mut consistent = {
         let full: Vec<&RunResult> = results
             .iter()
-            .filter(|r| r.checksum.is_some() && r.events == n && r.mode != SEED_DESIGN)
+            .filter(|r| {
+                r.checksum.is_some()
+                    && r.events == n
+                    && r.mode != SEED_DESIGN
+                    && !r.mode.starts_with("projection only")
+            })
+            .collect();
+        let projected: Vec<&RunResult> = results
+            .iter()
+            .filter(|r| r.mode.starts_with("projection only"))
             .collect();
         full.windows(2).all(|w| w[0].checksum == w[1].checksum)
+            && projected.windows(2).all(|w| w[0].checksum == w[1].checksum)
     };
     if let Some(small) = &ceiling_small {
         consistent &= results
@@ -1891,7 +2001,19 @@ async fn main() -> anyhow::Result<()> {
         rate(WASM),
         rate(NATIVE),
     );
+    ratio(
+        "projection only: WASM / native (the sandbox's own cost)".into(),
+        "projection_wasm_over_native",
+        rate(PROJECTION_WASM),
+        rate(PROJECTION_NATIVE),
+    );
     for (label, _, _) in &compare {
+        ratio(
+            format!("projection only: WASM / [{label}]"),
+            &format!("projection_wasm_over_{label}"),
+            rate(PROJECTION_WASM),
+            rate(&format!("{PROJECTION_WASM} [{label}]")),
+        );
         let other = format!("{WASM} [{label}]");
         ratio(
             format!("default / [{label}] (events/s)"),
