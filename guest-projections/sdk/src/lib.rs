@@ -12,15 +12,15 @@
 //! **No `std` in a component.** Rust's `std` on `wasm32-wasip2` imports
 //! some twenty WASI interfaces (clocks, streams, stdio, environment,
 //! exit...) whether the code uses them or not, and `wit-component` then
-//! builds the component from three core modules and a dozen core
+//! builds the component from three core modules and about seventeen core
 //! instances, all of which the host instantiates for every event. A
 //! component built from this crate is `no_std` on wasm32: its only imports
 //! are those of the WIT world (none), it is one core module, its heap is
 //! `dlmalloc` (the allocator `std` itself uses on `wasm32-unknown-unknown`)
-//! starting in an arena of its initial memory, and a panic traps. `component!` defines the panic handler, so the crate
-//! that calls it must be `no_std` on wasm32 (the attribute above);
-//! `component!(DOMAIN, std)` is for a crate that wants `std` and its
-//! imports.
+//! starting in an arena of its initial memory, and a panic traps.
+//! `component!` defines the panic handler, so the crate that calls it must
+//! be `no_std` on wasm32 (the attribute above); `component!(DOMAIN, std)`
+//! is for a crate that wants `std` and its imports.
 
 #![no_std]
 
@@ -41,8 +41,8 @@ unsafe extern "C" {}
 /// The canonical ABI's allocator export, which the host calls to place
 /// arguments in the guest's memory. On `wasm32-wasip2`, `wit-bindgen`
 /// leaves it to wasi-libc's `malloc`, which would be a second heap; this
-/// one is the component's own (`heap`). (On `wasm32-wasip1`, `wit-bindgen` defines it, on the
-/// global allocator too.)
+/// one is the component's own (`heap`). (On `wasm32-wasip1`, `wit-bindgen`
+/// defines it, on the global allocator too.)
 ///
 /// # Safety
 /// Called by the host as the canonical ABI specifies: `old_ptr` and
