@@ -393,7 +393,7 @@ fn the_table_and_instance_caps_are_the_settings() {
 fn the_domain_components_are_one_core_instance_each() {
     // Built without `std` (projection-sdk), a domain component imports
     // nothing and is one core module: it runs with one core instance, so
-    // every event instantiates one module instead of a dozen.
+    // every event instantiates one module instead of about seventeen.
     let rt = Runtime::new(SandboxLimits {
         max_instances: 1,
         ..SandboxLimits::default()

@@ -22,9 +22,11 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
-/// What `std`'s prelude would bring, from `alloc`.
-mod prelude {
+/// What `std`'s prelude gives and a `no_std` crate lacks, from `alloc`
+/// (re-exported as `projection_sdk::prelude` for component crates).
+pub mod prelude {
     pub use alloc::borrow::ToOwned;
+    pub use alloc::boxed::Box;
     pub use alloc::string::{String, ToString};
     pub use alloc::vec::Vec;
     pub use alloc::{format, vec};

@@ -81,20 +81,7 @@ pub unsafe extern "C" fn cabi_realloc(
 
 /// What `std`'s prelude gives and a `no_std` component crate lacks:
 /// `use projection_sdk::prelude::*;`.
-pub mod prelude {
-    pub use alloc::borrow::ToOwned;
-    pub use alloc::boxed::Box;
-    pub use alloc::string::{String, ToString};
-    pub use alloc::vec::Vec;
-    pub use alloc::{format, vec};
-}
-
-/// What the exported macros name from `alloc` (a `no_std` caller need not
-/// declare `extern crate alloc` itself).
-#[doc(hidden)]
-pub mod __rt {
-    pub use alloc::vec::Vec;
-}
+pub use flatten::prelude;
 
 pub use flatten;
 
@@ -144,7 +131,7 @@ macro_rules! __conversions {
         pub fn project(
             domain: &$crate::flatten::Domain,
             event: wit::Envelope,
-        ) -> ::core::result::Result<$crate::__rt::Vec<wit::RowOp>, wit::ProjectionError> {
+        ) -> ::core::result::Result<$crate::prelude::Vec<wit::RowOp>, wit::ProjectionError> {
             let envelope = $crate::flatten::Envelope {
                 event_type: &event.event_type,
                 event_id: &event.event_id,
@@ -179,8 +166,8 @@ macro_rules! __conversions {
         }
 
         fn columns(
-            cols: $crate::__rt::Vec<$crate::flatten::Column>,
-        ) -> $crate::__rt::Vec<wit::Column> {
+            cols: $crate::prelude::Vec<$crate::flatten::Column>,
+        ) -> $crate::prelude::Vec<wit::Column> {
             cols.into_iter()
                 .map(|c| wit::Column {
                     name: c.name,
@@ -287,14 +274,14 @@ macro_rules! component {
             }
 
             fn tables()
-            -> $crate::__rt::Vec<$crate::bindings::projector::projection::types::TableDef> {
+            -> $crate::prelude::Vec<$crate::bindings::projector::projection::types::TableDef> {
                 $crate::tables(&$domain)
             }
 
             fn project(
                 event: $crate::bindings::projector::projection::types::Envelope,
             ) -> ::core::result::Result<
-                $crate::__rt::Vec<$crate::bindings::projector::projection::types::RowOp>,
+                $crate::prelude::Vec<$crate::bindings::projector::projection::types::RowOp>,
                 $crate::bindings::projector::projection::types::ProjectionError,
             > {
                 $crate::project(&$domain, event)

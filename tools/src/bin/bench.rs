@@ -485,25 +485,21 @@ fn projection_only(
     round: usize,
 ) -> anyhow::Result<RunResult> {
     use std::hash::{Hash as _, Hasher as _};
-    let runtime = match components {
-        Some(_) => Some(projector_host::sandbox::Runtime::new(
-            projector_host::settings::SandboxLimits::default(),
-        )?),
-        None => None,
+    let runtime =
+        projector_host::sandbox::Runtime::new(projector_host::settings::SandboxLimits::default())?;
+    let loaded: HashMap<&str, projector_host::sandbox::LoadedComponent> = match components {
+        Some(dir) => flatten::DOMAINS
+            .iter()
+            .map(|d| {
+                let path = dir.join(format!("{}.wasm", d.name));
+                runtime
+                    .load_file(&path)
+                    .map(|c| (d.name, c))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => HashMap::new(),
     };
-    let loaded: HashMap<&str, projector_host::sandbox::LoadedComponent> =
-        match (&runtime, components) {
-            (Some(rt), Some(dir)) => flatten::DOMAINS
-                .iter()
-                .map(|d| {
-                    let path = dir.join(format!("{}.wasm", d.name));
-                    rt.load_file(&path)
-                        .map(|c| (d.name, c))
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-                })
-                .collect::<anyhow::Result<_>>()?,
-            _ => HashMap::new(),
-        };
     let domains: HashMap<&str, flatten::Domain> =
         flatten::DOMAINS.into_iter().map(|d| (d.name, d)).collect();
     let mut generator = Generator::new(seed);
@@ -1556,6 +1552,8 @@ const REBUILD: &str = "shadow rebuild of product (beside the default)";
 const WASM: &str = "host batched (WASM, default)";
 const NATIVE: &str = "host batched (native)";
 const PER_EVENT: &str = "host per-event (WASM, batch 1)";
+/// The start of every projection-only mode's name.
+const PROJECTION: &str = "projection only";
 const PROJECTION_WASM: &str = "projection only (WASM, 1 thread)";
 const PROJECTION_NATIVE: &str = "projection only (native, 1 thread)";
 
@@ -1849,12 +1847,12 @@ async fn main() -> anyhow::Result<()> {
                 r.checksum.is_some()
                     && r.events == n
                     && r.mode != SEED_DESIGN
-                    && !r.mode.starts_with("projection only")
+                    && !r.mode.starts_with(PROJECTION)
             })
             .collect();
         let projected: Vec<&RunResult> = results
             .iter()
-            .filter(|r| r.mode.starts_with("projection only"))
+            .filter(|r| r.mode.starts_with(PROJECTION))
             .collect();
         full.windows(2).all(|w| w[0].checksum == w[1].checksum)
             && projected.windows(2).all(|w| w[0].checksum == w[1].checksum)
