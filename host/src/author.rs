@@ -6,7 +6,8 @@
 //! A scaffolded crate is a workspace of its own: `Cargo.toml` (a `cdylib`
 //! for the component and an `rlib` for the native test), `src/lib.rs` (one
 //! table, three event types), `fixtures/` (an envelope and its expected
-//! operations per event type) and `tests/fixtures.rs`.
+//! operations per event type), `tests/fixtures.rs` and `.cargo/config.toml`
+//! (a 128 KiB guest stack instead of Rust's 1 MiB).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +26,20 @@ fn fill(template: &str, domain: &str, sdk: &Path) -> String {
         .replace("{crate}", &format!("{domain}-projection"))
         .replace("{sdk}", &sdk.display().to_string())
 }
+
+/// A small guest stack: the host resets a component's linear memory after
+/// every event, at a cost that grows with it, and Rust's default stack
+/// (1 MiB) would be most of it. An overflow traps; it never reaches the heap.
+const CARGO_CONFIG: &str = r#"# The component's stack, in its linear memory (Rust's default is 1 MiB, most
+# of what the host resets after every event). 128 KiB holds the deepest JSON
+# document serde_json parses; an overflow traps, and the event is
+# dead-lettered.
+[target.wasm32-wasip2]
+rustflags = ["-C", "link-arg=-zstack-size=131072"]
+
+[target.wasm32-wasip1]
+rustflags = ["-C", "link-arg=-zstack-size=131072"]
+"#;
 
 const CARGO_TOML: &str = r#"[package]
 name = "{crate}"
@@ -276,6 +291,7 @@ pub fn scaffold(domain: &str, dir: &Path, sdk: &Path) -> anyhow::Result<Vec<Path
             TEST_RS.replace("{crate_ident}", &crate_ident),
         ),
         (dir.join(".gitignore"), "/target\n".to_owned()),
+        (dir.join(".cargo/config.toml"), CARGO_CONFIG.to_owned()),
     ];
     for (name, envelope, ops) in fixtures(domain) {
         files.push((

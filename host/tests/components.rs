@@ -151,6 +151,63 @@ fn events_past_the_guest_heap_arena_project_like_natively() {
 }
 
 #[test]
+fn documents_nested_to_the_parsers_limit_and_past_it_project_like_natively() {
+    // A component's stack is small (its linear memory is reset after every
+    // event, so every page counts): the deepest document the JSON parser
+    // accepts must still parse, serialise (a JSON column) and drop inside
+    // it, and a deeper one must be refused as it is natively, not trap.
+    let rt = runtime();
+    let nested = |depth: usize| {
+        let mut s = String::new();
+        for i in 0..depth {
+            s.push_str(if i % 2 == 0 { "{\"a\":" } else { "[" });
+        }
+        s.push('1');
+        for i in (0..depth).rev() {
+            s.push(if i % 2 == 0 { '}' } else { ']' });
+        }
+        s
+    };
+    for domain in DOMAINS {
+        let loaded = rt.load_file(&component_path(domain.name)).unwrap();
+        let (v, _) = fixture(&format!("{}.created", domain.name));
+        for depth in [1, 64, 120, 126, 127, 128, 129, 200, 10_000] {
+            let mut v = v.clone();
+            let doc: serde_json::Value = match serde_json::from_str(&nested(depth)) {
+                Ok(doc) => doc,
+                // Past serde_json's own limit: the text goes in as is.
+                Err(_) => serde_json::Value::Null,
+            };
+            v["data"]["nested"] = doc.clone();
+            if let Some(variants) = v["data"]["variants"].as_array_mut() {
+                variants[0]["attributes"] = doc;
+            }
+            let mut data = v["data"].to_string();
+            if v["data"]["nested"].is_null() {
+                data = data.replacen(
+                    "\"nested\":null",
+                    &format!("\"nested\":{}", nested(depth)),
+                    1,
+                );
+            }
+            let env = envelope(&v, &data);
+            let native = (domain.project)(&env);
+            let through_wasm = loaded.session().project(&env);
+            match (&through_wasm, &native) {
+                (Ok(wasm), Ok(native)) => assert_eq!(wasm, native, "{} depth {depth}", domain.name),
+                (Err(GuestFailure::Rejected(wasm)), Err(native)) => {
+                    assert_eq!(wasm, native, "{} depth {depth}", domain.name)
+                }
+                _ => panic!(
+                    "{} depth {depth}: WASM gave {through_wasm:?}, natively {native:?}",
+                    domain.name
+                ),
+            }
+        }
+    }
+}
+
+#[test]
 fn errors_cross_the_boundary_with_their_kind() {
     let rt = runtime();
     let loaded = rt.load_file(&component_path("order")).unwrap();
