@@ -377,6 +377,68 @@ async fn the_write_audit_counts_a_batch_applied_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_partly_applied_before_applies_exactly_the_rest() {
+    // Exactly once across batches that overlap: the events of the later
+    // entities are applied first, then the whole stream in one batch (its
+    // bookkeeping statements are several: 256 rows, then fewer). The second
+    // applies exactly the others, counts and names the skipped ones, and
+    // the tables end as applying every event once.
+    use sqlx::Connection as _;
+    let (db, pool, schema) = sink_db().await;
+    let (expected_db, expected_pool, _) = sink_db().await;
+    let events = applied(&schema, &lifecycle(18));
+    assert!(events.len() > 300, "{} events", events.len());
+    // The entities whose every event lies past the first 260.
+    let first_index: BTreeMap<&str, usize> =
+        events
+            .iter()
+            .enumerate()
+            .rev()
+            .fold(BTreeMap::new(), |mut m, (i, e)| {
+                m.insert(e.entity_id.as_str(), i);
+                m
+            });
+    let late: Vec<&projector_host::sink::Applied> = events
+        .iter()
+        .filter(|e| first_index[e.entity_id.as_str()] >= 260)
+        .collect();
+    assert!(!late.is_empty());
+    let all: Vec<&projector_host::sink::Applied> = events.iter().collect();
+    let offsets = BTreeMap::from([(("t".to_owned(), 0), events.len() as i64)]);
+    let apply = async |pool: &sqlx::MySqlPool, batch: &[&projector_host::sink::Applied]| {
+        let mut conn = pool.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let outcome = projector_host::sink::apply_batch(&mut tx, &schema, "g", batch, &offsets)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        outcome
+    };
+    let first = apply(&pool, &late).await;
+    assert_eq!((first.applied, first.duplicates), (late.len(), 0));
+    let second = apply(&pool, &all).await;
+    assert_eq!(
+        (second.applied, second.duplicates),
+        (events.len() - late.len(), late.len()),
+        "the second batch applies exactly the events the first did not"
+    );
+    let late_ids: Vec<String> = late.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(second.skipped, late_ids);
+    // And it leaves what applying every event once does.
+    let once = apply(&expected_pool, &all).await;
+    assert_eq!((once.applied, once.duplicates), (events.len(), 0));
+    assert_same(&dump(&db.pool).await, &dump(&expected_db.pool).await);
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, events.len() as i64);
+    drop((pool, expected_pool));
+    db.drop_db().await;
+    expected_db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_times_the_batch_out_and_the_batch_lands_once_it_answers() {
     let db = TestDb::new().await;
     let topics = Topics::new();

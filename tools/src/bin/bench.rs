@@ -39,6 +39,13 @@
 //!    sees it committed, with the CPU the machine, the host, the Kafka
 //!    broker, MariaDB and the bench used meanwhile (from `/proc`). Peak RSS
 //!    is the host's `VmHWM`.
+//!
+//!    For the ceilings and each host's steady window it also takes the CPU
+//!    the timed events cost the machine (from `/proc`: the host, or this
+//!    process for a ceiling, MariaDB and the Kafka broker), per event, and
+//!    the most the machine's cores allow at that cost (every core busy with
+//!    that work alone): a target that needs more than that is out of this
+//!    machine's reach until the CPU per event falls, and the report says so.
 //! 3. Prints the median of each mode with the min-max spread, checks that
 //!    every run over the same events ended with the same tables (an
 //!    in-database checksum), and writes a JSON file with every run and an
@@ -146,6 +153,9 @@ struct RunResult {
     paced_cpu: Option<PacedCpu>,
     peak_rss_mb: Option<f64>,
     checksum: Option<String>,
+    /// The CPU the timed events cost the machine (a host's steady window;
+    /// a ceiling's SQL).
+    work: Option<Work>,
 }
 
 impl RunResult {
@@ -172,7 +182,49 @@ impl RunResult {
             paced_cpu: None,
             peak_rss_mb: None,
             checksum,
+            work: None,
         }
+    }
+}
+
+/// What a run's timed events cost in CPU-seconds: the process that drives
+/// the writes (a host; for a ceiling, this bench process, which runs the
+/// executor's code), MariaDB and the Kafka broker when they run here.
+/// Measured from `/proc`, so it holds on any machine; on one whose cores
+/// the services share, it bounds what a mode can ever do there: at most
+/// `floor_events_per_sec`, this machine's cores busy all along with
+/// nothing but this work.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Work {
+    events: usize,
+    driver_cpu_secs: f64,
+    mariadb_cpu_secs: Option<f64>,
+    kafka_cpu_secs: Option<f64>,
+}
+
+impl Work {
+    fn cpu_secs(&self) -> f64 {
+        self.driver_cpu_secs
+            + self.mariadb_cpu_secs.unwrap_or(0.0)
+            + self.kafka_cpu_secs.unwrap_or(0.0)
+    }
+
+    /// Events per second with every core of this machine busy with this
+    /// work and nothing else.
+    fn floor_events_per_sec(&self) -> Option<f64> {
+        let cpu = self.cpu_secs();
+        (cpu > 0.0 && machine_cpus() > 0).then(|| self.events as f64 * machine_cpus() as f64 / cpu)
+    }
+
+    fn add(&mut self, other: Work) {
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        self.events += other.events;
+        self.driver_cpu_secs += other.driver_cpu_secs;
+        self.mariadb_cpu_secs = sum(self.mariadb_cpu_secs, other.mariadb_cpu_secs);
+        self.kafka_cpu_secs = sum(self.kafka_cpu_secs, other.kafka_cpu_secs);
     }
 }
 
@@ -193,6 +245,18 @@ struct Summary {
     rate_over_capacity: Option<f64>,
     paced_cpu: Option<PacedCpu>,
     peak_rss_mb: Option<f64>,
+    /// Medians of the runs' CPU per event (µs) and of their floors.
+    cpu_us_per_event: Option<WorkPerEvent>,
+    floor_events_per_sec: Option<f64>,
+}
+
+/// CPU per event (µs), by process: see [`Work`].
+#[derive(Debug, Clone, serde::Serialize)]
+struct WorkPerEvent {
+    total: f64,
+    driver: f64,
+    mariadb: Option<f64>,
+    kafka: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -229,6 +293,21 @@ impl Summary {
             rate_over_capacity: med(&|r| r.rate_over_capacity),
             paced_cpu: PacedCpu::median(runs.iter().filter_map(|r| r.paced_cpu.as_ref())),
             peak_rss_mb: runs.iter().filter_map(|r| r.peak_rss_mb).reduce(f64::max),
+            cpu_us_per_event: {
+                let per = |f: &dyn Fn(&Work) -> Option<f64>| {
+                    med(&|r| {
+                        let w = r.work.as_ref().filter(|w| w.events > 0)?;
+                        Some(f(w)? * 1e6 / w.events as f64)
+                    })
+                };
+                per(&|w| Some(w.cpu_secs())).map(|total| WorkPerEvent {
+                    total,
+                    driver: per(&|w| Some(w.driver_cpu_secs)).unwrap_or(0.0),
+                    mariadb: per(&|w| w.mariadb_cpu_secs),
+                    kafka: per(&|w| w.kafka_cpu_secs),
+                })
+            },
+            floor_events_per_sec: med(&|r| r.work.as_ref()?.floor_events_per_sec()),
         }
     }
 
@@ -419,7 +498,7 @@ fn raw_consume(ctx: &Ctx, set: &str, n: usize, round: usize) -> anyhow::Result<R
 /// fresh database of `pool` with the executor's statements (the sink's
 /// multi-row, guarded writes) in 5,000-event transactions; returns the time
 /// spent in SQL (generating and flattening are not timed).
-async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<Duration> {
+async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<(Duration, Work)> {
     projector_host::sink::migrate_with_builtin_tables(pool).await?;
     let schema = projector_host::sink::Schema::load(pool).await?;
     let infos: HashMap<&str, (flatten::Domain, flatten::Info)> = flatten::DOMAINS
@@ -428,6 +507,8 @@ async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<
         .collect();
     let mut generator = Generator::new(seed);
     let mut timed = Duration::ZERO;
+    let mut work = Work::default();
+    let services = Services::find();
     let mut done = 0;
     let mut conn = pool.acquire().await?;
     while done < n {
@@ -459,6 +540,7 @@ async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<
             });
         }
         let refs: Vec<&projector_host::sink::Applied> = applied.iter().collect();
+        let before = CpuCounters::take(std::process::id(), &services);
         let started = Instant::now();
         let mut tx = conn.begin().await?;
         projector_host::sink::write_ops(&mut tx, &schema, &refs)
@@ -466,9 +548,12 @@ async fn executor_fill(pool: &MySqlPool, seed: u64, n: usize) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         tx.commit().await?;
         timed += started.elapsed();
+        if let Some(w) = before.spent(&CpuCounters::take(std::process::id(), &services), chunk) {
+            work.add(w);
+        }
         done += chunk;
     }
-    Ok(timed)
+    Ok((timed, work))
 }
 
 /// Projection alone, in this process on one thread: the `n` events
@@ -548,7 +633,7 @@ fn projection_only(
 /// the executor's.
 async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::Result<RunResult> {
     let (src_name, _, src) = ctx.fresh_db(&format!("plainsrc{round}")).await?;
-    executor_fill(&src, seed, n).await?;
+    let _ = executor_fill(&src, seed, n).await?;
     let want = projector_tools::snapshot::checksum(&src).await?;
     // Row images, parents first, as `(lit, lit, …)` tuples.
     let mut images: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
@@ -582,6 +667,8 @@ async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::
     let (name, _, pool) = ctx.fresh_db(&format!("plain{round}")).await?;
     projector_host::sink::migrate_with_builtin_tables(&pool).await?;
     let mut conn = pool.acquire().await?;
+    let services = Services::find();
+    let before = CpuCounters::take(std::process::id(), &services);
     let started = Instant::now();
     let mut rows_written = 0;
     for (table, cols, rows) in &images {
@@ -609,6 +696,7 @@ async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::
         rows_written += rows.len();
     }
     let secs = started.elapsed().as_secs_f64();
+    let work = before.spent(&CpuCounters::take(std::process::id(), &services), n);
     drop(conn);
     let checksum = projector_tools::snapshot::checksum(&pool).await?;
     say(format!(
@@ -622,13 +710,10 @@ async fn plain_ceiling(ctx: &Ctx, seed: u64, n: usize, round: usize) -> anyhow::
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
-    Ok(RunResult::timed(
-        PLAIN_CEILING,
-        round,
-        n,
-        secs,
-        Some(checksum),
-    ))
+    Ok(RunResult {
+        work,
+        ..RunResult::timed(PLAIN_CEILING, round, n, secs, Some(checksum))
+    })
 }
 
 /// The seed's design, in Rust: consume `set` one message at a time, flatten
@@ -796,7 +881,7 @@ async fn mysql_ceiling(
     round: usize,
 ) -> anyhow::Result<RunResult> {
     let (name, _url, pool) = ctx.fresh_db(&format!("{tag}{round}")).await?;
-    let timed = executor_fill(&pool, seed, n).await?;
+    let (timed, work) = executor_fill(&pool, seed, n).await?;
     let checksum = projector_tools::snapshot::checksum(&pool).await?;
     let secs = timed.as_secs_f64();
     say(format!(
@@ -805,13 +890,10 @@ async fn mysql_ceiling(
     let _ = sqlx::query(&format!("DROP DATABASE `{name}`"))
         .execute(&pool)
         .await;
-    Ok(RunResult::timed(
-        MYSQL_CEILING,
-        round,
-        n,
-        secs,
-        Some(checksum),
-    ))
+    Ok(RunResult {
+        work: Some(work),
+        ..RunResult::timed(MYSQL_CEILING, round, n, secs, Some(checksum))
+    })
 }
 
 fn peak_rss_mb(child: &Child) -> Option<f64> {
@@ -905,6 +987,18 @@ impl CpuCounters {
             mariadb: services.mariadb.and_then(process_cpu_secs),
             bench: process_cpu_secs(std::process::id()),
         }
+    }
+
+    /// The CPU-seconds spent between `self` and `later` on `events`, with
+    /// `driver` the process `self` was taken for.
+    fn spent(&self, later: &CpuCounters, events: usize) -> Option<Work> {
+        let secs = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0));
+        Some(Work {
+            events,
+            driver_cpu_secs: secs(self.host, later.host)?,
+            mariadb_cpu_secs: secs(self.mariadb, later.mariadb),
+            kafka_cpu_secs: secs(self.kafka, later.kafka),
+        })
     }
 
     fn until(&self, later: &CpuCounters) -> Option<PacedCpu> {
@@ -1058,14 +1152,21 @@ async fn host_mode(
         let deadline = started + Duration::from_secs(3600);
         let mut first: Option<(Instant, i64)> = None;
         let mut said = Instant::now();
-        let (last, cpu) = loop {
+        let services = Services::find();
+        let mut first_cpu = None;
+        let (last, cpu, last_cpu) = loop {
             let done = progress(&pool, &group, &host.ends).await;
             let now = Instant::now();
             if done > 0 && first.is_none() {
                 first = Some((now, done));
+                first_cpu = Some(CpuCounters::take(child.id(), &services));
             }
             if done >= n {
-                break (now, cpu_secs(&child));
+                break (
+                    now,
+                    cpu_secs(&child),
+                    CpuCounters::take(child.id(), &services),
+                );
             }
             if let Some(status) = child.try_wait()? {
                 bail!("the host exited ({status}) after {done} events");
@@ -1086,6 +1187,10 @@ async fn host_mode(
         } else {
             n as f64 / (last - started).as_secs_f64()
         };
+        // The steady window's CPU, as its throughput.
+        let work = first_cpu
+            .and_then(|f| f.spent(&last_cpu, (n - first_done) as usize))
+            .filter(|w| w.events > 0);
         let checksum = projector_tools::snapshot::checksum(&pool).await?;
 
         // Latency: a stream paced at a fixed rate against the caught-up
@@ -1178,6 +1283,7 @@ async fn host_mode(
             paced_cpu,
             peak_rss_mb: peak_rss_mb(&child),
             checksum: Some(checksum),
+            work,
         })
     }
     .await;
@@ -1305,6 +1411,7 @@ async fn scale_out(
             paced_cpu: None,
             peak_rss_mb: children.iter().filter_map(peak_rss_mb).reduce(f64::max),
             checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
+            work: None,
         })
     }
     .await;
@@ -1386,6 +1493,7 @@ async fn recovery(ctx: &Ctx, host: &HostMode, round: usize) -> anyhow::Result<Ru
             paced_cpu: None,
             peak_rss_mb: None,
             checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
+            work: None,
         })
     }
     .await;
@@ -1924,11 +2032,37 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let cpus = machine_cpus();
+    if summaries.iter().any(|s| s.cpu_us_per_event.is_some()) {
+        println!(
+            "CPU per timed event (µs: the host, or this process for a ceiling, + MariaDB + Kafka) \
+             and the most {cpus} cores allow at that cost:"
+        );
+    }
+    for s in &summaries {
+        if let (Some(w), Some(floor)) = (&s.cpu_us_per_event, s.floor_events_per_sec) {
+            let part = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+            println!(
+                "  {:<44} {:>5.0} µs ({:.0} + {} + {}): at most {floor:>6.0} events/s",
+                s.mode,
+                w.total,
+                w.driver,
+                part(w.mariadb),
+                part(w.kafka)
+            );
+        }
+    }
     let rate = |name: &str| {
         summaries
             .iter()
             .find(|s| s.mode == name)
             .map(|s| s.events_per_sec)
+    };
+    let floor = |name: &str| {
+        summaries
+            .iter()
+            .find(|s| s.mode == name)
+            .and_then(|s| s.floor_events_per_sec)
     };
     let mut ratios = serde_json::Map::new();
     let mut ratio = |label: String, key: &str, a: Option<f64>, b: Option<f64>| {
@@ -1965,6 +2099,27 @@ async fn main() -> anyhow::Result<()> {
         rate(WASM),
         rate(SEED_DESIGN),
     );
+    // Whether a target can be met on this machine at all: the most the
+    // default could do with every core busy with its work alone, over the
+    // mode it is compared with.
+    ratio(
+        "  at most, at the default's CPU per event: / executor ceiling".into(),
+        "default_floor_over_executor_ceiling",
+        floor(WASM),
+        rate(MYSQL_CEILING),
+    );
+    ratio(
+        "  at most, at the default's CPU per event: / plain ceiling".into(),
+        "default_floor_over_plain_ceiling",
+        floor(WASM),
+        rate(PLAIN_CEILING),
+    );
+    ratio(
+        "  at most, at the default's CPU per event: / seed design".into(),
+        "default_floor_over_seed_design",
+        floor(WASM),
+        rate(SEED_DESIGN),
+    );
     ratio(
         "per-event / seed design (same events)".into(),
         "per_event_over_seed_design",
@@ -1998,6 +2153,12 @@ async fn main() -> anyhow::Result<()> {
         "wasm_over_native",
         rate(WASM),
         rate(NATIVE),
+    );
+    ratio(
+        "  at most, at each one's CPU per event: WASM / native".into(),
+        "wasm_floor_over_native_floor",
+        floor(WASM),
+        floor(NATIVE),
     );
     ratio(
         "projection only: WASM / native (the sandbox's own cost)".into(),
