@@ -192,7 +192,7 @@ impl RunResult {
 /// executor's code), MariaDB and the Kafka broker when they run here.
 /// Measured from `/proc`, so it holds on any machine; on one whose cores
 /// the services share, it bounds what a mode can ever do there: at most
-/// `floor_events_per_sec`, this machine's cores busy all along with
+/// `cpu_bound_events_per_sec`, this machine's cores busy all along with
 /// nothing but this work.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 struct Work {
@@ -211,7 +211,7 @@ impl Work {
 
     /// Events per second with every core of this machine busy with this
     /// work and nothing else.
-    fn floor_events_per_sec(&self) -> Option<f64> {
+    fn cpu_bound_events_per_sec(&self) -> Option<f64> {
         let cpu = self.cpu_secs();
         (cpu > 0.0 && machine_cpus() > 0).then(|| self.events as f64 * machine_cpus() as f64 / cpu)
     }
@@ -245,9 +245,10 @@ struct Summary {
     rate_over_capacity: Option<f64>,
     paced_cpu: Option<PacedCpu>,
     peak_rss_mb: Option<f64>,
-    /// Medians of the runs' CPU per event (µs) and of their floors.
+    /// Medians of the runs' CPU per event (µs) and of the most events per
+    /// second the machine's cores allow at that cost.
     cpu_us_per_event: Option<WorkPerEvent>,
-    floor_events_per_sec: Option<f64>,
+    cpu_bound_events_per_sec: Option<f64>,
 }
 
 /// CPU per event (µs), by process: see [`Work`].
@@ -307,7 +308,7 @@ impl Summary {
                     kafka: per(&|w| w.kafka_cpu_secs),
                 })
             },
-            floor_events_per_sec: med(&|r| r.work.as_ref()?.floor_events_per_sec()),
+            cpu_bound_events_per_sec: med(&|r| r.work.as_ref()?.cpu_bound_events_per_sec()),
         }
     }
 
@@ -2040,10 +2041,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for s in &summaries {
-        if let (Some(w), Some(floor)) = (&s.cpu_us_per_event, s.floor_events_per_sec) {
+        if let (Some(w), Some(most)) = (&s.cpu_us_per_event, s.cpu_bound_events_per_sec) {
             let part = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
             println!(
-                "  {:<44} {:>5.0} µs ({:.0} + {} + {}): at most {floor:>6.0} events/s",
+                "  {:<44} {:>5.0} µs ({:.0} + {} + {}): at most {most:>6.0} events/s",
                 s.mode,
                 w.total,
                 w.driver,
@@ -2058,11 +2059,11 @@ async fn main() -> anyhow::Result<()> {
             .find(|s| s.mode == name)
             .map(|s| s.events_per_sec)
     };
-    let floor = |name: &str| {
+    let cpu_bound = |name: &str| {
         summaries
             .iter()
             .find(|s| s.mode == name)
-            .and_then(|s| s.floor_events_per_sec)
+            .and_then(|s| s.cpu_bound_events_per_sec)
     };
     let mut ratios = serde_json::Map::new();
     let mut ratio = |label: String, key: &str, a: Option<f64>, b: Option<f64>| {
@@ -2104,20 +2105,20 @@ async fn main() -> anyhow::Result<()> {
     // mode it is compared with.
     ratio(
         "  at most, at the default's CPU per event: / executor ceiling".into(),
-        "default_floor_over_executor_ceiling",
-        floor(WASM),
+        "default_cpu_bound_over_executor_ceiling",
+        cpu_bound(WASM),
         rate(MYSQL_CEILING),
     );
     ratio(
         "  at most, at the default's CPU per event: / plain ceiling".into(),
-        "default_floor_over_plain_ceiling",
-        floor(WASM),
+        "default_cpu_bound_over_plain_ceiling",
+        cpu_bound(WASM),
         rate(PLAIN_CEILING),
     );
     ratio(
         "  at most, at the default's CPU per event: / seed design".into(),
-        "default_floor_over_seed_design",
-        floor(WASM),
+        "default_cpu_bound_over_seed_design",
+        cpu_bound(WASM),
         rate(SEED_DESIGN),
     );
     ratio(
@@ -2156,9 +2157,9 @@ async fn main() -> anyhow::Result<()> {
     );
     ratio(
         "  at most, at each one's CPU per event: WASM / native".into(),
-        "wasm_floor_over_native_floor",
-        floor(WASM),
-        floor(NATIVE),
+        "wasm_cpu_bound_over_native_cpu_bound",
+        cpu_bound(WASM),
+        cpu_bound(NATIVE),
     );
     ratio(
         "projection only: WASM / native (the sandbox's own cost)".into(),
