@@ -27,9 +27,8 @@ fn fill(template: &str, domain: &str, sdk: &Path) -> String {
         .replace("{sdk}", &sdk.display().to_string())
 }
 
-/// A small guest stack: the host resets a component's linear memory after
-/// every event, at a cost that grows with it, and Rust's default stack
-/// (1 MiB) would be most of it. An overflow traps; it never reaches the heap.
+/// The scaffold's `.cargo/config.toml`: a small guest stack, as in
+/// `guest-projections/.cargo/config.toml`.
 const CARGO_CONFIG: &str = r#"# The component's stack, in its linear memory (Rust's default is 1 MiB, most
 # of what the host resets after every event). 128 KiB holds the deepest JSON
 # document serde_json parses; an overflow traps, and the event is

@@ -156,6 +156,7 @@ fn documents_nested_to_the_parsers_limit_and_past_it_project_like_natively() {
     // event, so every page counts): the deepest document the JSON parser
     // accepts must still parse, serialise (a JSON column) and drop inside
     // it, and a deeper one must be refused as it is natively, not trap.
+    const PLACE: &str = "@nested@";
     let rt = runtime();
     let nested = |depth: usize| {
         let mut s = String::new();
@@ -172,24 +173,16 @@ fn documents_nested_to_the_parsers_limit_and_past_it_project_like_natively() {
         let loaded = rt.load_file(&component_path(domain.name)).unwrap();
         let (v, _) = fixture(&format!("{}.created", domain.name));
         for depth in [1, 64, 120, 126, 127, 128, 129, 200, 10_000] {
+            // The document goes in as text: past serde_json's own limit it
+            // cannot be a `Value` of this test either.
             let mut v = v.clone();
-            let doc: serde_json::Value = match serde_json::from_str(&nested(depth)) {
-                Ok(doc) => doc,
-                // Past serde_json's own limit: the text goes in as is.
-                Err(_) => serde_json::Value::Null,
-            };
-            v["data"]["nested"] = doc.clone();
+            v["data"]["nested"] = serde_json::Value::from(PLACE);
             if let Some(variants) = v["data"]["variants"].as_array_mut() {
-                variants[0]["attributes"] = doc;
+                variants[0]["attributes"] = serde_json::Value::from(PLACE);
             }
-            let mut data = v["data"].to_string();
-            if v["data"]["nested"].is_null() {
-                data = data.replacen(
-                    "\"nested\":null",
-                    &format!("\"nested\":{}", nested(depth)),
-                    1,
-                );
-            }
+            let data = v["data"]
+                .to_string()
+                .replace(&format!("\"{PLACE}\""), &nested(depth));
             let env = envelope(&v, &data);
             let native = (domain.project)(&env);
             let through_wasm = loaded.session().project(&env);

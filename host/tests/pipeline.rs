@@ -389,15 +389,10 @@ async fn a_batch_partly_applied_before_applies_exactly_the_rest() {
     let events = applied(&schema, &lifecycle(18));
     assert!(events.len() > 300, "{} events", events.len());
     // The entities whose every event lies past the first 260.
-    let first_index: BTreeMap<&str, usize> =
-        events
-            .iter()
-            .enumerate()
-            .rev()
-            .fold(BTreeMap::new(), |mut m, (i, e)| {
-                m.insert(e.entity_id.as_str(), i);
-                m
-            });
+    let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        first_index.entry(e.entity_id.as_str()).or_insert(i);
+    }
     let late: Vec<&projector_host::sink::Applied> = events
         .iter()
         .filter(|e| first_index[e.entity_id.as_str()] >= 260)
