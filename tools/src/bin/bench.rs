@@ -34,7 +34,9 @@
 //!    the time to its last; wall time runs from spawning the process to the
 //!    last commit (start, component compilation, group join, first batch);
 //!    CPU is the process's user + system time at that moment. Then a stream
-//!    is paced open-loop at a fixed rate (at most half the run's capacity)
+//!    is paced open-loop at a fixed rate (`--latency-rate`, 2,000 events/s,
+//!    for the batched modes; `--per-event-latency-rate`, 500, for the
+//!    per-event mode; at most half the run's capacity)
 //!    and each event's latency runs from its due send time to the poll that
 //!    sees it committed, with the CPU the machine, the host, the Kafka
 //!    broker, MariaDB and the bench used meanwhile (from `/proc`). Peak RSS
@@ -75,10 +77,14 @@ struct Args {
     /// Events the per-event mode projects (it is ~50x slower).
     #[arg(long, default_value_t = 5_000)]
     per_event_events: usize,
-    /// Produce rate of the latency runs (events per second); a mode whose
-    /// capacity is below twice this rate is paced at half its capacity.
-    #[arg(long, default_value_t = 500)]
+    /// Produce rate of the batched host modes' latency runs (events per
+    /// second); a mode whose capacity is below twice its rate is paced at
+    /// half its capacity.
+    #[arg(long, default_value_t = 2000)]
     latency_rate: usize,
+    /// Produce rate of the per-event mode's latency run.
+    #[arg(long, default_value_t = 500)]
+    per_event_latency_rate: usize,
     /// Length of each latency run (seconds).
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
@@ -1197,9 +1203,12 @@ async fn host_mode(
         // Latency: a stream paced at a fixed rate against the caught-up
         // host; at most half its measured capacity, or the figure would
         // measure a growing queue rather than the pipeline.
-        let paced_rate = (args.latency_rate as f64)
-            .min(events_per_sec / 2.0)
-            .max(1.0) as usize;
+        let rate = if host.batch == 1 {
+            args.per_event_latency_rate
+        } else {
+            args.latency_rate
+        };
+        let paced_rate = (rate as f64).min(events_per_sec / 2.0).max(1.0) as usize;
         let total = paced_rate * args.latency_secs as usize;
         let mut generator = Generator::new(args.seed + 1000);
         let stream = ctx.topics(latency_set);
@@ -2217,6 +2226,7 @@ async fn main() -> anyhow::Result<()> {
         "seed": args.seed,
         "runs": args.runs,
         "latency_rate": args.latency_rate,
+        "per_event_latency_rate": args.per_event_latency_rate,
         "latency_secs": args.latency_secs,
         "poll_ms": POLL.as_millis() as u64,
         "summaries": summaries,
