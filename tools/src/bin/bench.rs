@@ -1737,6 +1737,45 @@ async fn main() -> anyhow::Result<()> {
             .to_path_buf(),
         run: format!("{}", uuid::Uuid::new_v4().simple())[..10].to_owned(),
     };
+    let outcome = run(&ctx, &args).await;
+    // However the run ended: its topics hold up to a few million events
+    // (several hundred MB per run at 1M) that no later run reads.
+    if let Err(e) = delete_topics(&ctx).await {
+        say(format!("could not delete this run's topics: {e:#}"));
+    }
+    outcome
+}
+
+/// Deletes every topic of this run (`bench_<run>_*`).
+async fn delete_topics(ctx: &Ctx) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &ctx.kafka);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = config.create()?;
+    let prefix = format!("bench_{}_", ctx.run);
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let names: Vec<&str> = md
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    say(format!(
+        "deleting this run's {} topics ({prefix}*)",
+        names.len()
+    ));
+    for r in admin.delete_topics(&names, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("deleting topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<()> {
     let compare: Vec<(String, PathBuf, Option<PathBuf>)> = args
         .compare
         .iter()
@@ -1781,14 +1820,14 @@ async fn main() -> anyhow::Result<()> {
     // created later at its next metadata refresh); each host run gets its
     // own paced stream.
     let started = Instant::now();
-    create_topics(&ctx, &["main", "small"]).await?;
+    create_topics(ctx, &["main", "small"]).await?;
     let mut generator = Generator::new(args.seed);
     let main_ends = Arc::new(ends_of(
-        &produce(&ctx, "main", (0..n).map(|_| generator.next_event()), None).await?,
+        &produce(ctx, "main", (0..n).map(|_| generator.next_event()), None).await?,
     ));
     let mut generator = Generator::new(args.seed);
     let small_ends = Arc::new(ends_of(
-        &produce(&ctx, "small", (0..m).map(|_| generator.next_event()), None).await?,
+        &produce(ctx, "small", (0..m).map(|_| generator.next_event()), None).await?,
     ));
     say(format!(
         "produced in {:.1} s",
@@ -1894,7 +1933,7 @@ async fn main() -> anyhow::Result<()> {
     let host_runs = modes.iter().filter(|m| matches!(m, Mode::Host(_))).count() * args.runs;
     let latency_sets: Vec<String> = (0..host_runs).map(|i| format!("latency{i}")).collect();
     create_topics(
-        &ctx,
+        ctx,
         &latency_sets.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .await?;
@@ -1913,22 +1952,19 @@ async fn main() -> anyhow::Result<()> {
                 mode.name()
             ));
             let r = match mode {
-                Mode::Kafka => {
-                    let ctx_ref = &ctx;
-                    tokio::task::block_in_place(|| raw_consume(ctx_ref, "main", n, round))?
-                }
-                Mode::Mysql => mysql_ceiling(&ctx, args.seed, n, "ceiling", round).await?,
-                Mode::Plain => plain_ceiling(&ctx, args.seed, n, round).await?,
-                Mode::Seed => seed_design(&ctx, "small", m, round).await?,
-                Mode::Scale(h, processes) => scale_out(&ctx, h, *processes, round).await?,
-                Mode::Recovery(h) => recovery(&ctx, h, round).await?,
-                Mode::Rebuild(h) => shadow_rebuild(&ctx, h, round).await?,
+                Mode::Kafka => tokio::task::block_in_place(|| raw_consume(ctx, "main", n, round))?,
+                Mode::Mysql => mysql_ceiling(ctx, args.seed, n, "ceiling", round).await?,
+                Mode::Plain => plain_ceiling(ctx, args.seed, n, round).await?,
+                Mode::Seed => seed_design(ctx, "small", m, round).await?,
+                Mode::Scale(h, processes) => scale_out(ctx, h, *processes, round).await?,
+                Mode::Recovery(h) => recovery(ctx, h, round).await?,
+                Mode::Rebuild(h) => shadow_rebuild(ctx, h, round).await?,
                 Mode::Projection(name, components) => tokio::task::block_in_place(|| {
                     projection_only(name, components.as_deref(), args.seed, n, round)
                 })?,
                 Mode::Host(h) => {
                     let set = next_latency.next().expect("one paced stream per host run");
-                    host_mode(&ctx, h, round, set, &args).await?
+                    host_mode(ctx, h, round, set, args).await?
                 }
             };
             say(format!(
@@ -1951,7 +1987,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // The per-event mode's reference: the ceiling's tables over its M events.
     let ceiling_small = if wanted("per-event") && m != n {
-        Some(mysql_ceiling(&ctx, args.seed, m, "ceiling_small", 0).await?)
+        Some(mysql_ceiling(ctx, args.seed, m, "ceiling_small", 0).await?)
     } else {
         None
     };
