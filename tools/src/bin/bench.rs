@@ -1308,6 +1308,31 @@ async fn host_mode(
     result
 }
 
+/// A host process the bench started; killed if the bench lets go of it
+/// still running (a mode that failed half-way, Ctrl-C).
+struct HostProcess(Child);
+
+impl std::ops::Deref for HostProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HostProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        // Both do nothing for a child already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `projector run` of `host` on database `url` and group `group`
 /// (log in the temp folder, tagged), with static membership when
 /// `instance` is given.
@@ -1319,7 +1344,7 @@ fn spawn_host(
     topics: &[String],
     tag: &str,
     instance: Option<&str>,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<HostProcess> {
     let mut cmd = Command::new(&host.bin);
     cmd.arg("run");
     if host.native {
@@ -1347,6 +1372,7 @@ fn spawn_host(
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(HostProcess)
         .with_context(|| format!("{} starts", host.bin.display()))
 }
 
@@ -1406,7 +1432,7 @@ async fn scale_out(
         };
         let (first_at, first_done) = first.expect("done > 0 was seen");
         let steady = (last - first_at).as_secs_f64().max(1e-3);
-        let cpu: f64 = children.iter().filter_map(cpu_secs).sum();
+        let cpu: f64 = children.iter().map(|c| &**c).filter_map(cpu_secs).sum();
         Ok(RunResult {
             mode: scale_name(processes),
             round,
@@ -1419,7 +1445,11 @@ async fn scale_out(
             paced_rate: None,
             rate_over_capacity: None,
             paced_cpu: None,
-            peak_rss_mb: children.iter().filter_map(peak_rss_mb).reduce(f64::max),
+            peak_rss_mb: children
+                .iter()
+                .map(|c| &**c)
+                .filter_map(peak_rss_mb)
+                .reduce(f64::max),
             checksum: Some(projector_tools::snapshot::checksum(&pool).await?),
             work: None,
         })
@@ -1737,13 +1767,42 @@ async fn main() -> anyhow::Result<()> {
             .to_path_buf(),
         run: format!("{}", uuid::Uuid::new_v4().simple())[..10].to_owned(),
     };
-    let outcome = run(&ctx, &args).await;
+    // Ctrl-C reaches the hosts it started as well (one process group).
+    let outcome = tokio::select! {
+        outcome = run(&ctx, &args) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     // However the run ended: its topics hold up to a few million events
     // (several hundred MB per run at 1M) that no later run reads.
     if let Err(e) = delete_topics(&ctx).await {
         say(format!("could not delete this run's topics: {e:#}"));
     }
+    // Each mode drops its own databases; an interrupted one has not.
+    if let Err(e) = drop_databases(&ctx).await {
+        say(format!("could not drop this run's databases: {e:#}"));
+    }
     outcome
+}
+
+/// Drops every database of this run (`bench_<run>_*`) that is still there.
+async fn drop_databases(ctx: &Ctx) -> anyhow::Result<()> {
+    use sqlx::ConnectOptions as _;
+    let options: sqlx::mysql::MySqlConnectOptions = ctx.mysql_url.parse()?;
+    let mut conn = options.connect().await?;
+    let pattern = format!("bench\\_{}\\_%", ctx.run);
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",
+    )
+    .bind(&pattern)
+    .fetch_all(&mut conn)
+    .await?;
+    for (name,) in names {
+        say(format!("dropping database {name}"));
+        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Deletes every topic of this run (`bench_<run>_*`).
