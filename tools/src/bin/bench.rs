@@ -1767,7 +1767,8 @@ async fn main() -> anyhow::Result<()> {
             .to_path_buf(),
         run: format!("{}", uuid::Uuid::new_v4().simple())[..10].to_owned(),
     };
-    // Ctrl-C reaches the hosts it started as well (one process group).
+    // On Ctrl-C the run is dropped, and with it the hosts it started
+    // (see `HostProcess`).
     let outcome = tokio::select! {
         outcome = run(&ctx, &args) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
