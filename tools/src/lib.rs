@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod generate;
 pub mod oracle;
+pub mod process;
 pub mod snapshot;
 
 /// A copy of a component with a custom section appended: the same code under

@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use projector_tools::generate::{Generated, Generator};
+use projector_tools::process::Proc;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -1308,31 +1309,6 @@ async fn host_mode(
     result
 }
 
-/// A host process the bench started; killed if the bench lets go of it
-/// still running (a mode that failed half-way, Ctrl-C).
-struct HostProcess(Child);
-
-impl std::ops::Deref for HostProcess {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for HostProcess {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        // Both do nothing for a child already waited for.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `projector run` of `host` on database `url` and group `group`
 /// (log in the temp folder, tagged), with static membership when
 /// `instance` is given.
@@ -1344,7 +1320,7 @@ fn spawn_host(
     topics: &[String],
     tag: &str,
     instance: Option<&str>,
-) -> anyhow::Result<HostProcess> {
+) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(&host.bin);
     cmd.arg("run");
     if host.native {
@@ -1372,7 +1348,7 @@ fn spawn_host(
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map(HostProcess)
+        .map(Proc)
         .with_context(|| format!("{} starts", host.bin.display()))
 }
 
@@ -1768,7 +1744,7 @@ async fn main() -> anyhow::Result<()> {
         run: format!("{}", uuid::Uuid::new_v4().simple())[..10].to_owned(),
     };
     // On Ctrl-C the run is dropped, and with it the hosts it started
-    // (see `HostProcess`).
+    // (see `Proc`).
     let outcome = tokio::select! {
         outcome = run(&ctx, &args) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

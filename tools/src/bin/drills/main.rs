@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use projector_tools::generate::{Generated, Generator};
+use projector_tools::process::Proc;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -374,32 +375,6 @@ async fn wait_count(pool: &MySqlPool, sql: &str, n: i64, timeout: Duration) -> a
             bail!("{sql} is {got}, expected {n} within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A child process killed when dropped, so a drill that fails half-way
-/// leaves no host running into the next one.
-struct Proc(Child);
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
 
