@@ -209,3 +209,63 @@ async fn a_running_host_prunes_on_its_schedule() {
     assert_eq!(suppliers, 0, "the delete itself stands");
     db.drop_db().await;
 }
+
+/// The fence of a batch locks its own partitions' positions only: a batch
+/// of another partition of the same topic (another host of the group owns
+/// it) goes ahead, one of the same partition waits. The lock of the whole
+/// topic's positions made the hosts of one group take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_locks_its_own_partitions_only() {
+    use sqlx::Connection as _;
+    use std::collections::BTreeMap;
+
+    let db = TestDb::new().await;
+    projector_host::sink::migrate(&db.pool).await.unwrap();
+    for partition in 0..3 {
+        sqlx::query(
+            "INSERT INTO consumer_offsets (group_id, topic, `partition`, next_offset) VALUES ('g', 't', ?, 10)",
+        )
+        .bind(partition)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let pool = projector_host::sink::connect_mysql(&db.url, 3)
+        .await
+        .unwrap();
+    let expect = |partition: i32| BTreeMap::from([(("t".to_owned(), partition), Some(10))]);
+    let mut holder = pool.acquire().await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    projector_host::sink::fence(&mut held, "g", &expect(0))
+        .await
+        .unwrap();
+
+    // Another batch, waiting at most a second for a lock.
+    let other = |partition: i32| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("SET SESSION innodb_lock_wait_timeout = 1")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            let fenced = projector_host::sink::fence(&mut tx, "g", &expect(partition)).await;
+            tx.rollback().await.unwrap();
+            fenced
+        }
+    };
+    other(1)
+        .await
+        .expect("another partition of the topic is not locked");
+    let waited = other(0).await;
+    assert!(
+        matches!(waited, Err(projector_host::sink::ExecError::Transient(_))),
+        "the same partition waits for the lock: {:?}",
+        waited.map(|()| "fenced")
+    );
+    held.rollback().await.unwrap();
+    other(0).await.expect("the lock is released with the batch");
+    drop(holder);
+    db.drop_db().await;
+}

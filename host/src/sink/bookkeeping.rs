@@ -2,7 +2,7 @@
 //! fence, `processed_events` (exactly once) and `consumer_offsets` (where
 //! each partition resumes).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{MySqlConnection, Row as _};
 
@@ -23,18 +23,18 @@ pub async fn fence(
     if expected.is_empty() {
         return Ok(());
     }
-    let topics: BTreeSet<&str> = expected.keys().map(|(t, _)| t.as_str()).collect();
+    // Only these partitions' rows: the batches of hosts that share a topic
+    // (each owning some of its partitions) do not wait for each other. A
+    // lock of the whole topic's rows made them take turns.
     let mut q = Statement::new(
         "SELECT topic, `partition`, next_offset FROM consumer_offsets WHERE group_id = ",
-        32 + 2 * topics.len(),
+        64 + 6 * expected.len(),
     );
-    q.bind(group).push(" AND topic IN ");
-    q.tuples([()], |list, ()| {
-        for t in &topics {
-            list.bind(*t);
-        }
+    q.bind(group).push(" AND (topic, `partition`) IN (");
+    q.tuples(expected.keys(), |row, (topic, partition)| {
+        row.bind(topic.as_str()).bind(*partition);
     });
-    q.push(" FOR UPDATE");
+    q.push(") FOR UPDATE");
     let mut stored: HashMap<(String, i32), i64> = HashMap::new();
     for row in q.fetch_all(&mut *conn).await? {
         stored.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
