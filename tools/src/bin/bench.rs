@@ -26,7 +26,8 @@
 //!    - the host (`projector run`, a child process) per-event (batch 1, on
 //!      the first M events), batched with the WASM components (the
 //!      default), batched with the flattening compiled in (`--native`), and
-//!      the default with any `--compare LABEL=PATH[,COMPONENTS_DIR]` binary.
+//!      the default with any `--compare LABEL=PATH[,COMPONENTS_DIR]` binary
+//!      (also as one and two processes when the scale mode runs).
 //!
 //!    A host is timed from the outside by the positions it commits in the
 //!    same transaction as its rows (`consumer_offsets`), polled every 5 ms:
@@ -104,8 +105,9 @@ struct Args {
     /// Runs of each mode, in rotated order.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Also run the default mode with another `projector` binary, for
-    /// before/after comparisons in one run: LABEL=PATH, or
+    /// Also run the default mode (and the scale mode's one and two
+    /// processes) with another `projector` binary, for before/after
+    /// comparisons in one run: LABEL=PATH, or
     /// LABEL=PATH,COMPONENTS_DIR for a binary that needs components of its
     /// own (one built before a WIT minor version it does not know)
     /// (repeatable).
@@ -1366,7 +1368,15 @@ async fn scale_out(
     processes: usize,
     round: usize,
 ) -> anyhow::Result<RunResult> {
-    let tag = format!("scale{processes}_{round}");
+    // A `--compare` binary's runs get databases and groups of their own.
+    let label: String = host
+        .mode
+        .strip_prefix(WASM)
+        .unwrap_or(&host.mode)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let tag = format!("scale{processes}_{round}{label}");
     let (name, url, pool) = ctx.fresh_db(&tag).await?;
     let group = format!("bench_{}_{tag}", ctx.run);
     let topics = ctx.topics(host.set);
@@ -1410,7 +1420,7 @@ async fn scale_out(
         let steady = (last - first_at).as_secs_f64().max(1e-3);
         let cpu: f64 = children.iter().map(|c| &**c).filter_map(cpu_secs).sum();
         Ok(RunResult {
-            mode: scale_name(processes),
+            mode: scale_name_of(&host.mode, processes),
             round,
             events: host.n,
             events_per_sec: (n - first_done) as f64 / steady,
@@ -1445,7 +1455,12 @@ async fn scale_out(
 }
 
 fn scale_name(processes: usize) -> String {
-    format!("{WASM} x{processes} processes")
+    scale_name_of(WASM, processes)
+}
+
+/// The scale-out mode of a host mode (the default, or a `--compare` one).
+fn scale_name_of(mode: &str, processes: usize) -> String {
+    format!("{mode} x{processes} processes")
 }
 
 /// Recovery: the default host with static membership is killed with
@@ -1699,7 +1714,7 @@ enum Mode {
 impl Mode {
     fn name(&self) -> String {
         match self {
-            Mode::Scale(_, processes) => scale_name(*processes),
+            Mode::Scale(h, processes) => scale_name_of(&h.mode, *processes),
             other => other.fixed_name().to_owned(),
         }
     }
@@ -1933,6 +1948,16 @@ async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<()> {
     if wanted("scale") {
         modes.push(Mode::Scale(default_host.clone(), 1));
         modes.push(Mode::Scale(default_host.clone(), 2));
+        for (label, path, components) in &compare {
+            let other = HostMode {
+                mode: format!("{WASM} [{label}]"),
+                bin: path.clone(),
+                components: components.clone(),
+                ..default_host.clone()
+            };
+            modes.push(Mode::Scale(other.clone(), 1));
+            modes.push(Mode::Scale(other, 2));
+        }
     }
     if wanted("recovery") {
         modes.push(Mode::Recovery(default_host.clone()));
@@ -2254,6 +2279,12 @@ async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<()> {
             &format!("projection_wasm_over_{label}"),
             rate(PROJECTION_WASM),
             rate(&format!("{PROJECTION_WASM} [{label}]")),
+        );
+        ratio(
+            format!("scale-out, 2 processes: default / [{label}]"),
+            &format!("two_processes_over_{label}"),
+            rate(&scale_name(2)),
+            rate(&scale_name_of(&format!("{WASM} [{label}]"), 2)),
         );
         let other = format!("{WASM} [{label}]");
         ratio(
