@@ -28,7 +28,7 @@ pub async fn fence(
     // lock of the whole topic's rows made them take turns.
     let mut q = Statement::new(
         "SELECT topic, `partition`, next_offset FROM consumer_offsets WHERE group_id = ",
-        64 + 6 * expected.len(),
+        Statement::tuples_len(expected.len(), 2) + 48,
     );
     q.bind(group).push(" AND (topic, `partition`) IN (");
     q.tuples(expected.keys(), |row, (topic, partition)| {
