@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let mut generator = projector_tools::generate::Generator::new(1);
     let domains: HashMap<&str, flatten::Domain> =
         flatten::DOMAINS.into_iter().map(|d| (d.name, d)).collect();
-    // (domain, partition) -> each event's (kind, table, shape, key).
+    // (domain, partition) -> each event's ops as (kind, table, columns and key).
     type Written = (&'static str, String, String);
     let mut partitions: HashMap<(&str, u64), Vec<Vec<Written>>> = HashMap::new();
     for _ in 0..100_000 {

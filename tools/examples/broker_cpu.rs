@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use projector_tools::process::cpu_secs;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -28,9 +29,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[derive(Parser)]
 struct Args {
-    /// none, one (for all five topics) or per-topic.
-    #[arg(long, default_value = "per-topic")]
-    consumers: String,
+    /// Consumers reading the five topics.
+    #[arg(long, value_enum, default_value_t = Consumers::PerTopic)]
+    consumers: Consumers,
     /// Events per second.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -45,34 +46,22 @@ struct Args {
     broker_pid: Option<u32>,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Consumers {
+    /// The producer alone.
+    None,
+    /// One consumer for all five topics.
+    One,
+    /// One consumer per topic, as the host's lanes.
+    PerTopic,
+}
+
 fn config(entries: impl IntoIterator<Item = (String, String)>) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (k, v) in entries {
         config.set(k, v);
     }
     config
-}
-
-/// User + system CPU seconds of process `pid`.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
-    };
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0);
-    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 #[tokio::main]
@@ -105,11 +94,10 @@ async fn main() -> anyhow::Result<()> {
         let (k, v) = kv.split_once('=').context("--set takes KEY=VALUE")?;
         consumer_config.insert(k.to_owned(), v.to_owned());
     }
-    let subscriptions: Vec<Vec<&str>> = match args.consumers.as_str() {
-        "none" => vec![],
-        "one" => vec![topics.iter().map(String::as_str).collect()],
-        "per-topic" => topics.iter().map(|t| vec![t.as_str()]).collect(),
-        other => anyhow::bail!("--consumers none, one or per-topic, not {other}"),
+    let subscriptions: Vec<Vec<&str>> = match args.consumers {
+        Consumers::None => vec![],
+        Consumers::One => vec![topics.iter().map(String::as_str).collect()],
+        Consumers::PerTopic => topics.iter().map(|t| vec![t.as_str()]).collect(),
     };
     let consumed = Arc::new(AtomicU64::new(0));
     for topics in subscriptions {
@@ -137,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         if i == warm_up {
             measured = Some((
                 Instant::now(),
-                cpu_secs(pid)?,
+                cpu_secs(pid).context("reading the broker's CPU time")?,
                 consumed.load(Ordering::Relaxed),
             ));
         }
@@ -151,14 +139,14 @@ async fn main() -> anyhow::Result<()> {
     let (from, cpu, before) = measured.context("no measured window")?;
     let secs = from.elapsed().as_secs_f64();
     println!(
-        "consumers {}{}: broker {:.3} cores over {secs:.1} s at {} events/s; {} consumed in the window",
+        "consumers {:?}{}: broker {:.3} cores over {secs:.1} s at {} events/s; {} consumed in the window",
         args.consumers,
         if args.set.is_empty() {
             String::new()
         } else {
             format!(" ({})", args.set.join(", "))
         },
-        (cpu_secs(pid)? - cpu) / secs,
+        (cpu_secs(pid).context("reading the broker's CPU time")? - cpu) / secs,
         args.rate,
         consumed.load(Ordering::Relaxed) - before,
     );

@@ -1,4 +1,5 @@
-//! Child processes the bench and the drills start.
+//! Child processes the bench and the drills start, and the CPU time of a
+//! process as `/proc` counts it.
 
 use std::process::Child;
 
@@ -27,4 +28,29 @@ impl Drop for Proc {
             let _ = self.0.wait();
         }
     }
+}
+
+/// The CPU time (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat`.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "pid (comm) ": state is the 3rd field, utime the 14th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// Clock ticks per second, the unit of `/proc`'s CPU times.
+pub fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use projector_tools::generate::{Generated, Generator};
-use projector_tools::process::Proc;
+use projector_tools::process::{Proc, clock_ticks, cpu_secs as process_cpu_secs};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -918,15 +918,6 @@ fn cpu_secs(child: &Child) -> Option<f64> {
     process_cpu_secs(child.id())
 }
 
-fn process_cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "pid (comm) ": state is the 3rd field, utime the 14th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / clock_ticks())
-}
-
 /// Where the machine's CPU went while a paced stream ran, in cores (1.0:
 /// one core busy all along): the machine as a whole and each process of the
 /// pipeline on it. The services are found by their process names; run
@@ -1082,19 +1073,6 @@ fn machine_busy_secs() -> Option<f64> {
     // user nice system idle iowait irq softirq steal ...
     let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
     Some(busy / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
 
 /// How many events of `ends` ((topic, partition) -> end offset of the set)
